@@ -1,0 +1,35 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+#
+# torch is installed first, pinned, so that pip never resolves lvmkit's `torch>=2.1` to the newest
+# release: on a CPU-only machine with a local CPU wheel that pin picks it up; on a GPU machine the
+# same pin fetches PyPI's CUDA build. Override with `make TORCH_SPEC="torch==X.Y"`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/lvmkit demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check lvmkit tests benchmarks tutorials
+
+bench: setup
+	$(BIN)/python benchmarks/svi_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
