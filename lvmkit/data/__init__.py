@@ -1,0 +1,21 @@
+"""Datasets, transforms and splits. ``load("digits")`` is the bundled default."""
+
+from lvmkit.data.images import ImageData, check_images
+from lvmkit.data.loaders import load, load_array, load_digits, load_idx, load_image_folder, read_idx
+from lvmkit.data.transforms import binarize, dynamic_binarize, quantize, scale, split
+
+__all__ = [
+    "ImageData",
+    "binarize",
+    "check_images",
+    "dynamic_binarize",
+    "load",
+    "load_array",
+    "load_digits",
+    "load_idx",
+    "load_image_folder",
+    "quantize",
+    "read_idx",
+    "scale",
+    "split",
+]

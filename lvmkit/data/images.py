@@ -1,0 +1,100 @@
+"""The image dataset container and the checks every loader and transform goes through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A set of images with optional labels.
+
+    x:      (N, C, H, W) float32. If ``levels`` is set, integer values in ``0 .. levels-1``;
+            if ``levels`` is None, continuous values (e.g. scaled to [0, 1]).
+    y:      (N,) int64 labels, or None.
+    levels: number of discrete values a pixel takes (17 for digits, 256 for 8-bit, 2 for binary).
+    name:   where the data came from.
+    dynamic_binarization: if True, ``x`` holds probabilities in [0, 1] and every batch drawn for
+            training is a fresh Bernoulli sample (``levels`` is then 2).
+    """
+
+    x: Tensor
+    y: Tensor | None = None
+    levels: int | None = None
+    name: str = "data"
+    dynamic_binarization: bool = False
+
+    def __post_init__(self):
+        check_images(self.x, self.levels, what=self.name, probabilities=self.dynamic_binarization)
+        if self.y is not None and len(self.y) != len(self.x):
+            raise ValueError(
+                f"{self.name}: {len(self.x)} images but {len(self.y)} labels; "
+                "pass one label per image (or y=None)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index) -> ImageData:
+        """A subset, e.g. ``data[:100]`` or ``data[perm]``."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        y = None if self.y is None else self.y[index]
+        return replace(self, x=self.x[index], y=y)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return tuple(self.x.shape[1:])
+
+    def batch(self, index: Tensor) -> tuple[Tensor]:
+        """The training batch for ``index``: ``(x,)``, a fresh Bernoulli draw (from torch's
+        global stream, which checkpoints save) if dynamically binarized."""
+        x = self.x[index]
+        if self.dynamic_binarization:
+            x = torch.bernoulli(x)
+        return (x,)
+
+    def to(self, device) -> ImageData:
+        y = None if self.y is None else self.y.to(device)
+        return replace(self, x=self.x.to(device), y=y)
+
+
+def check_images(x, levels: int | None, what: str = "data", probabilities: bool = False) -> None:
+    """Raise ValueError naming the problem (and the fix) if ``x`` is not a valid image batch."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{what}: expected a torch.Tensor of images, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{what}: images must have 4 dims (N, C, H, W), got shape {tuple(x.shape)}; "
+            "add a channel dim with x.unsqueeze(1) for (N, H, W) grey images"
+        )
+    if len(x) == 0:
+        raise ValueError(f"{what}: the dataset is empty (0 images); check the file or the filter")
+    if not x.is_floating_point():
+        raise ValueError(f"{what}: images must be floating point, got {x.dtype}; use x.float()")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise ValueError(
+            f"{what}: {int(bad.sum())} NaN/inf values (first in image {first}); "
+            "remove or impute them before fitting"
+        )
+    if probabilities and (x.min() < 0 or x.max() > 1):
+        raise ValueError(
+            f"{what}: dynamic binarization needs probabilities in [0, 1], got values in "
+            f"[{float(x.min())}, {float(x.max())}]; scale the data first"
+        )
+    if levels is not None and not probabilities:
+        if levels < 2:
+            raise ValueError(f"{what}: levels must be >= 2, got {levels}")
+        if x.min() < 0 or x.max() > levels - 1 or (x != x.round()).any():
+            raise ValueError(
+                f"{what}: declared {levels} levels, so pixels must be integers in "
+                f"0..{levels - 1}, but values lie in [{float(x.min())}, {float(x.max())}]"
+                f"{'' if (x == x.round()).all() else ' and are not all integers'}; "
+                "declare the right number of levels, or use levels=None for continuous data"
+            )

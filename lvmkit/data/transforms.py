@@ -1,0 +1,73 @@
+"""Transforms (scale, binarize, quantize) and seeded splits. Each returns new ImageData."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from lvmkit.data.images import ImageData
+
+
+def _unit(data: ImageData) -> torch.Tensor:
+    """Pixels in [0, 1]: discrete data divided by (levels - 1); continuous data must already be."""
+    if data.dynamic_binarization:
+        raise ValueError(f"{data.name}: already dynamically binarized; transform the data first")
+    if data.levels is None:
+        if data.x.min() < 0 or data.x.max() > 1:
+            raise ValueError(
+                f"{data.name}: continuous data must lie in [0, 1] to be transformed, got "
+                f"[{float(data.x.min())}, {float(data.x.max())}]; declare its levels instead"
+            )
+        return data.x
+    return data.x / (data.levels - 1)
+
+
+def scale(data: ImageData) -> ImageData:
+    """Map pixels to [0, 1] (continuous data, ``levels=None``)."""
+    return replace(data, x=_unit(data), levels=None)
+
+
+def binarize(data: ImageData, threshold: float = 0.5) -> ImageData:
+    """Static binarization: 1 where the [0, 1]-scaled pixel exceeds ``threshold``, else 0."""
+    return replace(data, x=(_unit(data) > threshold).float(), levels=2)
+
+
+def dynamic_binarize(data: ImageData) -> ImageData:
+    """Dynamic binarization: each training batch draws x ~ Bernoulli(scaled pixel), afresh every
+    epoch (Salakhutdinov & Murray 2008). Evaluation sees the probabilities' Bernoulli draws too."""
+    return replace(data, x=_unit(data), levels=2, dynamic_binarization=True)
+
+
+def quantize(data: ImageData, levels: int) -> ImageData:
+    """Requantize to ``levels`` evenly spaced values 0..levels-1."""
+    if levels < 2:
+        raise ValueError(f"quantize needs levels >= 2, got {levels}")
+    return replace(data, x=torch.round(_unit(data) * (levels - 1)), levels=levels)
+
+
+def split(
+    data: ImageData, sizes: tuple[float, ...] = (0.8, 0.1, 0.1), *, seed: int = 0
+) -> tuple[ImageData, ...]:
+    """Seeded random split into parts, e.g. train / validation / test.
+
+    ``sizes`` are fractions summing to 1 or integer counts summing to len(data).
+    """
+    n = len(data)
+    if all(isinstance(s, int) for s in sizes):
+        counts = list(sizes)
+    elif abs(sum(sizes) - 1) < 1e-6:
+        counts = [int(round(s * n)) for s in sizes[:-1]]
+        counts.append(n - sum(counts))
+    else:
+        raise ValueError(f"split sizes must be fractions summing to 1 or counts, got {sizes}")
+    if sum(counts) != n or min(counts) < 0:
+        raise ValueError(f"split sizes {counts} do not add up to the {n} images")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts, start = [], 0
+    for c in counts:
+        if c == 0:
+            raise ValueError(f"split sizes {sizes} leave an empty part for {n} images")
+        parts.append(data[perm[start : start + c]])
+        start += c
+    return tuple(parts)

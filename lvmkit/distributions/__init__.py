@@ -1,0 +1,1 @@
+"""Pyro distributions that Pyro lacks (observation models arrive with the model zoo)."""
