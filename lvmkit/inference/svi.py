@@ -20,16 +20,17 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lvmkit.inference.importance import IWAELoss
 
 ELBOS = {
     "elbo": lambda k: Trace_ELBO(num_particles=k),
     "meanfield": lambda k: TraceMeanField_ELBO(num_particles=k),  # analytic KL where available
-    "iwae": lambda k: RenyiELBO(alpha=0.0, num_particles=k),  # importance-weighted bound
+    "iwae": IWAELoss,  # per-datapoint importance-weighted bound (Burda et al. 2016)
     "enum": lambda k: TraceEnum_ELBO(num_particles=k),  # sums out enumerated discrete latents
 }
 OPTIMIZERS = {
@@ -128,7 +129,7 @@ class Trainer:
             if owner is not None:
                 owner.to(self.device)
         batch = self._to_device(batch)
-        with self.scope(), torch.no_grad():
+        with self.scope():  # with gradients: TraceEnum_ELBO refuses a loss without a graph
             self.loss.differentiable_loss(self.model, self.guide, *batch)
             self._collect_params()
         if not self.param_names:
@@ -191,7 +192,7 @@ class Trainer:
             torch.manual_seed(seed)
             for start in range(0, len(data), batch_size):
                 batch = data.batch(torch.arange(start, min(start + batch_size, len(data))))
-                total += float(self.loss.differentiable_loss(self.model, self.guide, *batch))
+                total += self.loss.loss(self.model, self.guide, *batch)
         return total / len(data)
 
     def params(self) -> dict[str, Tensor]:

@@ -1,0 +1,305 @@
+import signal
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from torch import nn
+from torch.nn import functional as F
+
+import lvmkit
+from lvmkit import CheckpointError, NonFiniteLossError, Trainer
+
+
+def user_pair(seed: int = 0, hook=None):
+    """A model and guide written as plain Pyro functions, as a user would: a linear-Gaussian LVM
+    with an nn.Module decoder (pyro.module) and a constrained pyro.param."""
+    torch.manual_seed(seed)
+    enc, dec = nn.Linear(6, 4), nn.Linear(2, 6)
+
+    def model(x):
+        if hook is not None:
+            hook()
+        pyro.module("dec", dec)
+        noise = pyro.param("noise", torch.tensor(1.0), constraint=constraints.positive)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), noise).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc", enc)
+        with pyro.plate("data", len(x)):
+            loc, raw = enc(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-3).to_event(1))
+
+    return model, guide
+
+
+@pytest.fixture(scope="module")
+def xs():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(200, 2, generator=g)
+    w = torch.randn(2, 6, generator=g)
+    return z @ w + 0.3 * torch.randn(200, 6, generator=g)
+
+
+def equal_params(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_user_written_pair_fits(xs):
+    model, guide = user_pair()
+    r = lvmkit.fit(
+        model, guide, xs[:160], val_data=xs[160:], epochs=15, batch_size=32, lr=0.02, progress=False
+    )
+    assert len(r.losses) == len(r.val_losses) == r.epochs == 15
+    assert r.losses[-1] < r.losses[0] - 1.0 and r.val_losses[-1] < r.val_losses[0] - 1.0
+    assert r.device == "cpu" and r.elapsed > 0 and r.best_epoch is not None
+    assert set(r.params) == {"dec$$$weight", "dec$$$bias", "enc$$$weight", "enc$$$bias", "noise"}
+    assert r.params["noise"] > 0  # constrained value, not the unconstrained one
+
+
+def test_each_fit_has_its_own_param_store(xs):
+    pyro.clear_param_store()
+    pyro.param("noise", torch.tensor(5.0))  # a user's global param of the same name
+    runs = []
+    for _ in range(2):
+        model, guide = user_pair()
+        runs.append(lvmkit.fit(model, guide, xs, epochs=2, batch_size=50, lr=0.05, progress=False))
+    assert equal_params(runs[0].params, runs[1].params)  # the 2nd did not start from the 1st
+    assert float(pyro.param("noise").detach()) == 5.0 and len(pyro.get_param_store()) == 1
+    with runs[0].scope():
+        assert torch.equal(pyro.param("noise"), runs[0].params["noise"])
+
+
+def test_resume_at_epoch_boundary_equals_uninterrupted(xs, tmp_path):
+    kw = dict(epochs=4, batch_size=48, lr=0.02, progress=False, seed=3)
+    full = lvmkit.fit(*user_pair(), xs, checkpoint_dir=tmp_path / "a", **kw)
+    first = lvmkit.fit(*user_pair(), xs, checkpoint_dir=tmp_path / "b", **{**kw, "epochs": 2})
+    assert first.epochs == 2 and first.checkpoint == tmp_path / "b" / "checkpoint.pt"
+    rest = lvmkit.fit(*user_pair(), xs, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert rest.losses == full.losses and equal_params(rest.params, full.params)
+
+
+def test_signal_mid_epoch_checkpoints_and_resumes_exactly(xs, tmp_path):
+    kw = dict(epochs=3, batch_size=40, lr=0.02, progress=False, seed=0, val_data=xs[:50])
+    full = lvmkit.fit(*user_pair(), xs, checkpoint_dir=tmp_path / "a", **kw)
+    calls = {"n": 0}
+
+    def send_sigint_once():
+        calls["n"] += 1
+        if calls["n"] == 9:  # 1 init call + 5 steps of epoch 1 (+ validation) + 2 of epoch 2
+            signal.raise_signal(signal.SIGINT)
+
+    r = lvmkit.fit(*user_pair(hook=send_sigint_once), xs, checkpoint_dir=tmp_path / "b", **kw)
+    assert r.interrupted and r.checkpoint is not None and r.epochs == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    rest = lvmkit.fit(*user_pair(), xs, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert not rest.interrupted and rest.losses == full.losses
+    assert rest.val_losses == full.val_losses and equal_params(rest.params, full.params)
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_checkpoint(xs, tmp_path):
+    calls = {"n": 0}
+
+    def model_with_blowup(x):
+        calls["n"] += 1
+        model(x)
+        if calls["n"] == 1 + 4 + 3:  # init + 4 steps of epoch 1 + 3rd step of epoch 2
+            pyro.factor("blowup", torch.tensor(float("nan")))
+
+    model, guide = user_pair()
+    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 2, step 3.*checkpoint\.pt"):
+        lvmkit.fit(
+            model_with_blowup,
+            guide,
+            xs,
+            epochs=3,
+            batch_size=50,
+            progress=False,
+            checkpoint_dir=tmp_path,
+        )
+    ckpt = lvmkit.inference.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["loop"]["epoch"] == 1 and len(ckpt["loop"]["losses"]) == 1
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"garbage, not a zip or pickle", "not a readable checkpoint"),
+        ("truncated", "not a readable checkpoint"),
+        ("foreign", "not an lvmkit checkpoint"),
+        ("code", "not a readable checkpoint"),
+    ],
+)
+def test_corrupt_or_foreign_checkpoint(xs, tmp_path, content, message):
+    path = tmp_path / "checkpoint.pt"
+    if content == "truncated":
+        lvmkit.fit(*user_pair(), xs, epochs=1, progress=False, checkpoint_dir=tmp_path)
+        path.write_bytes(path.read_bytes()[:500])
+    elif content == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    elif content == "code":
+        torch.save({"format": "lvmkit-checkpoint", "payload": nn.Linear(2, 2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        lvmkit.fit(*user_pair(), xs, epochs=2, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_resume_refuses_other_settings_or_other_model(xs, tmp_path):
+    lvmkit.fit(*user_pair(), xs, epochs=1, lr=0.01, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match=r"lr: checkpoint 0.01 vs now 0.02"):
+        lvmkit.fit(
+            *user_pair(),
+            xs,
+            epochs=2,
+            lr=0.02,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+
+    def other_model(x):
+        w = pyro.param("w", torch.zeros(6))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(w, 1.0).to_event(1), obs=x)
+
+    with pytest.raises(CheckpointError, match=r"lacks parameters \['w'\]"):
+        lvmkit.fit(
+            other_model,
+            lambda x: None,
+            xs,
+            epochs=2,
+            lr=0.01,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+
+
+def test_every_elbo_trains_and_unknown_names_are_listed(xs):
+    for elbo, k in [("elbo", 1), ("meanfield", 1), ("iwae", 4)]:
+        r = lvmkit.fit(
+            *user_pair(),
+            xs,
+            elbo=elbo,
+            num_particles=k,
+            epochs=4,
+            lr=0.05,
+            batch_size=50,
+            progress=False,
+        )
+        assert r.losses[-1] < r.losses[0], elbo
+    with pytest.raises(ValueError, match=r"unknown elbo 'trace'.*'elbo', 'enum', 'iwae'"):
+        lvmkit.fit(*user_pair(), xs, elbo="trace")
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adagrad'.*'adam'"):
+        lvmkit.fit(*user_pair(), xs, optimizer="adagrad")
+
+
+def test_enum_elbo_marginalises_a_discrete_latent():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(150, generator=g) - 3, torch.randn(150, generator=g) + 3])
+
+    def model(x):
+        weights = pyro.param("weights", torch.ones(2) / 2, constraint=constraints.simplex)
+        locs = pyro.param("locs", torch.tensor([-0.5, 0.5]))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(locs[z], 1.0), obs=x)
+
+    r = lvmkit.fit(
+        model,
+        lambda x: None,
+        x,
+        elbo="enum",
+        epochs=40,
+        lr=0.1,
+        batch_size=100,
+        val_data=x[::3],
+        progress=False,
+    )
+    assert r.val_losses[-1] < r.val_losses[0]
+    assert torch.allclose(r.params["locs"], torch.tensor([-3.0, 3.0]), atol=0.3)
+    assert torch.allclose(r.params["weights"], torch.tensor([0.5, 0.5]), atol=0.1)
+
+
+def test_tuple_batches_are_passed_positionally():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, generator=g)
+    y = 2 * x + 1 + 0.1 * torch.randn(300, generator=g)
+
+    def regression(x, y):
+        w, b = pyro.param("w", torch.tensor(0.0)), pyro.param("b", torch.tensor(0.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(w * x + b, 0.1), obs=y)
+
+    r = lvmkit.fit(regression, lambda x, y: None, (x, y), epochs=60, lr=0.05, progress=False)
+    assert abs(float(r.params["w"]) - 2) < 0.05 and abs(float(r.params["b"]) - 1) < 0.05
+
+
+def test_early_stopping_restores_the_best_epoch():
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    # Training pulls loc towards +5 while the validation data sit at -5: epoch 1 is the best.
+    r = lvmkit.fit(
+        model,
+        lambda x: None,
+        torch.full((64,), 5.0),
+        val_data=torch.full((64,), -5.0),
+        epochs=50,
+        patience=2,
+        lr=0.1,
+        batch_size=64,
+        progress=False,
+    )
+    assert r.stopped_early and r.epochs == 3 and r.best_epoch == 1
+    assert abs(float(r.params["loc"]) - 0.1) < 1e-4  # one Adam step of size lr from 0
+
+
+def test_bad_fit_inputs_name_the_problem(xs):
+    pair = user_pair()
+    cases = [
+        (dict(data=torch.zeros(0, 6)), "empty"),
+        (dict(data=torch.full((4, 6), float("nan"))), r"24 NaN/inf values \(first in row 0\)"),
+        (dict(data=(torch.zeros(5, 6), torch.zeros(4))), "tensor 1 has 4 rows but tensor 0 has 5"),
+        (dict(data=[[1.0, 2.0]]), "must be a tensor"),
+        (dict(data=xs, device="cuda:7" if torch.cuda.is_available() else "cuda"), "cuda"),
+        (dict(data=xs, device="tpu"), "unknown device 'tpu'"),
+        (dict(data=xs, patience=3), "patience needs val_data"),
+        (dict(data=xs, resume=True), "resume=True needs checkpoint_dir"),
+        (dict(data=xs, epochs=0), "epochs must be a positive int"),
+    ]
+    for kwargs, message in cases[:5] if torch.cuda.is_available() else cases:
+        if "cuda" in message and torch.cuda.is_available():
+            continue
+        with pytest.raises(ValueError, match=message):
+            lvmkit.fit(*pair, progress=False, **kwargs)
+
+
+def test_progress_bar_can_be_silenced(xs, capsys):
+    lvmkit.fit(*user_pair(), xs, epochs=1, progress=False)
+    assert capsys.readouterr().err == ""
+    lvmkit.fit(*user_pair(), xs, epochs=1, progress=True)
+    err = capsys.readouterr().err
+    assert "fit" in err and "epoch=1/1" in err and "pts_per_s" in err
+
+
+def test_trainer_for_a_custom_loop(xs):
+    model, guide = user_pair()
+    trainer = Trainer(model, guide, lr=0.02)
+    before = trainer.evaluate(xs)
+    losses = [trainer.step(xs[i : i + 50]) for _ in range(10) for i in range(0, 200, 50)]
+    after = trainer.evaluate(xs)
+    assert after < before - 1.0 and losses[-1] < losses[0]
+    assert trainer.evaluate(xs) == after  # its own seeded stream: repeatable
+    assert "noise" not in pyro.get_param_store()  # nothing leaked into the global store
+    state = trainer.state_dict()
+    fresh = Trainer(*user_pair(seed=5), lr=0.02)
+    fresh.init(xs[:50])
+    fresh.load_state_dict(state)
+    assert fresh.evaluate(xs) == after
