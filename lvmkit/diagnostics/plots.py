@@ -25,7 +25,7 @@ def save_loss_curve(losses: list[float], val_losses: list[float], path: str | Pa
     return Path(path)
 
 
-def _grid(images: Tensor, nrow: int) -> Tensor:
+def _grid(images: Tensor, nrow: int):
     """(N, C, H, W) in [0, 1] -> one (H', W', C) image with a 1-pixel gap between tiles."""
     images = images.detach().float().cpu().clamp(0, 1)
     n, c, h, w = images.shape
@@ -36,7 +36,7 @@ def _grid(images: Tensor, nrow: int) -> Tensor:
         out[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = (
             images[i]
         )
-    return out.permute(1, 2, 0)
+    return out.permute(1, 2, 0).numpy()
 
 
 def save_image_grid(

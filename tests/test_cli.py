@@ -1,0 +1,113 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from lvmkit.cli import load_run_model, main
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fit_writes_a_complete_run_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(
+        ["fit", "lvm", "--data", "digits", "--epochs", "2", "--out", str(run), "--no-progress"]
+    )
+    assert code == 0
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "model.pt",
+        "losses.png",
+        "samples.png",
+        "reconstructions.png",
+    ):
+        assert (run / name).is_file(), name
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2] and all("val_loss" in r for r in rows)
+    assert Image.open(run / "samples.png").size[0] > 100
+    assert str(run) in capsys.readouterr().out
+    lvm = load_run_model(run)
+    assert lvm.sample(3).shape == (3, 1, 8, 8)
+
+
+def test_resume_through_the_cli(tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "lvm", "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(["fit", "lvm", "--epochs", "3", "--out", str(run), "--resume", "--no-progress"]) == 0
+    )
+    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
+
+
+def test_config_file_and_its_errors(tmp_path, capsys):
+    good = tmp_path / "run.toml"
+    good.write_text("[model]\nz_dim = 3\nhidden = [32]\n[fit]\nepochs = 1\nbatch_size = 128\n")
+    assert (
+        main(["fit", "lvm", "--config", str(good), "--out", str(tmp_path / "r"), "--no-progress"])
+        == 0
+    )
+    assert "z_dim = 3" in (tmp_path / "r" / "config.toml").read_text()
+    assert load_run_model(tmp_path / "r").config.z_dim == 3
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[fit]\nepochz = 3\n")
+    assert main(["fit", "lvm", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) ['epochz'] in [fit]" in err and "'epochs'" in err
+    bad.write_text("[trainer]\nepochs = 3\n")
+    assert main(["fit", "lvm", "--config", str(bad)]) == 2
+    assert "unknown table [trainer]" in capsys.readouterr().err
+
+
+def test_unknown_model_and_bad_data_are_clear_errors(tmp_path, capsys):
+    assert main(["fit", "vea", "--out", str(tmp_path)]) == 2
+    assert "unknown model 'vea'; choose one of ['lvm']" in capsys.readouterr().err
+    assert main(["fit", "lvm", "--data", "mnits", "--out", str(tmp_path)]) == 2
+    assert "unknown dataset 'mnits'" in capsys.readouterr().err
+
+
+def test_help_shows_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "lvmkit demo" in out and "--resume" in out
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--no-progress"]) == 0
+    assert (tmp_path / "demo" / "samples.png").is_file()
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lvmkit.cli",
+        "fit",
+        "lvm",
+        "--epochs",
+        "10000",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    assert len(metrics(run)) >= 1
