@@ -1,1 +1,18 @@
-"""Pyro distributions that Pyro lacks (observation models arrive with the model zoo)."""
+"""Pyro distributions that Pyro lacks, and the swappable observation models p(x | h)."""
+
+from lvmkit.distributions.logistic import DiscretizedLogistic, DiscretizedLogisticMixture
+from lvmkit.distributions.observations import (
+    LIKELIHOODS,
+    Observation,
+    check_support,
+    make_observation,
+)
+
+__all__ = [
+    "LIKELIHOODS",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticMixture",
+    "Observation",
+    "check_support",
+    "make_observation",
+]

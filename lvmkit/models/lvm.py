@@ -1,93 +1,144 @@
-"""The Gaussian-decoder latent variable model: p(z) = N(0, I), p(x|z) = N(mu_nn(z), Sigma_nn(z))."""
+"""The Gaussian-decoder latent variable model: p(z) = N(0, I), p(x|z) = obs(decoder(z))."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import Tensor, nn
 
-from lvmkit.nets import GaussianDecoder, GaussianEncoder
+from lvmkit.distributions import check_support
+from lvmkit.models.common import (
+    check_batch,
+    fill_unknown,
+    gaussian_params,
+    make_decoder,
+    make_encoder,
+    observation_for,
+    prepare_images,
+)
 
 
 @dataclass
 class GaussianLVMConfig:
-    image_shape: tuple[int, int, int] = (1, 8, 8)  # (C, H, W) of the data it is built for
+    image_shape: tuple[int, ...] = (1, 8, 8)  # (C, H, W) of the data, or (D,) for vectors
     z_dim: int = 8
-    hidden: tuple[int, ...] = (256, 256)  # widths of the encoder's and decoder's hidden layers
-    # Floor on the decoder's std (data in [0, 1]). Pixels that are constant in the data (a digit's
-    # border) would otherwise drive the std to 0 and log p(x|z) to +inf.
+    hidden: tuple[int, ...] = (256, 256)  # hidden widths (conv nets use the last one)
+    net: str = "mlp"  # "mlp" or "conv" (transpose-conv decoder), for encoder and decoder
+    likelihood: str = "gaussian"  # gaussian | lowrank | bernoulli | categorical | logistic
+    levels: int | None = None  # pixel levels, for categorical and logistic
+    components: int = 1  # logistic mixture components
+    rank: int = 2  # covariance directions of the lowrank likelihood
+    # Floor on a Gaussian decoder's std (data in [0, 1]): pixels that are constant in the data
+    # (a digit's border) would otherwise drive it to 0 and log p(x|z) to +inf.
     min_scale: float = 0.03
+    beta: float = 1.0  # weight of the KL term while training (beta-VAE); 1 is the ELBO
+    # Free bits (Kingma et al. 2016): while training, each latent dim's KL (batch mean) counts
+    # as at least this many nats, so the encoder is not pushed to collapse it. 0 is off.
+    free_bits: float = 0.0
 
 
 class GaussianLVM(nn.Module):
-    """p(z) = N(0, I);  p(x|z) = N(loc(z), diag scale(z)^2);  q(z|x) = N(mu(x), diag sigma(x)^2).
+    """p(z) = N(0, I);  p(x|z) = obs(decoder(z));  q(z|x) = N(mu(x), diag sigma(x)^2).
 
-    ``model(x)`` scores a batch (B, C, H, W); ``model(n=16)`` samples the prior predictive.
+    ``model(x)`` scores a batch (B, *image_shape); ``model(n=16)`` samples the prior predictive.
+    ``beta`` and ``free_bits`` change the objective in training mode only: ``lvm.eval()`` makes
+    the model the exact p(x, z), e.g. for likelihood estimates.
     """
 
     def __init__(self, config: GaussianLVMConfig | None = None):
         super().__init__()
         self.config = config = config or GaussianLVMConfig()
-        self.image_shape = tuple(config.image_shape)
-        self.encoder = GaussianEncoder(self.image_shape, config.hidden, config.z_dim)
-        self.decoder = GaussianDecoder(
-            config.z_dim, config.hidden, self.image_shape, config.min_scale
-        )
+        self.obs = observation_for(config)
+        self.encoder = make_encoder(config.net, config.image_shape, config.hidden, 2 * config.z_dim)
+        self.decoder = make_decoder(config.net, config.z_dim, config.hidden, self.obs)
         # Buffers, so the prior follows the module's device and dtype.
         self.register_buffer("prior_loc", torch.zeros(config.z_dim))
         self.register_buffer("prior_scale", torch.ones(config.z_dim))
 
-    def _check(self, x: Tensor | None, n: int | None) -> int:
+    def prepare(self, data):
+        """ImageData in the units this model's likelihood scores."""
+        return prepare_images(data, self.config.likelihood)
+
+    def _n(self, x: Tensor | None, n: int | None) -> int:
         if x is None:
             if n is None:
                 raise ValueError("pass a batch x, or n to sample n datapoints from the prior")
             return n
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{type(self).__name__} was built for images of shape {self.image_shape} but got "
-                f"a batch of shape {tuple(x.shape)}; build it with "
-                f"GaussianLVMConfig(image_shape={tuple(x.shape[1:])})"
-            )
+        check_batch(self, x, self.config.image_shape)
+        check_support(self.obs, x)
         return len(x)
 
+    def prior(self) -> dist.Distribution:
+        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
+
     def decode(self, z: Tensor) -> dist.Distribution:
-        """p(x|z) for z (B, Z): a distribution with event shape (C, H, W)."""
-        loc, scale = self.decoder(z)
-        return dist.Normal(loc, scale).to_event(3)
+        """p(x|z) for z (B, Z): a distribution with event shape ``image_shape``."""
+        return self.obs(self.decoder(z))
+
+    def encode(self, x: Tensor) -> dist.Distribution:
+        """q(z|x) for a batch: a Normal with event shape (Z,)."""
+        check_batch(self, x, self.config.image_shape)
+        return dist.Normal(*gaussian_params(self.encoder(x))).to_event(1)
+
+    def _z_site(self):
+        """How the z site counts in the objective: as is in eval mode; while training, scaled
+        by beta, or left out under free bits (the free-bits penalty stands in for the KL)."""
+        if self.training and self.config.free_bits > 0:
+            return poutine.mask(mask=False)
+        if self.training and self.config.beta != 1:
+            return poutine.scale(scale=self.config.beta)
+        return nullcontext()
 
     def model(self, x: Tensor | None = None, n: int | None = None) -> Tensor:
-        n = self._check(x, n)
+        n = self._n(x, n)
         pyro.module("decoder", self.decoder)
         with pyro.plate("data", n):
-            z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
-            return pyro.sample("x", self.decode(z), obs=x)
+            with self._z_site():
+                z = pyro.sample("z", self.prior())
+            x_out = pyro.sample("x", self.decode(z), obs=x)
+        if self.training and self.config.free_bits > 0 and x is not None:
+            # -beta * sum_j max(lambda, KL_j): KL_j is dim j's analytic KL(q(z_j|x) || p(z_j))
+            # averaged over the batch, times the batch size to match the summed likelihood.
+            q = dist.Normal(*gaussian_params(self.encoder(x)))
+            kl = torch.distributions.kl_divergence(q, dist.Normal(self.prior_loc, self.prior_scale))
+            penalty = kl.mean(0).clamp(min=self.config.free_bits).sum() * n
+            pyro.factor("free_bits_kl", -self.config.beta * penalty)
+        return x_out
 
     def guide(self, x: Tensor | None = None, n: int | None = None) -> Tensor:
         if x is None:
             raise ValueError("the guide q(z|x) needs x; to sample the prior call model(n=...)")
-        self._check(x, None)
+        check_batch(self, x, self.config.image_shape)
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", len(x)):
-            loc, scale = self.encoder(x)
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-
-    def encode(self, x: Tensor) -> dist.Distribution:
-        """q(z|x) for a batch (B, C, H, W): a Normal with event shape (Z,)."""
-        self._check(x, None)
-        loc, scale = self.encoder(x)
-        return dist.Normal(loc, scale).to_event(1)
+            loc, scale = gaussian_params(self.encoder(x))
+            with self._z_site():
+                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     @torch.no_grad()
     def sample(self, n: int, *, mean: bool = False) -> Tensor:
-        """n draws from p(x) (B, C, H, W); ``mean=True`` gives E[x|z] for z ~ p(z) instead."""
-        z = dist.Normal(self.prior_loc, self.prior_scale).sample((n,))
-        px = self.decode(z)
-        return px.mean if mean else px.sample()
+        """n draws from p(x); ``mean=True`` gives E[x|z] for z ~ p(z) instead."""
+        h = self.decoder(self.prior().sample((n,)))
+        return self.obs.mean(h) if mean else self.obs(h).sample()
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """E[x | z = mean of q(z|x)]: (B, C, H, W)."""
-        return self.decode(self.encode(x).mean).mean
+        """E[x | z = mean of q(z|x)]."""
+        return self.obs.mean(self.decoder(self.encode(x).mean))
+
+    @torch.no_grad()
+    def complete(self, x: Tensor, known: Tensor, steps: int = 20) -> Tensor:
+        """Fill the pixels where ``known`` is False by pseudo-Gibbs sampling (Rezende et al.
+        2014): encode the current fill, decode, replace the unknown pixels; known ones stay."""
+        fill = fill_unknown(
+            x, known, self.obs.mean(self.decoder(self.prior_loc.expand(len(x), -1)))
+        )
+        for _ in range(steps):
+            z = self.encode(fill).sample()
+            fill = fill_unknown(x, known, self.obs(self.decoder(z)).sample())
+        return fill

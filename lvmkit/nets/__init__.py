@@ -1,5 +1,6 @@
-"""Plain torch.nn building blocks that map tensors to distribution parameters."""
+"""Plain torch.nn building blocks that map tensors to distribution parameters; no Pyro here."""
 
-from lvmkit.nets.mlp import MLP, GaussianDecoder, GaussianEncoder
+from lvmkit.nets.conv import ConvDecoder, ConvEncoder
+from lvmkit.nets.mlp import MLP
 
-__all__ = ["MLP", "GaussianDecoder", "GaussianEncoder"]
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]

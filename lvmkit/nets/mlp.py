@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import nn
 
 
 class MLP(nn.Sequential):
@@ -19,36 +16,3 @@ class MLP(nn.Sequential):
             if i < len(widths) - 2:
                 layers.append(nn.ReLU())
         super().__init__(*layers)
-
-
-class GaussianEncoder(nn.Module):
-    """q(z|x) parameters from an image: (B, C, H, W) -> loc (B, Z), scale (B, Z)."""
-
-    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...], z_dim: int):
-        super().__init__()
-        self.net = MLP(math.prod(image_shape), hidden, 2 * z_dim)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        loc, raw = self.net(x.flatten(1)).chunk(2, dim=-1)  # (B, Z) each
-        return loc, F.softplus(raw) + 1e-4  # keep the scale away from 0 for stable log q
-
-
-class GaussianDecoder(nn.Module):
-    """p(x|z) = N(loc(z), scale(z)) parameters: (B, Z) -> loc, scale, each (B, C, H, W)."""
-
-    def __init__(
-        self,
-        z_dim: int,
-        hidden: tuple[int, ...],
-        image_shape: tuple[int, int, int],
-        min_scale: float,
-    ):
-        super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.min_scale = min_scale
-        self.net = MLP(z_dim, hidden, 2 * math.prod(image_shape))
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        loc, raw = self.net(z).chunk(2, dim=-1)
-        shape = (*z.shape[:-1], *self.image_shape)
-        return loc.reshape(shape), (F.softplus(raw) + self.min_scale).reshape(shape)

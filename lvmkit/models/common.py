@@ -1,0 +1,84 @@
+"""Pieces the image models share: nets by name, data prepared for a likelihood, shape checks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lvmkit import data as lvdata
+from lvmkit.distributions import Observation, make_observation
+from lvmkit.nets import MLP, ConvDecoder, ConvEncoder
+
+NETS = ("mlp", "conv")
+
+
+def make_encoder(net: str, image_shape, hidden: tuple[int, ...], out_features: int) -> nn.Module:
+    """(B, C, H, W) -> (B, out_features)."""
+    if net == "mlp":
+        return nn.Sequential(nn.Flatten(), MLP(math.prod(image_shape), hidden, out_features))
+    if net == "conv":
+        return ConvEncoder(image_shape, out_features, hidden=hidden[-1])
+    raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")
+
+
+def make_decoder(net: str, in_features: int, hidden: tuple[int, ...], obs: Observation):
+    """(B, in_features) -> (B, obs.num_params): the numbers the observation model needs."""
+    if net == "mlp":
+        return MLP(in_features, hidden, obs.num_params)
+    if net == "conv":
+        if len(obs.event_shape) != 3 or obs.num_params % obs.numel:
+            raise ValueError("net='conv' needs image data and a per-pixel likelihood (not lowrank)")
+        c, h, w = obs.event_shape
+        per_pixel = obs.num_params // obs.numel
+        return nn.Sequential(
+            ConvDecoder(in_features, per_pixel * c, (h, w), hidden=hidden[-1]), nn.Flatten()
+        )
+    raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")
+
+
+def observation_for(config) -> Observation:
+    return make_observation(
+        config.likelihood,
+        config.image_shape,
+        levels=config.levels,
+        min_scale=config.min_scale,
+        rank=config.rank,
+        components=config.components,
+    )
+
+
+def gaussian_params(h: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 2Z) -> loc (B, Z), scale (B, Z), the scale kept away from 0 for a stable log q."""
+    loc, raw = h.chunk(2, dim=-1)
+    return loc, F.softplus(raw) + 1e-4
+
+
+def prepare_images(data: lvdata.ImageData, likelihood: str) -> lvdata.ImageData:
+    """The data in the units a likelihood scores: [0, 1] for Gaussians, {0, 1} for Bernoulli,
+    integer levels for categorical and logistic."""
+    if likelihood in ("gaussian", "lowrank"):
+        return lvdata.scale(data) if data.levels is not None else data
+    if likelihood == "bernoulli":
+        return data if data.levels == 2 else lvdata.binarize(data)
+    if data.levels is None:
+        raise ValueError(
+            f"the '{likelihood}' likelihood needs discrete data with declared levels; "
+            f"{data.name} is continuous: quantize it (lvmkit.data.quantize)"
+        )
+    return data
+
+
+def check_batch(model: nn.Module, x: Tensor, image_shape) -> None:
+    if x.dim() != len(image_shape) + 1 or tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"{type(model).__name__} was built for data of shape {tuple(image_shape)} but got a "
+            f"batch of shape {tuple(x.shape)}; build it with image_shape={tuple(x.shape[1:])}"
+        )
+
+
+def fill_unknown(x: Tensor, known: Tensor, fill: Tensor) -> Tensor:
+    """x where ``known`` is True, ``fill`` elsewhere."""
+    return torch.where(known, x, fill)
