@@ -1,4 +1,5 @@
-"""The command line, ``lvmkit fit | demo``: the only module that knows files, flags and runs."""
+"""The command line, ``lvmkit fit | sample | complete | demo``: the only module that knows files,
+flags and run directories."""
 
 from __future__ import annotations
 
@@ -11,32 +12,43 @@ from pathlib import Path
 import torch
 
 from lvmkit import data as lvdata
-from lvmkit.diagnostics import save_image_grid, save_loss_curve, save_reconstructions
+from lvmkit.diagnostics import (
+    encode,
+    linear_probe,
+    save_image_grid,
+    save_loss_curve,
+    save_reconstructions,
+)
 from lvmkit.inference import CheckpointError, NonFiniteLossError, fit, load_checkpoint
 from lvmkit.inference.checkpoint import save_checkpoint
-from lvmkit.models import GaussianLVM, GaussianLVMConfig
+from lvmkit.models import MODELS, build_model
+from lvmkit.models.registry import config_fields, rebuild
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-EXAMPLES = """\
+MODEL_LINES = "\n".join(f"  {name:5} {MODELS[name][3]}" for name in MODELS)
+EXAMPLES = f"""\
+models:
+{MODEL_LINES}
+
 examples:
   lvmkit demo                                   # Gaussian-decoder LVM on the bundled digits
   lvmkit fit lvm --data digits --epochs 50 --out runs/lvm
+  lvmkit fit gmm --data digits                  # 10 components, z summed out exactly
   lvmkit fit lvm --data train-images-idx3-ubyte.gz --config run.toml --device cuda
-  lvmkit fit lvm --out runs/lvm --resume        # continue an interrupted run
+  lvmkit fit lvm --out runs/lvm --epochs 100 --resume   # continue a run to 100 epochs
+  lvmkit sample runs/lvm                        # writes runs/lvm/samples.png
+  lvmkit complete runs/lvm                      # fills in the bottom half of test digits
 
 run.toml holds up to three tables, each optional; unknown keys are an error:
   [data]  name = "digits", split_seed = 0
-  [model] z_dim = 8, hidden = [256, 256], min_scale = 0.03
+  [model] the model's settings, e.g. z_dim = 8, likelihood = "categorical", net = "conv"
   [fit]   epochs = 100, batch_size = 64, lr = 1e-3, optimizer = "adam", elbo = "elbo",
           num_particles = 1, patience = 20, seed = 0, device = "auto"
 """
-
-# name -> (model class, config class, how its data is prepared)
-MODELS = {"lvm": (GaussianLVM, GaussianLVMConfig, lvdata.scale)}
 
 DATA_DEFAULTS = {"name": "digits", "split_seed": 0}
 FIT_DEFAULTS = {
@@ -50,17 +62,22 @@ FIT_DEFAULTS = {
     "seed": 0,
     "device": "auto",
 }
-DEMO = {"data": {}, "model": {}, "fit": {"epochs": 200}}
+DEMO_EPOCHS = 200
+
+
+def default_config(model_name: str) -> dict:
+    model_cls = MODELS[model_name][0]
+    fit_defaults = dict(FIT_DEFAULTS)
+    fit_defaults["elbo"] = getattr(model_cls, "default_elbo", "elbo")
+    fit_defaults["num_particles"] = getattr(model_cls, "default_particles", 1)
+    return {"data": dict(DATA_DEFAULTS), "model": config_fields(model_name), "fit": fit_defaults}
 
 
 def read_config(path: Path | None, model_name: str) -> dict:
     """The run's config: defaults, updated by the TOML file; unknown tables or keys are errors."""
-    _, config_cls, _ = MODELS[model_name]
-    config = {
-        "data": dict(DATA_DEFAULTS),
-        "model": {f.name: f.default for f in dataclasses.fields(config_cls)},
-        "fit": dict(FIT_DEFAULTS),
-    }
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
+    config = default_config(model_name)
     if path is None:
         return config
     try:
@@ -103,35 +120,91 @@ def write_config(config: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def build_model(model_name: str, model_config: dict, image_shape):
-    model_cls, config_cls, _ = MODELS[model_name]
-    values = {**model_config, "image_shape": tuple(image_shape)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return model_cls(config_cls(**values))
+def _images(model, x: torch.Tensor, image_shape) -> torch.Tensor:
+    """Model-unit data -> (N, C, H, W) in [0, 1] for pictures."""
+    x = x.reshape(len(x), *image_shape).float()
+    levels = getattr(model.config, "levels", None)
+    if getattr(model.config, "likelihood", None) in ("categorical", "logistic") and levels:
+        x = x / (levels - 1)
+    return x
+
+
+def draw_samples(model, n: int) -> torch.Tensor:
+    """Samples from a built-in model, in model units (E[x|z] for the LVM, for a clear grid)."""
+    if hasattr(model, "decode"):
+        return model.sample(n, mean=True)
+    if hasattr(model, "component"):
+        return model.sample(n)[0]
+    if hasattr(model, "prior_net"):
+        raise ValueError("the conditional model generates given part of an image: use complete")
+    return model.sample(n)
+
+
+def completions(model, x: torch.Tensor, image_shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill in the bottom half of each image; returns (known mask, completed), model units."""
+    known = torch.zeros(len(x), *image_shape, dtype=torch.bool)
+    known[..., : image_shape[-2] // 2, :] = True
+    known = known.reshape(x.shape)
+    return known, model.complete(x, known)
+
+
+def save_completions(model, x, image_shape, path: Path) -> Path:
+    known, filled = completions(model, x, image_shape)
+    shown = _images(model, torch.where(known, x, torch.zeros_like(x)), image_shape)
+    rows = [_images(model, x, image_shape), shown, _images(model, filled, image_shape)]
+    return save_image_grid(
+        torch.cat(rows), path, nrow=3, title="data / given (top half) / completion"
+    )
+
+
+def write_pictures(model, test_x, image_shape, out: Path) -> list[Path]:
+    """Samples, reconstructions and completions, each where the model supports it."""
+    torch.manual_seed(0)
+    paths = []
+    try:
+        paths.append(
+            save_image_grid(
+                _images(model, draw_samples(model, 64), image_shape),
+                out / "samples.png",
+                title="samples",
+            )
+        )
+    except ValueError:
+        pass  # autoencoders and the conditional model have no unconditional samples
+    if hasattr(model, "reconstruct"):
+        x = test_x[:16]
+        paths.append(
+            save_reconstructions(
+                _images(model, x, image_shape),
+                _images(model, model.reconstruct(x), image_shape),
+                out / "reconstructions.png",
+            )
+        )
+    paths.append(save_completions(model, test_x[:8], image_shape, out / "completions.png"))
+    return paths
 
 
 def run_fit(model_name: str, config: dict, out: Path, *, resume: bool, progress: bool) -> int:
-    if model_name not in MODELS:
-        raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
     dcfg, fcfg = config["data"], config["fit"]
-    prepare = MODELS[model_name][2]
-    dataset = prepare(lvdata.load(dcfg["name"]))
+    dataset = lvdata.load(dcfg["name"])
     train, val, test = lvdata.split(dataset, (0.8, 0.1, 0.1), seed=dcfg["split_seed"])
     torch.manual_seed(fcfg["seed"])  # the nets' initial weights
-    lvm = build_model(model_name, config["model"], dataset.image_shape)
+    model = build_model(model_name, dataset.image_shape, dataset.levels, config["model"])
+    train_data, val_data = model.prepare(train), model.prepare(val)
+    if hasattr(model, "initialize"):
+        model.initialize(train_data, seed=fcfg["seed"])
     out.mkdir(parents=True, exist_ok=True)
     write_config(config, out / "config.toml")
 
-    fit_kwargs = {k: v for k, v in fcfg.items()}
     result = fit(
-        lvm.model,
-        lvm.guide,
-        train,
-        val_data=val,
+        model.model,
+        model.guide,
+        train_data,
+        val_data=val_data,
         checkpoint_dir=out,
         resume=resume,
         progress=progress,
-        **fit_kwargs,
+        **fcfg,
     )
     with open(out / "metrics.jsonl", "w") as f:
         for i, loss in enumerate(result.losses):
@@ -147,66 +220,102 @@ def run_fit(model_name: str, config: dict, out: Path, *, resume: bool, progress:
         )
         return 130
 
-    lvm.cpu().eval()
+    model.cpu().eval()
     save_checkpoint(
         {
             "kind": "model",
             "model": model_name,
-            "config": dataclasses.asdict(lvm.config),
-            "state_dict": lvm.state_dict(),
-            "data": {"name": dataset.name},
+            "config": dataclasses.asdict(model.config),
+            "state_dict": model.state_dict(),
+            "data": {
+                "name": dcfg["name"],
+                "split_seed": dcfg["split_seed"],
+                "image_shape": list(dataset.image_shape),
+            },
         },
         out / "model.pt",
     )
-    torch.manual_seed(fcfg["seed"])
+    summary = {
+        "model": model_name,
+        "data": dcfg["name"],
+        "epochs": result.epochs,
+        "train_loss": result.losses[-1],
+        "elapsed_s": result.elapsed,
+        "device": result.device,
+    }
+    if result.val_losses:
+        summary["val_loss"] = result.val_losses[result.best_epoch - 1]
+        summary["best_epoch"] = result.best_epoch
+    if dataset.y is not None:
+        summary["linear_probe_accuracy"] = linear_probe(encode(model, dataset), dataset.y)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    test_x = getattr(model.prepare(test), "x", model.prepare(test))
     paths = [
         out / "config.toml",
         out / "metrics.jsonl",
         result.checkpoint,
         out / "model.pt",
+        out / "summary.json",
         save_loss_curve(result.losses, result.val_losses, out / "losses.png"),
-        save_image_grid(lvm.sample(64, mean=True), out / "samples.png", title="samples E[x|z]"),
-        save_reconstructions(
-            test.x[:16], lvm.reconstruct(test.x[:16]), out / "reconstructions.png"
-        ),
     ]
-    final = result.val_losses[-1] if result.val_losses else result.losses[-1]
-    print(
-        f"fitted {model_name} on {dcfg['name']} for {result.epochs} epochs in "
-        f"{result.elapsed:.1f}s on {result.device}; validation loss {final:.3f} nats/datapoint"
-    )
+    paths += write_pictures(model, test_x, dataset.image_shape, out)
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
+    print(f"fitted {model_name}: {json.dumps(shown)}")
     print(f"run directory: {out}")
     for p in paths:
         print(f"  {p}")
     return 0
 
 
-def load_run_model(run: Path):
-    """Rebuild a fitted built-in model from a run directory's model.pt."""
+def load_run(run: Path):
+    """(model, its saved data info) from a run directory's model.pt."""
     state = load_checkpoint(run / "model.pt")
     if state.get("kind") != "model" or state.get("model") not in MODELS:
         raise CheckpointError(f"{run / 'model.pt'} does not hold a built-in lvmkit model")
-    model_cls, config_cls, _ = MODELS[state["model"]]
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
-    lvm = model_cls(config_cls(**cfg))
-    lvm.load_state_dict(state["state_dict"])
-    return lvm.eval()
+    model = rebuild(state["model"], state["config"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), state["data"]
+
+
+def _test_images(model, info) -> torch.Tensor:
+    data = lvdata.load(info["name"])
+    test = lvdata.split(data, (0.8, 0.1, 0.1), seed=info["split_seed"])[2]
+    prepared = model.prepare(test)
+    return getattr(prepared, "x", prepared)
+
+
+def run_sample(run: Path, n: int, seed: int) -> int:
+    model, info = load_run(run)
+    torch.manual_seed(seed)
+    path = save_image_grid(
+        _images(model, draw_samples(model, n), info["image_shape"]),
+        run / "samples.png",
+        title="samples",
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def run_complete(run: Path, n: int, seed: int) -> int:
+    model, info = load_run(run)
+    torch.manual_seed(seed)
+    path = save_completions(
+        model, _test_images(model, info)[:n], info["image_shape"], run / "completions.png"
+    )
+    print(f"wrote {path}")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="lvmkit",
         description="Fit, evaluate and inspect latent variable models.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=fmt,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser(
-        "fit",
-        help="fit a built-in model",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = sub.add_parser("fit", help="fit a built-in model", epilog=EXAMPLES, formatter_class=fmt)
     p.add_argument("model", help=f"one of {sorted(MODELS)}")
     p.add_argument("--data", help="'digits' or a path (IDX, .npy/.npz, PNG folder)")
     p.add_argument("--config", type=Path, help="a TOML file with [data], [model], [fit] tables")
@@ -218,9 +327,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d = sub.add_parser("demo", help="the Gaussian-decoder LVM on digits, about a minute on CPU")
+    for name, help_ in [
+        ("sample", "write RUN/samples.png from a fitted model"),
+        ("complete", "fill in the bottom half of test images: completions.png"),
+    ]:
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
+        s.add_argument("--n", type=int, default=64 if name == "sample" else 8)
+        s.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("demo", help="the Gaussian-decoder LVM on digits, under a minute on CPU")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
-    d.add_argument("--epochs", type=int)
+    d.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     d.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -229,14 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            config = read_config(None, "lvm")
-            for table, values in DEMO.items():
-                config[table].update(values)
-            if args.epochs:
-                config["fit"]["epochs"] = args.epochs
+            config = default_config("lvm")
+            config["fit"]["epochs"] = args.epochs
             return run_fit("lvm", config, args.out, resume=False, progress=not args.no_progress)
-        if args.model not in MODELS:
-            raise ValueError(f"unknown model {args.model!r}; choose one of {sorted(MODELS)}")
+        if args.command == "sample":
+            return run_sample(args.run, args.n, args.seed)
+        if args.command == "complete":
+            return run_complete(args.run, args.n, args.seed)
         config = read_config(args.config, args.model)
         if args.data:
             config["data"]["name"] = args.data

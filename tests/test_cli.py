@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from lvmkit.cli import load_run_model, main
+from lvmkit.cli import load_run, main
 
 
 def metrics(run):
@@ -35,7 +35,7 @@ def test_fit_writes_a_complete_run_directory(tmp_path, capsys):
     assert [r["epoch"] for r in rows] == [1, 2] and all("val_loss" in r for r in rows)
     assert Image.open(run / "samples.png").size[0] > 100
     assert str(run) in capsys.readouterr().out
-    lvm = load_run_model(run)
+    lvm, _ = load_run(run)
     assert lvm.sample(3).shape == (3, 1, 8, 8)
 
 
@@ -56,7 +56,7 @@ def test_config_file_and_its_errors(tmp_path, capsys):
         == 0
     )
     assert "z_dim = 3" in (tmp_path / "r" / "config.toml").read_text()
-    assert load_run_model(tmp_path / "r").config.z_dim == 3
+    assert load_run(tmp_path / "r")[0].config.z_dim == 3
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[fit]\nepochz = 3\n")
@@ -70,7 +70,10 @@ def test_config_file_and_its_errors(tmp_path, capsys):
 
 def test_unknown_model_and_bad_data_are_clear_errors(tmp_path, capsys):
     assert main(["fit", "vea", "--out", str(tmp_path)]) == 2
-    assert "unknown model 'vea'; choose one of ['lvm']" in capsys.readouterr().err
+    assert (
+        "unknown model 'vea'; choose one of ['ae', 'clvm', 'dae', 'gmm', 'lvm', 'sae']"
+        in capsys.readouterr().err
+    )
     assert main(["fit", "lvm", "--data", "mnits", "--out", str(tmp_path)]) == 2
     assert "unknown dataset 'mnits'" in capsys.readouterr().err
 

@@ -1,5 +1,29 @@
 """Probabilistic programs: each model is an nn.Module with ``model`` and ``guide`` methods."""
 
+from lvmkit.models.autoencoders import Autoencoder, AutoencoderConfig
+from lvmkit.models.conditional import (
+    CompletionBaseline,
+    CompletionData,
+    ConditionalLVM,
+    ConditionalLVMConfig,
+    quadrant_masks,
+)
+from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
+from lvmkit.models.registry import MODELS, build_model
 
-__all__ = ["GaussianLVM", "GaussianLVMConfig"]
+__all__ = [
+    "MODELS",
+    "Autoencoder",
+    "AutoencoderConfig",
+    "CompletionBaseline",
+    "CompletionData",
+    "ConditionalLVM",
+    "ConditionalLVMConfig",
+    "GaussianLVM",
+    "GaussianLVMConfig",
+    "GaussianMixture",
+    "GaussianMixtureConfig",
+    "build_model",
+    "quadrant_masks",
+]

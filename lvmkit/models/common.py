@@ -34,7 +34,8 @@ def make_decoder(net: str, in_features: int, hidden: tuple[int, ...], obs: Obser
         c, h, w = obs.event_shape
         per_pixel = obs.num_params // obs.numel
         return nn.Sequential(
-            ConvDecoder(in_features, per_pixel * c, (h, w), hidden=hidden[-1]), nn.Flatten()
+            ConvDecoder(in_features, per_pixel * c, (h, w), hidden=hidden[-1]),
+            nn.Flatten(start_dim=-3),
         )
     raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")
 

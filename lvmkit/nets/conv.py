@@ -59,5 +59,7 @@ class ConvDecoder(nn.Module):
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        g = self.head(z).reshape(-1, *self.grid)  # (B, C0, H/4, W/4)
-        return self.deconvs(g)[..., : self.size[0], : self.size[1]]  # (B, out_channels, H, W)
+        lead = z.shape[:-1]  # (B,) or (K, B) for vectorized particles
+        g = self.head(z).reshape(-1, *self.grid)  # (B', C0, H/4, W/4)
+        out = self.deconvs(g)[..., : self.size[0], : self.size[1]]  # (B', out_channels, H, W)
+        return out.reshape(*lead, *out.shape[1:])

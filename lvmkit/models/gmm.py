@@ -1,0 +1,223 @@
+"""Gaussian mixture: z ~ Categorical(w), x | z ~ N(mu_z, Sigma_z); z is enumerated (summed out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+
+from lvmkit import data as lvdata
+
+COVARIANCES = ("diag", "full")
+
+
+@dataclass
+class GaussianMixtureConfig:
+    dim: int = 2
+    components: int = 3
+    covariance: str = "diag"  # "diag" or "full"
+    # Conjugate priors for MAP fitting; False fits by maximum likelihood.
+    prior: bool = False
+    weight_concentration: float = 2.0  # Dirichlet(alpha) on the weights; alpha > 1 keeps them > 0
+    mean_prior_scale: float = 10.0  # N(0, s^2 I) on each mean
+    # Inverse-gamma(a, b) on each variance (diag); Wishart(D + 2a, (2b I)^-1) on each precision
+    # (full), whose mode sits near a covariance of b/a I.
+    covariance_prior_shape: float = 2.0
+    covariance_prior_rate: float = 0.1
+    # Size of the whole dataset, so that a minibatch carries its share of the prior. None applies
+    # the whole prior to every batch (right when each batch is the whole dataset).
+    num_data: int | None = None
+
+
+class GaussianMixture(nn.Module):
+    """K Gaussians in D dims. Fit with ``lvmkit.fit(gmm.model, gmm.guide, x, elbo="enum")``.
+
+    Parameters are stored as weight logits (K,), means (K, D) and either log std devs (K, D) or
+    Cholesky factors with a log diagonal (K, D, D), so EM can write closed-form values in.
+    """
+
+    default_elbo = "enum"
+
+    def __init__(self, config: GaussianMixtureConfig | None = None):
+        super().__init__()
+        self.config = c = config or GaussianMixtureConfig()
+        if c.covariance not in COVARIANCES:
+            raise ValueError(f"unknown covariance {c.covariance!r}; choose one of {COVARIANCES}")
+        k, d = c.components, c.dim
+        self.weight_logits = nn.Parameter(torch.zeros(k))
+        self.means = nn.Parameter(torch.randn(k, d))
+        if c.covariance == "diag":
+            self.log_scales = nn.Parameter(torch.zeros(k, d))
+        else:
+            self.tril_raw = nn.Parameter(torch.zeros(k, d, d))  # diag holds log of L's diagonal
+
+    # ---- parameters in natural form -------------------------------------------------------
+    @property
+    def weights(self) -> Tensor:
+        return self.weight_logits.softmax(-1)
+
+    @property
+    def scale_tril(self) -> Tensor:
+        """Cholesky factors of the covariances: (K, D, D)."""
+        if self.config.covariance == "diag":
+            return torch.diag_embed(self.log_scales.exp())
+        raw = self.tril_raw
+        return raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+
+    @property
+    def covariances(self) -> Tensor:
+        """(K, D, D) for full covariance, (K, D) variances for diag (scikit-learn's shapes)."""
+        if self.config.covariance == "diag":
+            return (2 * self.log_scales).exp()
+        tril = self.scale_tril
+        return tril @ tril.transpose(-1, -2)
+
+    @torch.no_grad()
+    def set_params(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
+        """Write natural parameters in (shapes as ``covariances``); used by EM and tests."""
+        self.weight_logits.copy_(weights.log())
+        self.means.copy_(means)
+        if self.config.covariance == "diag":
+            self.log_scales.copy_(0.5 * covariances.log())
+        else:
+            tril = torch.linalg.cholesky(covariances)
+            self.tril_raw.copy_(
+                tril.tril(-1) + torch.diag_embed(tril.diagonal(dim1=-2, dim2=-1).log())
+            )
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, *, method: str = "kmeans++", seed: int = 0) -> GaussianMixture:
+        """Start from the data: means from ``method`` ("kmeans++" or "random_from_data"),
+        every covariance the data's (diagonal) variance, equal weights."""
+        self._check(x)
+        g = torch.Generator().manual_seed(seed)
+        k = self.config.components
+        if len(x) < k:
+            raise ValueError(f"{len(x)} datapoints cannot initialise {k} components")
+        if method == "random_from_data":
+            means = x[torch.randperm(len(x), generator=g)[:k]]
+        elif method == "kmeans++":
+            idx = [int(torch.randint(len(x), (1,), generator=g))]
+            d2 = ((x - x[idx[0]]) ** 2).sum(-1)
+            for _ in range(1, k):
+                idx.append(int(torch.multinomial(d2 / d2.sum(), 1, generator=g)))
+                d2 = torch.minimum(d2, ((x - x[idx[-1]]) ** 2).sum(-1))
+            means = x[idx]
+        else:
+            raise ValueError(f"unknown init {method!r}; choose 'kmeans++' or 'random_from_data'")
+        var = x.var(0) + 1e-6
+        cov = (
+            var.expand(k, -1)
+            if self.config.covariance == "diag"
+            else torch.diag(var).expand(k, -1, -1)
+        )
+        self.set_params(torch.full((k,), 1.0 / k, dtype=x.dtype), means, cov.clone())
+        return self
+
+    # ---- the probabilistic program ---------------------------------------------------------
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.config.dim:
+            raise ValueError(
+                f"GaussianMixture was built for vectors of dim {self.config.dim}, got a batch of "
+                f"shape {tuple(x.shape)}; flatten images with x.flatten(1) and set dim to match"
+            )
+
+    def component(self, z: Tensor) -> dist.Distribution:
+        """p(x | z) for component indices z (any shape)."""
+        if self.config.covariance == "diag":
+            return dist.Normal(self.means[z], self.log_scales[z].exp()).to_event(1)
+        return dist.MultivariateNormal(self.means[z], scale_tril=self.scale_tril[z])
+
+    def log_prior(self) -> Tensor:
+        c = self.config
+        lp = dist.Dirichlet(torch.full_like(self.weight_logits, c.weight_concentration)).log_prob(
+            self.weights
+        )
+        lp = lp + dist.Normal(0.0, c.mean_prior_scale).log_prob(self.means).sum()
+        if c.covariance == "diag":
+            ig = dist.InverseGamma(
+                torch.tensor(c.covariance_prior_shape), torch.tensor(c.covariance_prior_rate)
+            )
+            return lp + ig.log_prob(self.covariances).sum()
+        eye = torch.eye(c.dim, dtype=self.means.dtype)
+        wishart = torch.distributions.Wishart(
+            df=torch.tensor(c.dim + 2 * c.covariance_prior_shape, dtype=self.means.dtype),
+            covariance_matrix=eye / (2 * c.covariance_prior_rate),
+        )
+        precision = torch.cholesky_inverse(self.scale_tril)
+        return lp + wishart.log_prob(precision).sum()
+
+    def model(self, x: Tensor | None = None, n: int | None = None) -> Tensor:
+        if x is None and n is None:
+            raise ValueError("pass a batch x, or n to sample n datapoints")
+        if x is not None:
+            self._check(x)
+            n = len(x)
+        pyro.module("gmm", self)
+        if self.config.prior:
+            share = 1.0 if self.config.num_data is None else n / self.config.num_data
+            pyro.factor("log_prior", share * self.log_prior())
+        with pyro.plate("data", n):
+            z = pyro.sample(
+                "z", dist.Categorical(logits=self.weight_logits), infer={"enumerate": "parallel"}
+            )
+            return pyro.sample("x", self.component(z), obs=x)
+
+    def guide(self, x: Tensor | None = None, n: int | None = None) -> None:
+        """Nothing to guess: z is summed out exactly by the "enum" ELBO."""
+
+    def prepare(self, data: lvdata.ImageData) -> Tensor:
+        """Images as vectors in [0, 1]: (N, C*H*W)."""
+        return lvdata.scale(data).x.flatten(1) if data.levels is not None else data.x.flatten(1)
+
+    # ---- uses -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def component_log_probs(self, x: Tensor) -> Tensor:
+        """log w_k + log N(x_n | mu_k, Sigma_k): (N, K)."""
+        self._check(x)
+        return self.weight_logits.log_softmax(-1) + self.component(
+            torch.arange(self.config.components)
+        ).log_prob(x.unsqueeze(-2))
+
+    @torch.no_grad()
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x_n): (N,)."""
+        return self.component_log_probs(x).logsumexp(-1)
+
+    @torch.no_grad()
+    def responsibilities(self, x: Tensor) -> Tensor:
+        """p(z = k | x_n): (N, K)."""
+        return self.component_log_probs(x).softmax(-1)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """n draws: x (n, D) and their components z (n,)."""
+        z = dist.Categorical(logits=self.weight_logits).sample((n,))
+        return self.component(z).sample(), z
+
+    def encode(self, x: Tensor) -> dist.Distribution:
+        """p(z | x) as a distribution over components."""
+        return dist.Categorical(probs=self.responsibilities(x))
+
+    @torch.no_grad()
+    def complete(self, x: Tensor, known: Tensor) -> Tensor:
+        """Sample the unknown coordinates from p(x_unknown | x_known), exactly: per datapoint,
+        z ~ p(z | x_known), then the Gaussian conditional of that component."""
+        out = x.clone()
+        cov = self.covariances
+        cov = torch.diag_embed(cov) if self.config.covariance == "diag" else cov
+        for i in range(len(x)):
+            k, u = known[i], ~known[i]
+            if not u.any():
+                continue
+            marg = dist.MultivariateNormal(self.means[:, k], cov[:, k][:, :, k])
+            logits = self.weight_logits.log_softmax(-1) + marg.log_prob(x[i, k])
+            j = int(dist.Categorical(logits=logits).sample())
+            s_uk, s_kk = cov[j][u][:, k], cov[j][k][:, k]
+            gain = s_uk @ torch.linalg.inv(s_kk)
+            loc = self.means[j, u] + gain @ (x[i, k] - self.means[j, k])
+            out[i, u] = dist.MultivariateNormal(loc, cov[j][u][:, u] - gain @ s_uk.T).sample()
+        return out
