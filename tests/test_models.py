@@ -1,0 +1,183 @@
+import itertools
+
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+import lvmkit
+from lvmkit.models import (
+    Autoencoder,
+    AutoencoderConfig,
+    CompletionBaseline,
+    ConditionalLVM,
+    ConditionalLVMConfig,
+    GaussianLVM,
+    GaussianLVMConfig,
+    GaussianMixture,
+    GaussianMixtureConfig,
+    build_model,
+    quadrant_masks,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = lvmkit.data.load("digits")
+    return data, lvmkit.data.split(data, (0.8, 0.1, 0.1), seed=0)
+
+
+def fit_and_check_validation_falls(model, train, val, epochs=4, **kw):
+    r = lvmkit.fit(model.model, model.guide, model.prepare(train), val_data=model.prepare(val),
+                   epochs=epochs, batch_size=128, progress=False, **kw)
+    assert r.val_losses[-1] < r.val_losses[0], r.val_losses
+    return r
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("lvm", {}),
+    ("lvm", {"net": "conv", "likelihood": "categorical"}),
+    ("lvm", {"likelihood": "logistic", "components": 2}),
+    ("lvm", {"likelihood": "bernoulli", "free_bits": 0.25}),
+    ("ae", {}), ("sae", {}), ("dae", {"likelihood": "bernoulli"}),
+])
+def test_image_models_fit_digits(digits, name, settings):
+    data, (train, val, _) = digits
+    torch.manual_seed(0)
+    model = build_model(name, data.image_shape, data.levels, settings)
+    fit_and_check_validation_falls(model, train, val)
+
+
+def test_gmm_and_clvm_fit_digits(digits):
+    data, (train, val, _) = digits
+    torch.manual_seed(0)
+    gmm = build_model("gmm", data.image_shape, data.levels)
+    gmm.initialize(gmm.prepare(train))
+    fit_and_check_validation_falls(gmm, train, val, elbo="enum", lr=0.01)
+    clvm = build_model("clvm", data.image_shape, data.levels)
+    fit_and_check_validation_falls(clvm, train, val, elbo="iwae", num_particles=4)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_gmm_recovers_a_known_mixture(covariance):
+    torch.manual_seed(0)
+    truth = GaussianMixture(GaussianMixtureConfig(dim=2, components=3))
+    weights = torch.tensor([0.2, 0.3, 0.5])
+    means = torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
+    truth.set_params(weights, means, torch.full((3, 2), 0.5))
+    x, _ = truth.sample(3000)
+    gmm = GaussianMixture(GaussianMixtureConfig(dim=2, components=3, covariance=covariance))
+    gmm.initialize(x, seed=1)
+    lvmkit.fit(gmm.model, gmm.guide, x, elbo="enum", epochs=40, lr=0.05, batch_size=500,
+               progress=False)
+    # Match components to the truth up to permutation: the best of all 3! assignments.
+    perm = min(itertools.permutations(range(3)),
+               key=lambda p: float((gmm.means.detach()[list(p)] - means).abs().sum()))
+    assert torch.allclose(gmm.weights.detach()[list(perm)], weights, atol=0.03)  # stated: 0.03
+    assert torch.allclose(gmm.means.detach()[list(perm)], means, atol=0.1)  # stated: 0.1
+    assert abs(float(gmm.log_prob(x).mean() - truth.log_prob(x).mean())) < 0.02
+
+
+def test_gmm_map_prior_and_exact_responsibilities():
+    torch.manual_seed(0)
+    gmm = GaussianMixture(GaussianMixtureConfig(dim=2, components=2, covariance="full",
+                                                prior=True, num_data=100))
+    x = torch.randn(100, 2)
+    gmm.initialize(x)
+    r = lvmkit.fit(gmm.model, gmm.guide, x, elbo="enum", epochs=3, lr=0.01, progress=False)
+    assert all(map(torch.isfinite, map(torch.tensor, r.losses)))
+    resp = gmm.responsibilities(x[:5])
+    joint = torch.stack([gmm.weights[k] * gmm.component(torch.tensor(k)).log_prob(x[:5]).exp()
+                         for k in range(2)], -1).detach()
+    assert torch.allclose(resp, joint / joint.sum(-1, keepdim=True), atol=1e-6)
+
+
+def test_conditional_model_beats_its_baseline_on_held_out_completion(digits):
+    """Negative conditional log-likelihood with one quadrant given, measured by importance
+    sampling (the baseline has no latent, so its value is exact)."""
+    _, (train, _, test) = digits
+    config = ConditionalLVMConfig(hidden=(128, 128))
+    torch.manual_seed(0)
+    clvm, baseline = ConditionalLVM(config), CompletionBaseline(config)
+    kw = dict(epochs=15, batch_size=64, lr=2e-3, progress=False)
+    lvmkit.fit(clvm.model, clvm.guide, clvm.prepare(train), elbo="iwae", num_particles=8, **kw)
+    lvmkit.fit(baseline.model, baseline.guide, clvm.prepare(train), **kw)
+    x = lvmkit.data.binarize(test).x
+    known = quadrant_masks(len(x), (1, 8, 8), given=1, generator=torch.Generator().manual_seed(2))
+    ours = lvmkit.log_likelihood(clvm.model, clvm.guide, (x, known), num_samples=100)
+    theirs = lvmkit.log_likelihood(baseline.model, baseline.guide, (x, known), num_samples=1)
+    assert -ours.mean < -theirs.mean - 3 * ours.stderr, (-ours.mean, -theirs.mean)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_reconstruct_encode_complete_shapes(device):
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 8, 8, device=device)
+    known = torch.rand(5, 1, 8, 8, device=device) > 0.5
+    lvm = GaussianLVM(GaussianLVMConfig(net="conv")).to(device)
+    ae = Autoencoder(AutoencoderConfig(kind="sparse")).to(device)
+    assert lvm.sample(3).shape == (3, 1, 8, 8) and lvm.sample(3).dtype == torch.float32
+    for model in (lvm, ae):
+        assert model.reconstruct(x).shape == (5, 1, 8, 8)
+        assert model.encode(x).mean.shape == (5, 8)
+        filled = model.complete(x, known)
+        assert filled.shape == x.shape and torch.equal(filled[known], x[known])
+    xb = (x > 0.5).float()
+    clvm = ConditionalLVM().to(device)
+    filled = clvm.complete(xb, known)
+    assert torch.equal(filled[known], xb[known]) and set(filled.unique().tolist()) <= {0.0, 1.0}
+    assert clvm.encode(xb).mean.shape == (5, 4)
+    gmm = GaussianMixture(GaussianMixtureConfig(dim=64, components=3)).to(device)
+    flat, kflat = x.flatten(1), known.flatten(1)
+    assert gmm.sample(4)[0].shape == (4, 64) and gmm.encode(flat).probs.shape == (5, 3)
+    assert torch.equal(gmm.complete(flat, kflat)[kflat], flat[kflat])
+    with pytest.raises(ValueError, match="no generative prior"):
+        ae.sample(3)
+
+
+def test_bad_inputs_are_clear_errors(digits):
+    data, (train, _, _) = digits
+    lvm = GaussianLVM(GaussianLVMConfig(image_shape=(1, 8, 8)))
+    with pytest.raises(ValueError, match=r"built for data of shape \(1, 8, 8\).*\(1, 28, 28\)"):
+        lvmkit.fit(lvm.model, lvm.guide, torch.rand(10, 1, 28, 28), epochs=1, progress=False)
+    bern = GaussianLVM(GaussianLVMConfig(likelihood="bernoulli"))
+    with pytest.raises(ValueError, match=r"needs binary data \(0/1\).*\[0.0, 16.0\]"):
+        lvmkit.fit(bern.model, bern.guide, train, epochs=1, progress=False)  # 17-level data
+    with pytest.raises(ValueError, match="unknown setting"):
+        build_model("lvm", (1, 8, 8), 17, {"zdim": 3})
+    with pytest.raises(ValueError, match=r"vectors of dim 64.*flatten"):
+        GaussianMixture(GaussianMixtureConfig(dim=64)).log_prob(torch.rand(3, 1, 8, 8))
+    with pytest.raises(ValueError, match="needs discrete data"):
+        build_model("lvm", (1, 8, 8), None, {"likelihood": "categorical", "levels": 3}).prepare(
+            lvmkit.data.scale(data))
+
+
+def test_beta_and_free_bits_change_only_the_training_objective():
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 8, 8)
+    models = {b: GaussianLVM(GaussianLVMConfig(beta=b)) for b in (1.0, 2.0, 3.0)}
+    free = GaussianLVM(GaussianLVMConfig(free_bits=0.5))
+    for m in [*models.values(), free]:
+        m.load_state_dict(models[1.0].state_dict())
+
+    def loss(m):
+        torch.manual_seed(1)
+        return Trace_ELBO().loss(m.model, m.guide, x)
+
+    l1, l2, l3 = (loss(models[b]) for b in (1.0, 2.0, 3.0))
+    assert abs((l3 - l2) - (l2 - l1)) < 1e-2 * abs(l2 - l1)  # linear in beta: + beta * KL
+    assert l2 > l1
+    for m in [*models.values(), free]:
+        m.eval()
+    assert loss(models[2.0]) == loss(models[1.0]) == loss(free)  # eval mode: the exact ELBO
+
+
+def test_linear_probe_on_codes(digits):
+    data, (train, val, _) = digits
+    torch.manual_seed(0)
+    lvm = GaussianLVM()
+    lvmkit.fit(lvm.model, lvm.guide, lvm.prepare(train), epochs=5, progress=False)
+    codes = lvmkit.encode(lvm, data)
+    assert codes.shape == (1797, 8)
+    assert lvmkit.linear_probe(codes, data.y) > 0.5  # chance is 0.1
