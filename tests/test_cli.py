@@ -114,3 +114,26 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err
     assert len(metrics(run)) >= 1
+
+
+@pytest.mark.parametrize("name", ["gmm", "lvm", "clvm", "ae", "sae", "dae"])
+def test_every_model_fits_from_the_cli_and_completes(tmp_path, name, capsys):
+    run = tmp_path / name
+    assert main(["fit", name, "--epochs", "2", "--out", str(run), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and 0.1 < summary["linear_probe_accuracy"] <= 1
+    (run / "completions.png").unlink()
+    assert main(["complete", str(run), "--n", "4"]) == 0
+    assert (run / "completions.png").is_file()
+    code = main(["sample", str(run), "--n", "9"])
+    if name in ("gmm", "lvm"):
+        assert code == 0 and (run / "samples.png").is_file()
+    else:
+        assert code == 2
+        expected = "use complete" if name == "clvm" else "cannot sample"
+        assert expected in capsys.readouterr().err
+
+
+def test_sample_from_a_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "nope")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err

@@ -52,8 +52,9 @@ def test_logistic_matches_the_sigmoid_difference_formula():
 
 def test_logistic_samples_follow_its_probabilities():
     torch.manual_seed(0)
-    d = DiscretizedLogisticMixture(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 3.5]),
-                                   torch.tensor([0.4, 0.8]), 6)
+    d = DiscretizedLogisticMixture(
+        torch.tensor([0.0, 1.0]), torch.tensor([1.0, 3.5]), torch.tensor([0.4, 0.8]), 6
+    )
     draws = d.sample((40000,))
     freq = torch.bincount(draws.long(), minlength=6).double() / len(draws)
     probs = d.log_prob(torch.arange(6.0)).exp().double()
@@ -79,8 +80,9 @@ def test_gaussian_observations_agree_with_torch():
     assert torch.allclose(img(h).log_prob(v.reshape(4, 1, 2, 3)), ref.log_prob(v), atol=1e-5)
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian", "lowrank", "bernoulli", "categorical",
-                                        "logistic"])
+@pytest.mark.parametrize(
+    "likelihood", ["gaussian", "lowrank", "bernoulli", "categorical", "logistic"]
+)
 def test_shapes_of_samples_and_means(likelihood):
     obs = make_observation(likelihood, (3, 4, 5), levels=17, components=2)
     h = torch.randn(6, obs.num_params)

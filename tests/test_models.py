@@ -29,19 +29,32 @@ def digits():
 
 
 def fit_and_check_validation_falls(model, train, val, epochs=4, **kw):
-    r = lvmkit.fit(model.model, model.guide, model.prepare(train), val_data=model.prepare(val),
-                   epochs=epochs, batch_size=128, progress=False, **kw)
+    r = lvmkit.fit(
+        model.model,
+        model.guide,
+        model.prepare(train),
+        val_data=model.prepare(val),
+        epochs=epochs,
+        batch_size=128,
+        progress=False,
+        **kw,
+    )
     assert r.val_losses[-1] < r.val_losses[0], r.val_losses
     return r
 
 
-@pytest.mark.parametrize("name, settings", [
-    ("lvm", {}),
-    ("lvm", {"net": "conv", "likelihood": "categorical"}),
-    ("lvm", {"likelihood": "logistic", "components": 2}),
-    ("lvm", {"likelihood": "bernoulli", "free_bits": 0.25}),
-    ("ae", {}), ("sae", {}), ("dae", {"likelihood": "bernoulli"}),
-])
+@pytest.mark.parametrize(
+    "name, settings",
+    [
+        ("lvm", {}),
+        ("lvm", {"net": "conv", "likelihood": "categorical"}),
+        ("lvm", {"likelihood": "logistic", "components": 2}),
+        ("lvm", {"likelihood": "bernoulli", "free_bits": 0.25}),
+        ("ae", {}),
+        ("sae", {}),
+        ("dae", {"likelihood": "bernoulli"}),
+    ],
+)
 def test_image_models_fit_digits(digits, name, settings):
     data, (train, val, _) = digits
     torch.manual_seed(0)
@@ -69,11 +82,14 @@ def test_gmm_recovers_a_known_mixture(covariance):
     x, _ = truth.sample(3000)
     gmm = GaussianMixture(GaussianMixtureConfig(dim=2, components=3, covariance=covariance))
     gmm.initialize(x, seed=1)
-    lvmkit.fit(gmm.model, gmm.guide, x, elbo="enum", epochs=40, lr=0.05, batch_size=500,
-               progress=False)
+    lvmkit.fit(
+        gmm.model, gmm.guide, x, elbo="enum", epochs=40, lr=0.05, batch_size=500, progress=False
+    )
     # Match components to the truth up to permutation: the best of all 3! assignments.
-    perm = min(itertools.permutations(range(3)),
-               key=lambda p: float((gmm.means.detach()[list(p)] - means).abs().sum()))
+    perm = min(
+        itertools.permutations(range(3)),
+        key=lambda p: float((gmm.means.detach()[list(p)] - means).abs().sum()),
+    )
     assert torch.allclose(gmm.weights.detach()[list(perm)], weights, atol=0.03)  # stated: 0.03
     assert torch.allclose(gmm.means.detach()[list(perm)], means, atol=0.1)  # stated: 0.1
     assert abs(float(gmm.log_prob(x).mean() - truth.log_prob(x).mean())) < 0.02
@@ -81,15 +97,18 @@ def test_gmm_recovers_a_known_mixture(covariance):
 
 def test_gmm_map_prior_and_exact_responsibilities():
     torch.manual_seed(0)
-    gmm = GaussianMixture(GaussianMixtureConfig(dim=2, components=2, covariance="full",
-                                                prior=True, num_data=100))
+    gmm = GaussianMixture(
+        GaussianMixtureConfig(dim=2, components=2, covariance="full", prior=True, num_data=100)
+    )
     x = torch.randn(100, 2)
     gmm.initialize(x)
     r = lvmkit.fit(gmm.model, gmm.guide, x, elbo="enum", epochs=3, lr=0.01, progress=False)
     assert all(map(torch.isfinite, map(torch.tensor, r.losses)))
     resp = gmm.responsibilities(x[:5])
-    joint = torch.stack([gmm.weights[k] * gmm.component(torch.tensor(k)).log_prob(x[:5]).exp()
-                         for k in range(2)], -1).detach()
+    joint = torch.stack(
+        [gmm.weights[k] * gmm.component(torch.tensor(k)).log_prob(x[:5]).exp() for k in range(2)],
+        -1,
+    ).detach()
     assert torch.allclose(resp, joint / joint.sum(-1, keepdim=True), atol=1e-6)
 
 
@@ -150,7 +169,8 @@ def test_bad_inputs_are_clear_errors(digits):
         GaussianMixture(GaussianMixtureConfig(dim=64)).log_prob(torch.rand(3, 1, 8, 8))
     with pytest.raises(ValueError, match="needs discrete data"):
         build_model("lvm", (1, 8, 8), None, {"likelihood": "categorical", "levels": 3}).prepare(
-            lvmkit.data.scale(data))
+            lvmkit.data.scale(data)
+        )
 
 
 def test_beta_and_free_bits_change_only_the_training_objective():
