@@ -1,0 +1,153 @@
+"""EM for a Gaussian mixture: scikit-learn vs lvmkit, per iteration, from the same start.
+
+make_blobs(n_samples=200000, n_features=10, centers=10, random_state=0), K = 10, full and diag
+covariance. Both get the same initial weights, means (10 data points) and covariances, and run
+the same number of iterations (tol = 0), so their log-likelihoods must agree. Contenders are
+interleaved over rounds; medians are reported. A last run streams N = 10^7 points (diag) through
+lvmkit's chunked EM in a child process and reports its peak memory.
+
+    python benchmarks/gmm_em.py [--smoke] [--device auto]
+
+Prints one JSON line per covariance type, then one for the memory run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from functools import partial
+
+import numpy as np
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.mixture import GaussianMixture as SklearnGMM
+
+from lvmkit.inference import resolve_device
+from lvmkit.inference.em import GaussianMixtureEM
+
+
+def peak_memory_run(n: int, device: str) -> None:
+    """Child process: EM on n points (diag, float32); prints peak RSS in MiB."""
+    g = torch.Generator().manual_seed(0)
+    centers = 10 * torch.randn(10, 10, generator=g)
+    x = centers[torch.randint(10, (n,), generator=g)] + torch.randn(n, 10, generator=g)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    em = GaussianMixtureEM(
+        10,
+        covariance_type="diag",
+        max_iter=3,
+        tol=0.0,
+        dtype=torch.float32,
+        device=device,
+        means_init=x[:10].numpy(),
+    )
+    em.fit(x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "data_mib": x.numel() * 4 / 2**20,
+                "rss_before_fit_mib": round(base),
+                "peak_rss_mib": round(peak),
+                "s_per_iter": (time.perf_counter() - t0) / 3,
+            }
+        )
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")  # tol = 0 runs a fixed number of iterations on purpose
+    device = str(resolve_device(args.device))
+    if args.memory_child:
+        return peak_memory_run(args.memory_child, device)
+    n, rounds, iters, big = (
+        (20000, 1, 3, 200000) if args.smoke else (200000, args.rounds, args.iters, 10**7)
+    )
+    x, _ = make_blobs(n_samples=n, n_features=10, centers=10, random_state=0)
+    means0 = x[np.random.default_rng(0).choice(n, 10, replace=False)]
+    for cov in ("full", "diag"):
+        cov0 = np.stack([np.eye(10)] * 10) if cov == "full" else np.ones((10, 10))
+        prec0 = np.linalg.inv(cov0) if cov == "full" else 1 / cov0
+        common = dict(
+            covariance_type=cov,
+            means_init=means0,
+            weights_init=np.full(10, 0.1),
+            tol=0.0,
+            max_iter=iters,
+        )
+        contenders = {
+            "sklearn": partial(
+                SklearnGMM, 10, precisions_init=prec0, init_params="random_from_data", **common
+            ),
+            "lvmkit": partial(
+                GaussianMixtureEM,
+                10,
+                covariances_init=cov0,
+                dtype=torch.float32,
+                device=device,
+                **common,
+            ),
+        }
+        times, logliks = {k: [] for k in contenders}, {}
+        for r in range(rounds):
+            for name in list(contenders) if r % 2 == 0 else list(contenders)[::-1]:
+                est = contenders[name]()
+                t0 = time.perf_counter()
+                est.fit(x)
+                times[name].append((time.perf_counter() - t0) / iters * 1e3)
+                logliks[name] = float(est.score(x))
+        ms = {k: statistics.median(v) for k, v in times.items()}
+        print(
+            json.dumps(
+                {
+                    "benchmark": "gmm_em",
+                    "covariance": cov,
+                    "device": device,
+                    "n": n,
+                    "iters": iters,
+                    "sklearn_ms_per_iter": round(ms["sklearn"], 2),
+                    "lvmkit_ms_per_iter": round(ms["lvmkit"], 2),
+                    "speedup": round(ms["sklearn"] / ms["lvmkit"], 2),
+                    "sklearn_loglik": round(logliks["sklearn"], 6),
+                    "lvmkit_loglik": round(logliks["lvmkit"], 6),
+                    "lvmkit_dtype": "float32",
+                    "threads": torch.get_num_threads(),
+                }
+            ),
+            flush=True,
+        )
+    child = subprocess.run(
+        [sys.executable, __file__, "--memory-child", str(big), "--device", device],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "gmm_em_memory",
+                "covariance": "diag",
+                "n": big,
+                "device": device,
+                **json.loads(child.stdout),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
