@@ -53,8 +53,9 @@ def _log_gaussians(x: Tensor, means: Tensor, prec_chol: Tensor, diag: bool) -> T
     return -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
 
 
-def _e_step_stats(x, weights, means, cov, diag, chunk):
-    """One pass: the mean log-likelihood and the sufficient statistics of the responsibilities."""
+def _e_step_stats(x, shift, weights, means, cov, diag, chunk):
+    """One pass over x - shift: the mean log-likelihood and the sufficient statistics of the
+    responsibilities. Only one chunk of the data is ever copied."""
     prec_chol = _precision_cholesky(cov, diag)
     log_w = weights.log()
     k, d = means.shape
@@ -63,7 +64,7 @@ def _e_step_stats(x, weights, means, cov, diag, chunk):
     sxx = torch.zeros((k, d) if diag else (k, d, d), dtype=x.dtype, device=x.device)
     total = 0.0
     for start in range(0, len(x), chunk):
-        xc = x[start : start + chunk]
+        xc = x[start : start + chunk] - shift
         log_joint = _log_gaussians(xc, means, prec_chol, diag) + log_w  # (n, K)
         log_norm = torch.logsumexp(log_joint, dim=1, keepdim=True)
         resp = (log_joint - log_norm).exp()
@@ -109,14 +110,14 @@ def fit_em(
     bound wins. Warns (ConvergenceWarning) if it stops before the change falls below ``tol``.
     """
     gmm._check(x)
-    if not torch.isfinite(x).all():
-        raise ValueError("x holds NaN/inf values; remove or impute them before fitting")
+    for start in range(0, len(x), chunk_size):
+        if not torch.isfinite(x[start : start + chunk_size]).all():
+            raise ValueError("x holds NaN/inf values; remove or impute them before fitting")
     if gmm.config.prior:
         raise ValueError("fit_em maximises the likelihood; build the mixture with prior=False")
     diag = gmm.config.covariance == "diag"
     gmm.to(device=x.device, dtype=x.dtype)
     shift = x.mean(0)  # EM is shift-equivariant; centring keeps float32 statistics accurate
-    xs = x - shift
     best = None
     for restart in range(n_init if init else 1):
         if init:
@@ -128,7 +129,7 @@ def fit_em(
         bounds, converged, lower = [], False, -math.inf
         for _ in range(max_iter):
             previous = lower
-            lower, nk, sx, sxx = _e_step_stats(xs, weights, means, cov, diag, chunk_size)
+            lower, nk, sx, sxx = _e_step_stats(x, shift, weights, means, cov, diag, chunk_size)
             weights, means, cov = _m_step(len(x), nk, sx, sxx, diag, reg_covar)
             bounds.append(lower)
             if abs(lower - previous) < tol:
