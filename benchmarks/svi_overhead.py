@@ -108,7 +108,7 @@ def main():
     model, guide = pyro_pair(enc0, dec0)
     losses = {}
     torch.manual_seed(1)
-    losses["torch"] = float(torch_loss(enc0, dec0, batches[0]))
+    losses["torch"] = float(torch_loss(enc0, dec0, batches[0]).detach())
     torch.manual_seed(1)
     losses["pyro"] = Trace_ELBO().loss(model, guide, batches[0])
     trainer = lvmkit.Trainer(*pyro_pair(enc0, dec0), device=device)

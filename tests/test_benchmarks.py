@@ -1,0 +1,34 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str) -> list[dict]:
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("script", ["svi_overhead.py", "gmm_em.py"])
+def test_benchmark_smoke_runs_print_json(script):
+    rows = run(script)
+    if script == "svi_overhead.py":
+        (row,) = rows
+        assert row["same_loss"] is True and row["lvmkit_over_torch"] > 0
+    else:
+        fits, memory = rows[:2], rows[2]
+        for row in fits:
+            assert abs(row["sklearn_loglik"] - row["lvmkit_loglik"]) < 1e-4 * abs(
+                row["sklearn_loglik"]
+            )
+        assert memory["benchmark"] == "gmm_em_memory" and memory["peak_rss_mib"] > 0
