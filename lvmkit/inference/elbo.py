@@ -1,0 +1,105 @@
+"""The ELBO in one pass for reparameterized guides, falling back to Pyro's Trace_ELBO otherwise.
+
+Trace_ELBO records full traces of guide and model (a trace handler, a replay handler, node
+copies, a pruned copy of each trace) and then walks them. When every guide site can be
+reparameterized, none of that is needed: one handler can draw the guide's values, replay them in
+the model and add up scaled, masked log-densities as it goes. It computes the same estimate with
+the same random draws; on a 784-400-20 VAE step it saves a quarter of Pyro's overhead
+(benchmarks/svi_overhead.py). Anything else (a discrete or non-reparameterized guide site, a
+model latent the guide lacks, an enumerated site) is handed to Trace_ELBO, which is exact there.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import Trace_ELBO
+from pyro.poutine.messenger import Messenger
+from torch import Tensor
+
+
+def _is_plate_site(msg) -> bool:
+    """A plate's own bookkeeping site (its subsample indices), not a random variable."""
+    return type(msg["fn"]).__name__ == "_Subsample"
+
+
+class _Unsupported(Exception):
+    """This model/guide pair needs Trace_ELBO."""
+
+
+class _GuidePass(Messenger):
+    """Run the guide; keep each site's value and add up log q."""
+
+    def __init__(self):
+        super().__init__()
+        self.values: dict[str, Tensor] = {}
+        self.log_q = 0.0
+
+    def _pyro_sample(self, msg):
+        if _is_plate_site(msg):
+            return
+        if msg["is_observed"] or not msg["fn"].has_rsample or msg["infer"].get("enumerate"):
+            raise _Unsupported(msg["name"])
+
+    def _pyro_post_sample(self, msg):
+        self.values[msg["name"]] = msg[
+            "value"
+        ]  # plates' subsample indices too: the model reuses them
+        if _is_plate_site(msg):
+            return
+        lp = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
+        self.log_q = self.log_q + lp.sum()
+
+
+class _ModelPass(Messenger):
+    """Run the model on the guide's values; add up log p."""
+
+    def __init__(self, values: dict[str, Tensor]):
+        super().__init__()
+        self.values = values
+        self.log_p = 0.0
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or (_is_plate_site(msg) and msg["name"] not in self.values):
+            return
+        if msg["name"] not in self.values or msg["infer"].get("enumerate"):
+            raise _Unsupported(msg["name"])
+        msg["value"] = self.values[msg["name"]]
+        msg["done"] = True
+
+    def _pyro_post_sample(self, msg):
+        if _is_plate_site(msg):
+            return
+        lp = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
+        self.log_p = self.log_p + lp.sum()
+
+
+class ReparamELBO:
+    """-ELBO with ``num_particles`` samples; Trace_ELBO's estimate, computed in one pass."""
+
+    def __init__(self, num_particles: int = 1):
+        self.num_particles = num_particles
+        self.fallback = Trace_ELBO(num_particles=num_particles)
+        self.use_fallback: bool | None = None  # decided on the first call
+
+    def _particle(self, model, guide, args) -> Tensor:
+        with _GuidePass() as g:
+            guide(*args)
+        with _ModelPass(g.values) as m:
+            model(*args)
+        return g.log_q - m.log_p
+
+    def differentiable_loss(self, model, guide, *args) -> Tensor:
+        if self.use_fallback:
+            return self.fallback.differentiable_loss(model, guide, *args)
+        try:
+            loss = sum(self._particle(model, guide, args) for _ in range(self.num_particles))
+        except _Unsupported:
+            self.use_fallback = True
+            return self.fallback.differentiable_loss(model, guide, *args)
+        self.use_fallback = False
+        return loss / self.num_particles
+
+    def loss(self, model, guide, *args) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args))
