@@ -3,6 +3,7 @@
 from lvmkit import data
 from lvmkit.diagnostics import encode, linear_probe
 from lvmkit.inference import CheckpointError, FitResult, NonFiniteLossError, Trainer, fit
+from lvmkit.inference.em import GaussianMixtureEM, em, fit_em
 from lvmkit.inference.importance import LogLikelihood, log_likelihood
 
 __version__ = "0.1.0"
@@ -12,9 +13,12 @@ __all__ = [
     "LogLikelihood",
     "NonFiniteLossError",
     "Trainer",
+    "GaussianMixtureEM",
     "data",
+    "em",
     "encode",
     "fit",
+    "fit_em",
     "linear_probe",
     "log_likelihood",
 ]

@@ -81,3 +81,64 @@ def test_em_warns_when_it_stops_early_and_rejects_bad_input(blobs):
         GaussianMixtureEM(2).fit(np.array([[0.0, np.nan], [1.0, 2.0], [3.0, 4.0]]))
     with pytest.raises(ValueError, match="non-empty"):
         GaussianMixtureEM(2).fit(np.zeros((0, 3)))
+
+
+def test_generic_em_with_exact_e_step_equals_closed_form_em():
+    torch.manual_seed(0)
+    truth = GaussianMixture(GaussianMixtureConfig(dim=2, components=3))
+    truth.set_params(
+        torch.tensor([0.2, 0.3, 0.5]),
+        torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]]),
+        torch.full((3, 2), 0.5),
+    )
+    x, _ = truth.sample(600)
+    closed = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
+    fit_em(closed, x, tol=1e-9, max_iter=500)
+    generic = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
+    result = lvmkit.em(generic.model, x, iterations=15, m_steps=20, lr=0.05)
+    assert result.e_step == "enum"
+    assert abs(float(generic.log_prob(x).mean() - closed.log_prob(x).mean())) < 1e-4
+    hard = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
+    lvmkit.em(hard.model, x, iterations=10, m_steps=20, lr=0.05, hard=True)
+    assert float(hard.log_prob(x).mean()) <= float(closed.log_prob(x).mean()) + 1e-6
+
+
+def test_generic_em_with_importance_e_step_reaches_the_ppca_maximum_likelihood():
+    """Probabilistic PCA has a closed-form ML solution (Tipping & Bishop 1999) to aim at."""
+    import pyro
+    import pyro.distributions as dist
+
+    g = torch.Generator().manual_seed(0)
+    d, q, n = 4, 1, 400
+    w_true = torch.randn(d, q, generator=g)
+    x = torch.randn(n, q, generator=g) @ w_true.T + 0.3 * torch.randn(n, d, generator=g)
+
+    def model(x):
+        w = pyro.param("w", 0.1 * torch.ones(d, q))
+        mu = pyro.param("mu", torch.zeros(d))
+        s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(q), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ w.T + mu, s).to_event(1), obs=x)
+
+    def exact_log_lik(w, mu, s):
+        cov = w @ w.T + s**2 * torch.eye(d)
+        return float(dist.MultivariateNormal(mu, cov).log_prob(x).mean())
+
+    xc = x - x.mean(0)
+    evals, evecs = torch.linalg.eigh(xc.T @ xc / n)  # ascending
+    s2 = evals[:-q].mean()
+    w_ml = evecs[:, -q:] * (evals[-q:] - s2).sqrt()
+    best = exact_log_lik(w_ml, x.mean(0), s2.sqrt())
+    torch.manual_seed(0)
+    fit = lvmkit.em(model, x, num_samples=200, iterations=25, m_steps=10, lr=0.05)
+    assert fit.e_step == "importance"
+    p = fit.params
+    reached = exact_log_lik(p["w"], p["mu"], p["s"])
+    assert reached > exact_log_lik(0.1 * torch.ones(d, q), torch.zeros(d), torch.tensor(1.0))
+    assert best - 0.02 < reached <= best + 1e-6, (reached, best)
+
+
+def test_generic_em_rejects_unknown_e_steps():
+    with pytest.raises(ValueError, match="unknown e_step 'gibbs'"):
+        lvmkit.em(lambda x: None, torch.zeros(3, 2), e_step="gibbs")

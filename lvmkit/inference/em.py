@@ -13,10 +13,15 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import pyro
 import torch
+from pyro import poutine
+from pyro.infer import config_enumerate
+from pyro.poutine.util import prune_subsample_sites
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
+from lvmkit.inference.importance import DATA_PLATE, max_plate_nesting, per_datapoint
 from lvmkit.inference.svi import resolve_device
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 
@@ -268,3 +273,169 @@ class GaussianMixtureEM:
 
     def aic(self, X) -> float:
         return -2 * self.score(X) * len(self._as_tensor(X)) + 2 * self._n_parameters()
+
+
+# ---- EM for any Pyro model -------------------------------------------------------------------
+
+
+class _ExpectedLogJoint:
+    """Q(theta) = sum_n sum_k w_nk log p_theta(x_n, z_nk) with the E-step's (z, w) held fixed;
+    ``differentiable_loss`` returns -Q, so a Trainer's gradient steps are the M-step."""
+
+    def __init__(self, e_step: str, num_samples: int, hard: bool, proposal):
+        self.kind, self.num_samples, self.hard = e_step, num_samples, hard
+        self.proposal = proposal  # a guide, or None to propose from the model's prior
+        self.nesting: int | None = None
+        self.values, self.weights = None, None
+
+    def _enumerated_log_joint(self, model, args) -> Tensor:
+        """log p(x_n, z = e) for every joint value e of the discrete latents: (E, N)."""
+        enum_model = poutine.enum(
+            config_enumerate(model, default="parallel"), first_available_dim=-self.nesting - 1
+        )
+        tr = prune_subsample_sites(poutine.trace(enum_model).get_trace(*args))
+        tr.compute_log_prob()
+        total, data_dim = 0.0, None
+        for name, site in tr.nodes.items():
+            if site["type"] == "sample":
+                frames = [f.dim for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+                if not frames:
+                    raise ValueError(f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N)")
+                data_dim = frames[0]
+                total = total + site["log_prob"]
+        n_enum = max(total.dim() - self.nesting, 0)  # enumeration dims sit left of the plates
+        total = total.reshape((1,) * (n_enum + self.nesting - total.dim()) + total.shape)
+        data_axis = n_enum + self.nesting + data_dim
+        other = [a for a in range(n_enum, total.dim()) if a != data_axis]
+        if other:
+            total = total.sum(other, keepdim=True)
+        return total.reshape(-1, total.shape[data_axis])  # (E, N)
+
+    def e_step(self, model, *args) -> float:
+        """Fix the posterior weights for this batch; return the mean log p(x) estimate."""
+        if self.nesting is None:
+            self.nesting = max_plate_nesting(model, self.proposal or (lambda *a: None), *args)
+        if self.kind == "enum":
+            lj = self._enumerated_log_joint(model, args)  # (E, N)
+            self.values = None
+            log_px = torch.logsumexp(lj, 0)
+        else:
+            k = self.num_samples
+            with pyro.plate("particles", k, dim=-self.nesting - 1):
+                if self.proposal is not None:
+                    q_tr = poutine.trace(self.proposal).get_trace(*args)
+                    m_tr = poutine.trace(poutine.replay(model, trace=q_tr)).get_trace(*args)
+                    log_q = per_datapoint(q_tr, self.nesting)
+                else:
+                    m_tr = q_tr = poutine.trace(model).get_trace(*args)
+                    log_q = per_datapoint(q_tr, self.nesting, latent_only=True)
+            lj = (per_datapoint(m_tr, self.nesting) - log_q).expand(k, -1)  # log weights (K, N)
+            self.values = {
+                name: site["value"]
+                for name, site in q_tr.nodes.items()
+                if site["type"] == "sample"
+                and not site["is_observed"]
+                and type(site["fn"]).__name__ != "_Subsample"
+            }
+            log_px = torch.logsumexp(lj, 0) - math.log(k)
+        w = (lj - torch.logsumexp(lj, 0)).exp()  # posterior weights, each column sums to 1
+        if self.hard:  # hard EM: all weight on the most probable z
+            w = torch.nn.functional.one_hot(w.argmax(0), len(w)).T.to(w)
+        self.weights = w.detach()
+        return float(log_px.mean())
+
+    def differentiable_loss(self, model, guide, *args) -> Tensor:
+        if self.kind == "enum":
+            lj = self._enumerated_log_joint(model, args)
+        else:
+            conditioned = poutine.condition(model, data=self.values)
+            with pyro.plate("particles", self.num_samples, dim=-self.nesting - 1):
+                tr = poutine.trace(conditioned).get_trace(*args)
+            lj = per_datapoint(tr, self.nesting)
+        return -(self.weights * lj).sum()
+
+    def loss(self, model, guide, *args) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args))
+
+
+@dataclass
+class EMFit:
+    """What ``em`` returns."""
+
+    log_likelihoods: list[float]  # mean log p(x) per iteration, from its E-step (an IS estimate
+    #                               for the importance E-step, exact for enumeration)
+    e_step: str
+    params: dict
+    param_state: dict
+
+    def scope(self):
+        return pyro.get_param_store().scope(self.param_state)
+
+
+def em(
+    model,
+    data,
+    *,
+    guide=None,
+    e_step: str = "auto",
+    num_samples: int = 64,
+    hard: bool = False,
+    iterations: int = 20,
+    m_steps: int = 10,
+    lr: float = 1e-2,
+    batch_size: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> EMFit:
+    """EM for any Pyro model: theta = argmax (1/N) sum_n E_{z ~ p(z|x_n)}[log p_theta(x_n, z)].
+
+    e_step: "enum" sums over every value of the (discrete) latents, exactly; "importance" draws
+        ``num_samples`` z per datapoint from ``guide`` (or, without one, from the prior) and
+        self-normalises the weights p(x, z) / q(z | x); "auto" picks "enum" when every latent
+        site has enumerable support. ``hard=True`` keeps only the most probable z (hard EM).
+    Each iteration runs one E-step per batch, then ``m_steps`` gradient steps (Adam, ``lr``) on the
+    expected complete-data log-likelihood with that posterior held fixed. Every sample site must
+    sit in ``pyro.plate("data", N)``.
+    """
+    from lvmkit.inference.svi import Trainer, as_dataset
+
+    if e_step not in ("auto", "enum", "importance"):
+        raise ValueError(f"unknown e_step {e_step!r}; choose 'auto', 'enum' or 'importance'")
+    dataset = as_dataset(data, "data")
+    pyro.set_rng_seed(seed)
+    first = dataset.batch(torch.arange(min(len(dataset), batch_size or len(dataset))))
+    if e_step == "auto":
+        with torch.no_grad(), poutine.block():
+            tr = poutine.trace(model).get_trace(*first)
+        latent = [
+            s
+            for s in tr.nodes.values()
+            if s["type"] == "sample"
+            and not s["is_observed"]
+            and type(s["fn"]).__name__ != "_Subsample"
+        ]
+        e_step = (
+            "enum"
+            if latent and all(s["fn"].has_enumerate_support for s in latent)
+            else ("importance")
+        )
+    objective = _ExpectedLogJoint(e_step, num_samples, hard, guide)
+    trainer = Trainer(model, guide or (lambda *a: None), elbo=objective, lr=lr, device=device)
+    dataset = dataset.to(trainer.device)
+    batch_size = batch_size or len(dataset)
+    history = []
+    with trainer.scope():
+        with torch.no_grad():  # parameters must exist before the first E-step
+            objective.e_step(model, *trainer._to_device(first))
+    for _ in range(iterations):
+        total = 0.0
+        perm = torch.randperm(len(dataset))
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset.batch(perm[start : start + batch_size].to(trainer.device))
+            with trainer.scope(), torch.no_grad():
+                total += objective.e_step(model, *batch) * len(batch[0])
+            for _ in range(m_steps):
+                trainer.step(*batch)
+        history.append(total / len(dataset))
+    return EMFit(history, e_step, trainer.params(), trainer.param_state)

@@ -36,37 +36,43 @@ def max_plate_nesting(model, guide, *args) -> int:
     return max(dims, default=0)
 
 
+def per_datapoint(trace, plate_nesting: int, *, latent_only: bool = False) -> Tensor:
+    """Sum of a trace's scaled log-probs per (particle, datapoint): (K or 1, N or 1).
+
+    Sites' batch shapes are right-aligned against (K, ..., N, ...), with the particle dim at
+    -plate_nesting-1; every dim but those two is summed. ``latent_only`` skips observed sites.
+    """
+    trace = prune_subsample_sites(trace)  # drop the plates' own bookkeeping sites
+    trace.compute_log_prob()
+    total = torch.zeros(1, 1)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or (latent_only and site["is_observed"]):
+            continue
+        frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+        if not frames:
+            raise ValueError(
+                f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N): importance "
+                "weights per datapoint need every sample site in the data plate"
+            )
+        lp = site["log_prob"]
+        lp = lp.reshape((1,) * (plate_nesting + 1 - lp.dim()) + lp.shape)
+        keep = {0, plate_nesting + 1 + frames[0].dim}  # particle axis, data axis
+        other = [d for d in range(lp.dim()) if d not in keep]
+        total = total.to(lp) + (lp.sum(other) if other else lp)
+    return total
+
+
 def log_weights(model, guide, *args, num_particles: int = 1, plate_nesting: int) -> Tensor:
     """log p(x_n, z_kn) - log q(z_kn | x_n) for K = num_particles draws z_kn ~ q(z|x_n): (K, N).
 
     ``plate_nesting`` is ``max_plate_nesting(model, guide, *args)``; particles are vectorized in a
     plate to its left, so the model must put its batch dims in plates (standard Pyro style).
     """
-    particle_dim = -plate_nesting - 1
-    with pyro.plate("particles", num_particles, dim=particle_dim):
+    with pyro.plate("particles", num_particles, dim=-plate_nesting - 1):
         guide_tr = poutine.trace(guide).get_trace(*args)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
-    total = 0.0
-    for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
-        tr = prune_subsample_sites(tr)  # drop the plates' own bookkeeping sites
-        tr.compute_log_prob()
-        for name, site in tr.nodes.items():
-            if site["type"] != "sample":
-                continue
-            frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
-            if not frames:
-                raise ValueError(
-                    f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N): importance "
-                    "weights per datapoint need every sample site in the data plate"
-                )
-            lp = site["log_prob"]  # batch shape, right-aligned against (K, ..., N, ...)
-            lp = lp.reshape((1,) * (plate_nesting + 1 - lp.dim()) + lp.shape)
-            keep = {0, plate_nesting + 1 + frames[0].dim}  # particle axis, data axis
-            other = [d for d in range(lp.dim()) if d not in keep]
-            if other:
-                lp = lp.sum(other)
-            total = total + sign * lp
-    return total.expand(num_particles, -1)
+    lw = per_datapoint(model_tr, plate_nesting) - per_datapoint(guide_tr, plate_nesting)
+    return lw.expand(num_particles, -1)
 
 
 class IWAELoss:

@@ -105,7 +105,8 @@ class Trainer:
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
         self.model, self.guide = model, guide
-        self.loss = make_elbo(elbo, num_particles)
+        # A name, or any object with Pyro's differentiable_loss / loss methods (EM's M-step).
+        self.loss = make_elbo(elbo, num_particles) if isinstance(elbo, str) else elbo
         self.optimizer_name, self.lr = optimizer, lr
         self.device = resolve_device(device)
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
