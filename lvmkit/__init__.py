@@ -5,6 +5,7 @@ from lvmkit.diagnostics import encode, linear_probe
 from lvmkit.inference import CheckpointError, FitResult, NonFiniteLossError, Trainer, fit
 from lvmkit.inference.em import GaussianMixtureEM, em, fit_em
 from lvmkit.inference.importance import LogLikelihood, log_likelihood
+from lvmkit.inference.mcmc import nuts
 
 __version__ = "0.1.0"
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "fit_em",
     "linear_probe",
     "log_likelihood",
+    "nuts",
 ]

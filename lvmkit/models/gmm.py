@@ -166,6 +166,26 @@ class GaussianMixture(nn.Module):
             )
             return pyro.sample("x", self.component(z), obs=x)
 
+    def bayesian_model(self, x: Tensor) -> Tensor:
+        """The mixture with its parameters as random variables, under the config's priors
+        (Dirichlet weights, normal means, inverse-gamma variances; diagonal covariance only),
+        z summed out: for NUTS over the parameters (``lvmkit.nuts(gmm.bayesian_model, x)``)."""
+        c = self.config
+        if c.covariance != "diag":
+            raise ValueError("bayesian_model supports covariance='diag' only")
+        self._check(x)
+        k, d = c.components, c.dim
+        ones = torch.ones(k, d, dtype=x.dtype, device=x.device)
+        weights = pyro.sample("weights", dist.Dirichlet(c.weight_concentration * ones[:, 0]))
+        means = pyro.sample("means", dist.Normal(0 * ones, c.mean_prior_scale).to_event(2))
+        variances = pyro.sample(
+            "variances",
+            dist.InverseGamma(c.covariance_prior_shape * ones, c.covariance_prior_rate).to_event(2),
+        )
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            return pyro.sample("x", dist.Normal(means[z], variances[z].sqrt()).to_event(1), obs=x)
+
     def guide(self, x: Tensor | None = None, n: int | None = None) -> None:
         """Nothing to guess: z is summed out exactly by the "enum" ELBO."""
 

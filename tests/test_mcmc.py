@@ -1,0 +1,41 @@
+import pyro
+import pyro.distributions as dist
+import torch
+
+import lvmkit
+from lvmkit.models import GaussianMixture, GaussianMixtureConfig
+
+
+def test_nuts_samples_the_exact_ppca_posterior_with_parameters_fixed():
+    g = torch.Generator().manual_seed(0)
+    d, q, s = 4, 2, 0.5
+    w = torch.randn(d, q, generator=g)
+    x = torch.randn(2, d, generator=g)
+
+    def model(x):
+        weight = pyro.param("w", w)  # a fitted parameter: fixed, not sampled
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(q), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ weight.T, s).to_event(1), obs=x)
+
+    m = w.T @ w + s**2 * torch.eye(q)
+    exact_mean = torch.linalg.solve(m, w.T @ x.T).T  # (2, q)
+    exact_std = (s**2 * torch.linalg.inv(m)).diagonal().sqrt()
+    z = lvmkit.nuts(model, x, num_samples=400, warmup_steps=200).get_samples()["z"]
+    assert z.shape == (400, 2, q)
+    assert torch.allclose(z.mean(0), exact_mean, atol=0.1)
+    assert torch.allclose(z.std(0), exact_std.expand(2, q), rtol=0.25)
+
+
+def test_nuts_over_the_parameters_of_a_small_mixture():
+    torch.manual_seed(0)
+    truth = GaussianMixture(GaussianMixtureConfig(dim=1, components=2))
+    truth.set_params(
+        torch.tensor([0.4, 0.6]), torch.tensor([[-3.0], [3.0]]), torch.full((2, 1), 0.5)
+    )
+    x, _ = truth.sample(60)
+    gmm = GaussianMixture(GaussianMixtureConfig(dim=1, components=2, covariance_prior_rate=1.0))
+    samples = lvmkit.nuts(gmm.bayesian_model, x, num_samples=100, warmup_steps=100).get_samples()
+    means = samples["means"].mean(0).squeeze(-1).sort().values
+    assert torch.allclose(means, torch.tensor([-3.0, 3.0]), atol=0.4)
+    assert set(samples) == {"weights", "means", "variances"}
