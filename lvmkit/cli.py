@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from lvmkit.diagnostics import (
 )
 from lvmkit.inference import CheckpointError, NonFiniteLossError, fit, load_checkpoint
 from lvmkit.inference.checkpoint import save_checkpoint
+from lvmkit.inference.em import fit_em
+from lvmkit.inference.importance import log_likelihood
 from lvmkit.models import MODELS, build_model
 from lvmkit.models.registry import config_fields, rebuild
 
@@ -38,10 +41,12 @@ examples:
   lvmkit demo                                   # Gaussian-decoder LVM on the bundled digits
   lvmkit fit lvm --data digits --epochs 50 --out runs/lvm
   lvmkit fit gmm --data digits                  # 10 components, z summed out exactly
+  lvmkit fit gmm --data digits --inference em   # the same mixture, fitted by EM
   lvmkit fit lvm --data train-images-idx3-ubyte.gz --config run.toml --device cuda
   lvmkit fit lvm --out runs/lvm --epochs 100 --resume   # continue a run to 100 epochs
   lvmkit sample runs/lvm                        # writes runs/lvm/samples.png
   lvmkit complete runs/lvm                      # fills in the bottom half of test digits
+  lvmkit evaluate runs/lvm --num-samples 1000   # importance-sampled log p(x) on the test split
 
 run.toml holds up to three tables, each optional; unknown keys are an error:
   [data]  name = "digits", split_seed = 0
@@ -184,7 +189,31 @@ def write_pictures(model, test_x, image_shape, out: Path) -> list[Path]:
     return paths
 
 
-def run_fit(model_name: str, config: dict, out: Path, *, resume: bool, progress: bool) -> int:
+class _EMRun:
+    """An EM run, in the shape run_fit reads from a FitResult."""
+
+    def __init__(self, result, elapsed: float):
+        self.losses = [-b for b in result.lower_bounds]  # nats per datapoint, lower is better
+        self.val_losses, self.best_epoch, self.interrupted = [], None, False
+        self.epochs, self.elapsed, self.device, self.checkpoint = (
+            result.n_iter,
+            elapsed,
+            "cpu",
+            None,
+        )
+
+
+def run_fit(
+    model_name: str,
+    config: dict,
+    out: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    inference: str = "svi",
+) -> int:
+    if inference == "em" and model_name != "gmm":
+        raise ValueError("--inference em is for gmm here; for other models use lvmkit.em in Python")
     dcfg, fcfg = config["data"], config["fit"]
     dataset = lvdata.load(dcfg["name"])
     train, val, test = lvdata.split(dataset, (0.8, 0.1, 0.1), seed=dcfg["split_seed"])
@@ -196,16 +225,22 @@ def run_fit(model_name: str, config: dict, out: Path, *, resume: bool, progress:
     out.mkdir(parents=True, exist_ok=True)
     write_config(config, out / "config.toml")
 
-    result = fit(
-        model.model,
-        model.guide,
-        train_data,
-        val_data=val_data,
-        checkpoint_dir=out,
-        resume=resume,
-        progress=progress,
-        **fcfg,
-    )
+    if inference == "em":  # closed-form EM, in float64 as scikit-learn
+        t0 = time.perf_counter()
+        em_result = fit_em(model, train_data.double(), seed=fcfg["seed"])
+        result = _EMRun(em_result, time.perf_counter() - t0)
+        model.float()
+    else:
+        result = fit(
+            model.model,
+            model.guide,
+            train_data,
+            val_data=val_data,
+            checkpoint_dir=out,
+            resume=resume,
+            progress=progress,
+            **fcfg,
+        )
     with open(out / "metrics.jsonl", "w") as f:
         for i, loss in enumerate(result.losses):
             row = {"epoch": i + 1, "loss": loss}
@@ -237,6 +272,7 @@ def run_fit(model_name: str, config: dict, out: Path, *, resume: bool, progress:
     )
     summary = {
         "model": model_name,
+        "inference": inference,
         "data": dcfg["name"],
         "epochs": result.epochs,
         "train_loss": result.losses[-1],
@@ -253,7 +289,7 @@ def run_fit(model_name: str, config: dict, out: Path, *, resume: bool, progress:
     paths = [
         out / "config.toml",
         out / "metrics.jsonl",
-        result.checkpoint,
+        *([result.checkpoint] if result.checkpoint else []),
         out / "model.pt",
         out / "summary.json",
         save_loss_curve(result.losses, result.val_losses, out / "losses.png"),
@@ -306,6 +342,38 @@ def run_complete(run: Path, n: int, seed: int) -> int:
     return 0
 
 
+def run_evaluate(run: Path, num_samples: int, seed: int) -> int:
+    """log p(x) on the test split into RUN/evaluation.json: exact for a mixture, importance-
+    sampled with the model's guide otherwise."""
+    model, info = load_run(run)
+    data = lvdata.load(info["name"])
+    test = model.prepare(lvdata.split(data, (0.8, 0.1, 0.1), seed=info["split_seed"])[2])
+    if getattr(model.config, "kind", None) is not None:  # an autoencoder
+        raise ValueError("an autoencoder defines no density p(x) to evaluate; fit an lvm instead")
+    if hasattr(model, "component"):  # a mixture: log p(x) in closed form
+        values = model.log_prob(test).double()
+        est = {
+            "log_likelihood": float(values.mean()),
+            "stderr": float(values.std() / len(values) ** 0.5),
+            "exact": True,
+        }
+    else:
+        ll = log_likelihood(model.model, model.guide, test, num_samples=num_samples, seed=seed)
+        est = {
+            "log_likelihood": ll.mean,
+            "stderr": ll.stderr,
+            "exact": False,
+            "num_samples": num_samples,
+        }
+        if ll.bits_per_dim is not None:
+            est["bits_per_dim"] = ll.bits_per_dim
+    est["split"] = "test"
+    path = run / "evaluation.json"
+    path.write_text(json.dumps(est, indent=2) + "\n")
+    print(f"{json.dumps(est)}\nwrote {path}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -326,6 +394,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, help="run directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--inference", default="svi", choices=["svi", "em"], help="svi (default), or em for gmm"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, help_ in [
         ("sample", "write RUN/samples.png from a fitted model"),
@@ -335,6 +406,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
         s.add_argument("--n", type=int, default=64 if name == "sample" else 8)
         s.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("evaluate", help="log p(x) and bits/dim on the test split")
+    e.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
+    e.add_argument("--num-samples", type=int, default=1000, help="importance samples per image")
+    e.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("demo", help="the Gaussian-decoder LVM on digits, under a minute on CPU")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
@@ -353,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_sample(args.run, args.n, args.seed)
         if args.command == "complete":
             return run_complete(args.run, args.n, args.seed)
+        if args.command == "evaluate":
+            return run_evaluate(args.run, args.num_samples, args.seed)
         config = read_config(args.config, args.model)
         if args.data:
             config["data"]["name"] = args.data
@@ -360,7 +437,14 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, key) is not None:
                 config["fit"][key] = getattr(args, key)
         out = args.out or Path("runs") / args.model
-        return run_fit(args.model, config, out, resume=args.resume, progress=not args.no_progress)
+        return run_fit(
+            args.model,
+            config,
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            inference=args.inference,
+        )
     except NonFiniteLossError as err:
         print(f"lvmkit: training diverged: {err}", file=sys.stderr)
         return 1

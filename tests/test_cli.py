@@ -137,3 +137,43 @@ def test_every_model_fits_from_the_cli_and_completes(tmp_path, name, capsys):
 def test_sample_from_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nope")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_gmm_by_em_and_evaluate(tmp_path, capsys):
+    run = tmp_path / "gmm"
+    assert main(["fit", "gmm", "--inference", "em", "--out", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["inference"] == "em"
+    assert main(["evaluate", str(run)]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert result["exact"] is True and result["split"] == "test"
+    assert main(["fit", "lvm", "--inference", "em", "--out", str(tmp_path / "x")]) == 2
+    assert "--inference em is for gmm" in capsys.readouterr().err
+
+
+def test_evaluate_an_lvm_by_importance_sampling(tmp_path, capsys):
+    run = tmp_path / "lvm"
+    settings = tmp_path / "run.toml"
+    settings.write_text('[model]\nlikelihood = "bernoulli"\n')
+    assert (
+        main(
+            [
+                "fit",
+                "lvm",
+                "--config",
+                str(settings),
+                "--epochs",
+                "2",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert main(["evaluate", str(run), "--num-samples", "20"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert result["num_samples"] == 20 and result["log_likelihood"] < 0
+    assert 0 < result["bits_per_dim"] < 1  # binary pixels: at most one bit each
+    assert main(["fit", "ae", "--epochs", "1", "--out", str(tmp_path / "ae"), "--no-progress"]) == 0
+    assert main(["evaluate", str(tmp_path / "ae")]) == 2
+    assert "no density p(x)" in capsys.readouterr().err
