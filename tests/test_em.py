@@ -55,7 +55,8 @@ def test_float32_and_restarts_reach_the_same_likelihood(blobs):
     f64 = GaussianMixtureEM(4, n_init=3, tol=1e-6, max_iter=500).fit(x)
     f32 = GaussianMixtureEM(4, n_init=3, tol=1e-6, max_iter=500, dtype=torch.float32).fit(x)
     assert abs(f64.score(x) - f32.score(x)) < 1e-3
-    assert f64.lower_bounds_ == sorted(f64.lower_bounds_)  # EM never decreases the likelihood
+    bounds = f64.lower_bounds_  # EM never decreases the likelihood (up to rounding)
+    assert all(b >= a - 1e-9 for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def test_em_and_svi_fit_the_same_model_object(blobs):

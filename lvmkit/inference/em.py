@@ -33,66 +33,63 @@ class EMResult:
     n_iter: int
 
 
-def _precision_cholesky(cov: Tensor, diag: bool) -> Tensor:
-    """Diag: 1 / std (K, D). Full: P (K, D, D) with P P^T = Sigma^-1, as scikit-learn's."""
-    if diag:
-        return cov.rsqrt()
-    tril = torch.linalg.cholesky(cov)
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
-    return torch.linalg.solve_triangular(tril, eye, upper=False).transpose(-1, -2)
+def _features(x: Tensor, diag: bool) -> Tensor:
+    """Per-point features whose linear maps give every quantity EM needs: (n, F) =
+    [x*x (diag) or vec(x x^T) (full), x, 1]."""
+    quad = x * x if diag else (x[:, :, None] * x[:, None, :]).flatten(1)
+    return torch.cat([quad, x, torch.ones_like(x[:, :1])], dim=1)
 
 
-def _log_gaussians(x: Tensor, means: Tensor, prec_chol: Tensor, diag: bool) -> Tensor:
-    """log N(x_n | mu_k, Sigma_k): (n, K)."""
-    d = x.shape[1]
+def _coefficients(weights: Tensor, means: Tensor, cov: Tensor, diag: bool) -> Tensor:
+    """A (F, K) with features(x) @ A = log w_k + log N(x | mu_k, Sigma_k), expanding
+    -(x - mu)^T P (x - mu) / 2 = -x^T P x / 2 + x^T P mu - mu^T P mu / 2."""
+    d = means.shape[1]
     if diag:
-        prec = prec_chol**2  # (K, D)
-        maha = (x * x) @ prec.T - 2 * x @ (means * prec).T + (means**2 * prec).sum(-1)
-        log_det = prec_chol.log().sum(-1)
+        prec = 1.0 / cov  # (K, D)
+        quad, lin = -0.5 * prec, prec * means
+        const = -0.5 * (means * lin).sum(1) - 0.5 * cov.log().sum(1)
     else:
-        k = means.shape[0]
-        y = (x @ prec_chol.permute(1, 0, 2).reshape(d, k * d)).reshape(len(x), k, d)
-        y = y - torch.einsum("kd,kde->ke", means, prec_chol)  # (n, K, D)
-        maha = (y * y).sum(-1)
-        log_det = prec_chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
+        tril = torch.linalg.cholesky(cov)
+        prec = torch.cholesky_inverse(tril)  # (K, D, D)
+        quad, lin = -0.5 * prec.flatten(1), (prec @ means[:, :, None]).squeeze(-1)
+        const = -0.5 * (means * lin).sum(1) - tril.diagonal(dim1=-2, dim2=-1).log().sum(1)
+    const = const + weights.log() - 0.5 * d * math.log(2 * math.pi)
+    return torch.cat([quad, lin, const[:, None]], dim=1).T
 
 
-def _e_step_stats(x, shift, weights, means, cov, diag, chunk):
-    """One pass over x - shift: the mean log-likelihood and the sufficient statistics of the
-    responsibilities. Only one chunk of the data is ever copied."""
-    prec_chol = _precision_cholesky(cov, diag)
-    log_w = weights.log()
-    k, d = means.shape
-    nk = torch.zeros(k, dtype=x.dtype, device=x.device)
-    sx = torch.zeros(k, d, dtype=x.dtype, device=x.device)
-    sxx = torch.zeros((k, d) if diag else (k, d, d), dtype=x.dtype, device=x.device)
-    total = 0.0
-    for start in range(0, len(x), chunk):
-        xc = x[start : start + chunk] - shift
-        log_joint = _log_gaussians(xc, means, prec_chol, diag) + log_w  # (n, K)
-        log_norm = torch.logsumexp(log_joint, dim=1, keepdim=True)
-        resp = (log_joint - log_norm).exp()
-        total += float(log_norm.sum())
-        nk += resp.sum(0)
-        sx += resp.T @ xc
-        if diag:
-            sxx += resp.T @ (xc * xc)
-        else:
-            sxx += (resp.T @ (xc[:, :, None] * xc[:, None, :]).reshape(len(xc), d * d)).reshape(
-                k, d, d
-            )
-    return total / len(x), nk, sx, sxx
+def _e_step_stats(chunks, weights, means, cov, diag):
+    """One pass over the feature chunks: the mean log-likelihood and the responsibilities'
+    sufficient statistics [sum r x*x or r x x^T, sum r x, sum r] per component: (K, F)."""
+    coef = _coefficients(weights, means, cov, diag)
+    stats, total, n = 0.0, 0.0, 0
+    for feats in chunks():
+        log_joint = feats @ coef  # (n, K)
+        top = log_joint.max(1, keepdim=True).values
+        # Terms below eps * e^-5 of the largest change the sum by less than rounding: set them
+        # to 0 rather than exp them into denormals, which CPUs handle ~10x slower.
+        diff = log_joint - top
+        cut = math.log(torch.finfo(diff.dtype).eps) - 5
+        negligible = diff < cut
+        resp = diff.clamp_min_(cut).exp_().masked_fill_(negligible, 0.0)
+        norm = resp.sum(1, keepdim=True)
+        resp /= norm
+        total += float((top + norm.log()).sum())
+        stats = stats + resp.T @ feats
+        n += len(feats)
+    return total / n, stats
 
 
-def _m_step(n, nk, sx, sxx, diag, reg_covar):
+def _m_step(n: int, stats: Tensor, d: int, diag: bool, reg_covar: float):
+    q = d if diag else d * d
+    sxx, sx, nk = stats[:, :q], stats[:, q : q + d], stats[:, -1]
     nk = nk + 10 * torch.finfo(nk.dtype).eps  # as scikit-learn: no empty component divides by 0
     means = sx / nk[:, None]
     if diag:
         cov = sxx / nk[:, None] - means**2 + reg_covar
     else:
-        eye = torch.eye(means.shape[1], dtype=means.dtype, device=means.device)
-        cov = sxx / nk[:, None, None] - means[:, :, None] * means[:, None, :] + reg_covar * eye
+        eye = torch.eye(d, dtype=means.dtype, device=means.device)
+        cov = sxx.reshape(-1, d, d) / nk[:, None, None] - means[:, :, None] * means[:, None, :]
+        cov = 0.5 * (cov + cov.transpose(-1, -2)) + reg_covar * eye
     return nk / n, means, cov
 
 
@@ -107,12 +104,14 @@ def fit_em(
     n_init: int = 1,
     seed: int = 0,
     chunk_size: int = 65536,
+    cache_bytes: int = 2**28,
 ) -> EMResult:
     """Fit ``gmm`` to x (N, D) by EM, in x's dtype and on x's device; the module ends there.
 
     init: "kmeans++" or "random_from_data" (each of ``n_init`` restarts with its own seed), or
     None to start from the module's current parameters. The restart with the highest final lower
-    bound wins. Warns (ConvergenceWarning) if it stops before the change falls below ``tol``.
+    bound wins. Per-point features are kept between iterations when they fit in ``cache_bytes``.
+    Warns (ConvergenceWarning) if it stops before the change falls below ``tol``.
     """
     gmm._check(x)
     for start in range(0, len(x), chunk_size):
@@ -123,6 +122,21 @@ def fit_em(
     diag = gmm.config.covariance == "diag"
     gmm.to(device=x.device, dtype=x.dtype)
     shift = x.mean(0)  # EM is shift-equivariant; centring keeps float32 statistics accurate
+    width = (2 if diag else x.shape[1] + 1) * x.shape[1] + 1
+    if len(x) * width * x.element_size() <= cache_bytes:  # build the features once, reuse them
+        cached = [
+            _features(x[i : i + chunk_size] - shift, diag) for i in range(0, len(x), chunk_size)
+        ]
+
+        def chunks():
+            return iter(cached)
+    else:  # rebuild per chunk: memory stays bounded by the chunk size whatever N is
+
+        def chunks():
+            return (
+                _features(x[i : i + chunk_size] - shift, diag) for i in range(0, len(x), chunk_size)
+            )
+
     best = None
     for restart in range(n_init if init else 1):
         if init:
@@ -134,8 +148,8 @@ def fit_em(
         bounds, converged, lower = [], False, -math.inf
         for _ in range(max_iter):
             previous = lower
-            lower, nk, sx, sxx = _e_step_stats(x, shift, weights, means, cov, diag, chunk_size)
-            weights, means, cov = _m_step(len(x), nk, sx, sxx, diag, reg_covar)
+            lower, stats = _e_step_stats(chunks, weights, means, cov, diag)
+            weights, means, cov = _m_step(len(x), stats, x.shape[1], diag, reg_covar)
             bounds.append(lower)
             if abs(lower - previous) < tol:
                 converged = True
