@@ -168,6 +168,10 @@ class CategoricalObs(_LevelsObs):
     def __call__(self, h, mask=None):
         return self._fold(dist.Categorical(logits=self._logits(h)), mask)
 
+    def element(self, params: Tensor) -> dist.Distribution:
+        """One element's distribution from its parameters (..., levels)."""
+        return dist.Categorical(logits=params)
+
     def mean(self, h):
         values = torch.arange(self.levels, dtype=h.dtype, device=h.device)
         return (self._logits(h).softmax(-1) * values).sum(-1)
@@ -187,7 +191,9 @@ class LogisticObs(_LevelsObs):
         return 3 * self.components
 
     def _params(self, h):
-        p = self._split(h).movedim(self._param_dim, -1)  # (B, *event, 3M)
+        return self._mixture(self._split(h).movedim(self._param_dim, -1))  # (B, *event, 3M)
+
+    def _mixture(self, p: Tensor):
         logits, raw_loc, raw_scale = p.chunk(3, dim=-1)
         half = (self.levels - 1) / 2
         # Decoder outputs of order 1 then cover the whole level range.
@@ -195,6 +201,10 @@ class LogisticObs(_LevelsObs):
 
     def __call__(self, h, mask=None):
         return self._fold(DiscretizedLogisticMixture(*self._params(h), self.levels), mask)
+
+    def element(self, params: Tensor) -> DiscretizedLogisticMixture:
+        """One element's distribution from its parameters (..., 3 * components)."""
+        return DiscretizedLogisticMixture(*self._mixture(params), self.levels)
 
     def mean(self, h):
         return DiscretizedLogisticMixture(*self._params(h), self.levels).mean

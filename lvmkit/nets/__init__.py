@@ -2,5 +2,6 @@
 
 from lvmkit.nets.conv import ConvDecoder, ConvEncoder
 from lvmkit.nets.mlp import MLP
+from lvmkit.nets.pixelcnn import GatedPixelCNN, MaskedConv2d
 
-__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder", "GatedPixelCNN", "MaskedConv2d"]

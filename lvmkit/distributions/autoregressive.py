@@ -1,0 +1,95 @@
+"""Autoregressive image likelihoods as Pyro distributions: p(x | h) = prod_i p(x_i | x_<i, h).
+
+Pixels go in raster order and, within a pixel, channel by channel. ``net`` maps an image scaled
+to [-1, 1] (and a context h) to every element's parameters in one pass; ``head`` (a categorical
+or discretized-logistic observation model) turns parameters into probabilities.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+from torch import Tensor
+
+
+class AutoregressiveImage(TorchDistribution):
+    """A distribution over images (C, H, W) with values 0..levels-1, usable in any model:
+    ``pyro.sample("x", AutoregressiveImage(net, head, context=h), obs=x)``.
+
+    net: (B, C, H, W) in [-1, 1], context (B, D) or None -> parameters (B, P, C, H, W), causal in
+        raster-then-channel order (e.g. lvmkit.nets.GatedPixelCNN).
+    head: the per-element observation model (``make_observation("categorical" | "logistic",
+        image_shape, levels=...)``).
+    context: (..., D) conditioning vectors (a class one-hot, a latent z), or None; without one,
+        ``batch_shape`` says how many images a draw holds.
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(
+        self, net, head, context: Tensor | None = None, batch_shape=(), validate_args=None
+    ):
+        self.net, self.head, self.context = net, head, context
+        self.levels = head.levels
+        batch = context.shape[:-1] if context is not None else torch.Size(batch_shape)
+        super().__init__(batch, torch.Size(head.event_shape), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=3)
+    def support(self):
+        return constraints.independent(constraints.integer_interval(0, self.levels - 1), 3)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        context = None
+        if self.context is not None:
+            context = self.context.expand(batch_shape + self.context.shape[-1:])
+        return AutoregressiveImage(self.net, self.head, context, batch_shape, validate_args=False)
+
+    def _scaled(self, x: Tensor) -> Tensor:
+        return x * (2.0 / (self.levels - 1)) - 1.0
+
+    def params(self, x: Tensor) -> Tensor:
+        """Every element's parameters given x (..., C, H, W): (..., P, C, H, W), in one pass."""
+        lead = x.shape[:-3]
+        context = self.context
+        if context is not None:
+            lead = torch.broadcast_shapes(lead, context.shape[:-1])
+            context = context.expand(lead + context.shape[-1:]).reshape(-1, context.shape[-1])
+        x = x.expand(lead + x.shape[-3:]).reshape(-1, *x.shape[-3:])
+        out = self.net(self._scaled(x), context)
+        return out.reshape(lead + out.shape[1:])
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        p = self.params(value)
+        return self.head(p.flatten(-4)).log_prob(value)
+
+    @torch.no_grad()
+    def sample(self, sample_shape=()) -> Tensor:
+        """Pixel by pixel, channel by channel: one full pass of the net per element."""
+        shape = self._extended_shape(torch.Size(sample_shape))
+        x = torch.zeros(shape, device=self._device())
+        return self._fill(x, torch.zeros(shape, dtype=torch.bool, device=x.device))
+
+    @torch.no_grad()
+    def complete(self, x: Tensor, known: Tensor) -> Tensor:
+        """Sample the elements where ``known`` is False given the others; known ones stay."""
+        return self._fill(torch.where(known, x, torch.zeros_like(x)), known.bool())
+
+    def _fill(self, x: Tensor, known: Tensor) -> Tensor:
+        c, h, w = self.event_shape
+        for i in range(h):
+            for j in range(w):
+                for k in range(c):
+                    todo = ~known[..., k, i, j]
+                    if not todo.any():
+                        continue
+                    params = self.params(x)[..., :, k, i, j]  # (..., P)
+                    draw = self.head.element(params).sample()
+                    x[..., k, i, j] = torch.where(todo, draw.to(x.dtype), x[..., k, i, j])
+        return x
+
+    def _device(self):
+        return next(self.net.parameters()).device

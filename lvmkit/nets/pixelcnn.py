@@ -1,0 +1,134 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
+
+Pixels are generated in raster order and, within a pixel, channel by channel (R, then G given R,
+then B given R and G). Two stacks avoid the blind spot of a plain masked 3x3 stack: the vertical
+stack sees the rows above (its output is shifted down one row before it is used), the horizontal
+stack the pixels to the left in the current row, and the vertical feeds the horizontal through a
+1x1 convolution, never the reverse.
+
+Channel order inside a pixel is kept by splitting every feature map into C groups, one per data
+channel: at the current pixel, group c may see groups < c (mask A, first layer) or <= c (mask B).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def group_mask(out_groups: Tensor, in_groups: Tensor, strict: bool) -> Tensor:
+    """(out, in) connectivity at the current pixel: in-group < out-group (mask A) or <=."""
+    return (
+        (in_groups[None, :] < out_groups[:, None])
+        if strict
+        else (in_groups[None, :] <= out_groups[:, None])
+    )
+
+
+def groups(n: int, c: int) -> Tensor:
+    """Channel -> data-channel group for n feature channels in c equal blocks."""
+    return torch.arange(n) * c // n
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A convolution whose weight is multiplied by a fixed 0/1 mask (out, in, kh, kw)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, mask: Tensor, padding=0):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+def _horizontal_mask(out_g: Tensor, in_g: Tensor, width: int, strict: bool) -> Tensor:
+    """1 x width kernel over columns j-width+1 .. j: full to the left, group-masked at j."""
+    mask = torch.ones(len(out_g), len(in_g), 1, width)
+    mask[:, :, 0, -1] = group_mask(out_g, in_g, strict).float()
+    return mask
+
+
+class GatedLayer(nn.Module):
+    """One gated layer: vertical and horizontal stacks, tanh(a) * sigmoid(b), conditioning
+    V h added to both halves before the gate, a residual on the horizontal stack."""
+
+    def __init__(self, in_ch: int, n: int, c: int, kernel: int, context: int, first: bool):
+        super().__init__()
+        half = kernel // 2
+        in_g, hid_g = groups(in_ch, c), groups(n, c)
+        gate_g = torch.cat([hid_g, hid_g])  # the 2n pre-activations [a | b], each in c blocks
+        self.first = first
+        # Vertical: rows i-half .. i, all columns j-half .. j+half; used shifted down one row.
+        self.v_conv = nn.Conv2d(in_ch, 2 * n, (half + 1, kernel), padding=(half, half))
+        self.h_conv = MaskedConv2d(
+            in_ch,
+            2 * n,
+            (1, half + 1),
+            _horizontal_mask(gate_g, in_g, half + 1, strict=first),
+            padding=(0, half),
+        )
+        self.v_to_h = nn.Conv2d(2 * n, 2 * n, 1)  # carries rows above only: no mask needed
+        self.h_out = MaskedConv2d(n, n, 1, group_mask(hid_g, hid_g, False)[:, :, None, None])
+        self.cond = nn.Linear(context, 4 * n) if context else None
+        self.n = n
+
+    def forward(self, v: Tensor, h: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor]:
+        rows, cols = v.shape[-2:]
+        v_pre = self.v_conv(v)[..., :rows, :]  # (B, 2n, H, W): rows <= i
+        h_pre = self.h_conv(h)[..., :cols]  # columns <= j (the current one group-masked)
+        v_down = F.pad(v_pre, (0, 0, 1, 0))[..., :rows, :]  # rows < i: safe for the current row
+        h_pre = h_pre + self.v_to_h(v_down)
+        if self.cond is not None:
+            cv, ch = self.cond(ctx)[:, :, None, None].chunk(2, dim=1)
+            v_pre, h_pre = v_pre + cv, h_pre + ch
+        v_out = _gate(v_pre)
+        h_gated = self.h_out(_gate(h_pre))
+        h_out = h_gated if self.first else h + h_gated  # the residual is on the horizontal stack
+        return v_out, h_out
+
+
+def _gate(x: Tensor) -> Tensor:
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedPixelCNN(nn.Module):
+    """x (B, C, H, W) scaled to [-1, 1], context (B, context) or None -> per-element parameters
+    (B, params, C, H, W): output channel c of pixel (i, j) depends only on pixels before (i, j) in
+    raster order and on channels < c of pixel (i, j)."""
+
+    def __init__(
+        self,
+        channels: int,
+        params: int,
+        *,
+        features: int = 64,
+        layers: int = 5,
+        kernel: int = 3,
+        context: int = 0,
+    ):
+        super().__init__()
+        if features % channels:
+            raise ValueError(f"features ({features}) must be a multiple of channels ({channels})")
+        c, n = channels, features
+        self.channels, self.params = c, params
+        self.layers = nn.ModuleList(
+            GatedLayer(c if i == 0 else n, n, c, kernel, context, first=i == 0)
+            for i in range(layers)
+        )
+        hid_g, out_g = groups(n, c), groups(params * c, c)  # outputs: c blocks of `params`
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            MaskedConv2d(n, n, 1, group_mask(hid_g, hid_g, False)[:, :, None, None]),
+            nn.ReLU(),
+            MaskedConv2d(n, params * c, 1, group_mask(out_g, hid_g, False)[:, :, None, None]),
+        )
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        v = h = x
+        for layer in self.layers:
+            v, h = layer(v, h, context)
+        out = self.head(h)  # (B, C * params, H, W), channel-major blocks
+        b, _, rows, cols = out.shape
+        return out.reshape(b, self.channels, self.params, rows, cols).transpose(1, 2)

@@ -1,0 +1,93 @@
+import itertools
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from lvmkit.distributions import AutoregressiveImage, make_observation
+from lvmkit.nets import GatedPixelCNN
+
+CASES = [  # (image shape, levels, head, components)
+    ((1, 2, 2), 2, "categorical", 1),
+    ((1, 2, 2), 3, "categorical", 1),
+    ((1, 2, 2), 3, "logistic", 2),
+    ((3, 2, 2), 2, "categorical", 1),
+]
+
+
+def make(shape, levels, head, components, context=0, seed=0):
+    torch.manual_seed(seed)
+    obs = make_observation(head, shape, levels=levels, components=components)
+    net = GatedPixelCNN(
+        shape[0], obs.params_per_element, features=6 * shape[0], layers=3, context=context
+    ).double()
+    return net, obs
+
+
+def every_image(shape, levels):
+    values = itertools.product(range(levels), repeat=int(torch.Size(shape).numel()))
+    return torch.tensor(list(values), dtype=torch.float64).reshape(-1, *shape)
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+@pytest.mark.parametrize("shape, levels, head, components", CASES)
+def test_probabilities_over_every_configuration_sum_to_one(
+    shape, levels, head, components, conditioned
+):
+    net, obs = make(shape, levels, head, components, context=3 if conditioned else 0)
+    images = every_image(shape, levels)  # (levels ** numel, C, 2, 2)
+    context = torch.randn(2, 1, 3, dtype=torch.float64) if conditioned else None
+    d = AutoregressiveImage(net, obs, context, batch_shape=(2, 1))
+    with torch.no_grad():
+        total = d.log_prob(images).exp().sum(-1)  # (2,): one sum per context
+    assert torch.allclose(total, torch.ones(2, dtype=torch.float64), atol=1e-5)
+
+
+@pytest.mark.parametrize("channels, context", [(1, 0), (3, 0), (3, 4)])
+def test_causal_and_without_a_blind_spot(channels, context):
+    """The parameters of element (c, i, j) have zero gradient with respect to every element at
+    or after it in raster-then-channel order, and nonzero gradient to every earlier one (over a
+    few random inputs, so that no dead unit hides a connection)."""
+    torch.manual_seed(0)
+    net = GatedPixelCNN(channels, 2, features=8 * channels, layers=4, context=context)
+    c_, h_, w_ = channels, 4, 4
+    order = torch.arange(c_ * h_ * w_).reshape(h_, w_, c_).permute(2, 0, 1)  # position -> rank
+    seen = torch.zeros(c_, h_, w_, c_, h_, w_, dtype=torch.bool)
+    for _ in range(3):
+        x = torch.randn(1, c_, h_, w_, requires_grad=True)
+        out = net(x, torch.randn(1, context) if context else None)
+        for c, i, j in itertools.product(range(c_), range(h_), range(w_)):
+            (g,) = torch.autograd.grad(out[0, :, c, i, j].sum(), x, retain_graph=True)
+            seen[c, i, j] |= g[0] != 0
+    earlier = order[None, None, None] < order[:, :, :, None, None, None]
+    assert not (seen & ~earlier).any(), "an element sees itself or a later element"
+    assert not (earlier & ~seen).any(), "an element is blind to an earlier one"
+
+
+def test_complete_keeps_known_pixels_and_samples_are_valid():
+    net, obs = make((3, 3, 3), 4, "logistic", 2)
+    d = AutoregressiveImage(net.float(), obs, batch_shape=(5,))
+    x = d.sample()
+    assert x.shape == (5, 3, 3, 3) and set(x.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+    known = torch.rand(5, 3, 3, 3) > 0.5
+    filled = d.complete(x, known)
+    assert torch.equal(filled[known], x[known])
+    assert d.sample((2,)).shape == (2, 5, 3, 3, 3)
+
+
+def test_usable_as_a_pyro_observation():
+    net, obs = make((1, 4, 4), 2, "categorical", 1)
+    net = net.float()
+    x = torch.randint(0, 2, (6, 1, 4, 4)).float()
+
+    def model(x):
+        pyro.module("net", net)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", AutoregressiveImage(net, obs), obs=x)
+
+    loss = Trace_ELBO().differentiable_loss(model, lambda x: None, x)
+    expected = -AutoregressiveImage(net, obs, batch_shape=(6,)).log_prob(x).sum()
+    assert torch.allclose(loss, expected)
+    with pytest.raises(ValueError, match="support"):
+        Trace_ELBO().loss(model, lambda x: None, x + 2)
