@@ -145,16 +145,23 @@ def draw_samples(model, n: int) -> torch.Tensor:
     return model.sample(n)
 
 
-def completions(model, x: torch.Tensor, image_shape) -> tuple[torch.Tensor, torch.Tensor]:
+def split_inputs(prepared) -> tuple[torch.Tensor, tuple]:
+    """A model's prepared data -> (images, the other inputs its methods take, e.g. classes)."""
+    if isinstance(prepared, tuple):
+        return prepared[0], prepared[1:]
+    return getattr(prepared, "x", prepared), ()
+
+
+def completions(model, x: torch.Tensor, image_shape, extra=()) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill in the bottom half of each image; returns (known mask, completed), model units."""
     known = torch.zeros(len(x), *image_shape, dtype=torch.bool)
     known[..., : image_shape[-2] // 2, :] = True
     known = known.reshape(x.shape)
-    return known, model.complete(x, known)
+    return known, model.complete(x, known, *extra)
 
 
-def save_completions(model, x, image_shape, path: Path) -> Path:
-    known, filled = completions(model, x, image_shape)
+def save_completions(model, x, image_shape, path: Path, extra=()) -> Path:
+    known, filled = completions(model, x, image_shape, extra)
     shown = _images(model, torch.where(known, x, torch.zeros_like(x)), image_shape)
     rows = [_images(model, x, image_shape), shown, _images(model, filled, image_shape)]
     return save_image_grid(
@@ -162,7 +169,7 @@ def save_completions(model, x, image_shape, path: Path) -> Path:
     )
 
 
-def write_pictures(model, test_x, image_shape, out: Path) -> list[Path]:
+def write_pictures(model, test_x, image_shape, out: Path, extra=()) -> list[Path]:
     """Samples, reconstructions and completions, each where the model supports it."""
     torch.manual_seed(0)
     paths = []
@@ -185,7 +192,8 @@ def write_pictures(model, test_x, image_shape, out: Path) -> list[Path]:
                 out / "reconstructions.png",
             )
         )
-    paths.append(save_completions(model, test_x[:8], image_shape, out / "completions.png"))
+    extra = tuple(e[:8] for e in extra)
+    paths.append(save_completions(model, test_x[:8], image_shape, out / "completions.png", extra))
     return paths
 
 
@@ -282,10 +290,10 @@ def run_fit(
     if result.val_losses:
         summary["val_loss"] = result.val_losses[result.best_epoch - 1]
         summary["best_epoch"] = result.best_epoch
-    if dataset.y is not None:
+    if dataset.y is not None and hasattr(model, "encode"):
         summary["linear_probe_accuracy"] = linear_probe(encode(model, dataset), dataset.y)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    test_x = getattr(model.prepare(test), "x", model.prepare(test))
+    test_x, extra = split_inputs(model.prepare(test))
     paths = [
         out / "config.toml",
         out / "metrics.jsonl",
@@ -294,7 +302,7 @@ def run_fit(
         out / "summary.json",
         save_loss_curve(result.losses, result.val_losses, out / "losses.png"),
     ]
-    paths += write_pictures(model, test_x, dataset.image_shape, out)
+    paths += write_pictures(model, test_x, dataset.image_shape, out, extra)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
     print(f"fitted {model_name}: {json.dumps(shown)}")
     print(f"run directory: {out}")
@@ -313,11 +321,10 @@ def load_run(run: Path):
     return model.eval(), state["data"]
 
 
-def _test_images(model, info) -> torch.Tensor:
+def _test_inputs(model, info) -> tuple[torch.Tensor, tuple]:
     data = lvdata.load(info["name"])
     test = lvdata.split(data, (0.8, 0.1, 0.1), seed=info["split_seed"])[2]
-    prepared = model.prepare(test)
-    return getattr(prepared, "x", prepared)
+    return split_inputs(model.prepare(test))
 
 
 def run_sample(run: Path, n: int, seed: int) -> int:
@@ -335,8 +342,9 @@ def run_sample(run: Path, n: int, seed: int) -> int:
 def run_complete(run: Path, n: int, seed: int) -> int:
     model, info = load_run(run)
     torch.manual_seed(seed)
+    x, extra = _test_inputs(model, info)
     path = save_completions(
-        model, _test_images(model, info)[:n], info["image_shape"], run / "completions.png"
+        model, x[:n], info["image_shape"], run / "completions.png", tuple(e[:n] for e in extra)
     )
     print(f"wrote {path}")
     return 0
@@ -358,11 +366,20 @@ def run_evaluate(run: Path, num_samples: int, seed: int) -> int:
             "exact": True,
         }
     else:
-        ll = log_likelihood(model.model, model.guide, test, num_samples=num_samples, seed=seed)
+        discrete = getattr(model.config, "likelihood", "") in (
+            "bernoulli",
+            "categorical",
+            "logistic",
+        )
+        exact = not getattr(model, "has_latents", True)  # no latent: one "sample" is exact
+        num_samples = 1 if exact else num_samples
+        ll = log_likelihood(
+            model.model, model.guide, test, num_samples=num_samples, seed=seed, discrete=discrete
+        )
         est = {
             "log_likelihood": ll.mean,
             "stderr": ll.stderr,
-            "exact": False,
+            "exact": exact,
             "num_samples": num_samples,
         }
         if ll.bits_per_dim is not None:

@@ -1,6 +1,7 @@
 """Probabilistic programs: each model is an nn.Module with ``model`` and ``guide`` methods."""
 
 from lvmkit.models.autoencoders import Autoencoder, AutoencoderConfig
+from lvmkit.models.autoregressive import AutoregressiveConfig, AutoregressiveDensity
 from lvmkit.models.conditional import (
     CompletionBaseline,
     CompletionData,
@@ -16,6 +17,8 @@ __all__ = [
     "MODELS",
     "Autoencoder",
     "AutoencoderConfig",
+    "AutoregressiveConfig",
+    "AutoregressiveDensity",
     "CompletionBaseline",
     "CompletionData",
     "ConditionalLVM",

@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from lvmkit.models.autoencoders import Autoencoder, AutoencoderConfig
+from lvmkit.models.autoregressive import AutoregressiveConfig, AutoregressiveDensity
 from lvmkit.models.conditional import ConditionalLVM, ConditionalLVMConfig
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
@@ -23,9 +24,21 @@ MODELS = {
         "sparse (L1 / Laplace) autoencoder",
     ),
     "dae": (Autoencoder, AutoencoderConfig, {"kind": "denoising"}, "denoising autoencoder"),
+    "pixelcnn": (
+        AutoregressiveDensity,
+        AutoregressiveConfig,
+        {"net": "gated"},
+        "gated PixelCNN density p(x)",
+    ),
+    "cpixelcnn": (
+        AutoregressiveDensity,
+        AutoregressiveConfig,
+        {"net": "gated"},
+        "class-conditional gated PixelCNN p(x|y)",
+    ),
 }
 # Config defaults that differ from the classes' own when a model is fitted to image data by name.
-IMAGE_DEFAULTS = {"gmm": {"components": 10}}
+IMAGE_DEFAULTS = {"gmm": {"components": 10}, "cpixelcnn": {"num_classes": 10}}
 
 
 def config_fields(name: str) -> dict:
@@ -59,6 +72,9 @@ def build_model(name: str, image_shape, data_levels: int | None, settings: dict 
         values["image_shape"] = tuple(image_shape)
         if values.get("levels") is None and values.get("likelihood") in ("categorical", "logistic"):
             values["levels"] = data_levels
+        if model_cls is AutoregressiveDensity:
+            c = values["image_shape"][0]  # features must split into one group per channel
+            values["features"] = -(-values["features"] // c) * c
     return model_cls(config_cls(**values))
 
 
