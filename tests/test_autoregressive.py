@@ -91,3 +91,35 @@ def test_usable_as_a_pyro_observation():
     assert torch.allclose(loss, expected)
     with pytest.raises(ValueError, match="support"):
         Trace_ELBO().loss(model, lambda x: None, x + 2)
+
+
+@pytest.mark.parametrize(
+    "shape, levels, head, context",
+    [
+        ((1, 6, 6), 17, "categorical", 0),
+        ((3, 4, 5), 4, "logistic", 3),
+        ((1, 7, 7), 2, "categorical", 5),
+    ],
+)
+def test_cached_sampling_returns_exactly_the_naive_samples(shape, levels, head, context):
+    torch.manual_seed(0)
+    obs = make_observation(head, shape, levels=levels, components=2)
+    net = GatedPixelCNN(
+        shape[0],
+        obs.params_per_element,
+        features=6 * shape[0],
+        layers=4,
+        kernel=5 if context else 3,
+        context=context,
+    )
+    ctx = torch.randn(3, context) if context else None
+    draws = {}
+    for fast in (False, True):
+        d = AutoregressiveImage(net, obs, ctx, batch_shape=(3,), fast=fast)
+        torch.manual_seed(1)
+        x = d.sample()
+        known = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) > 0.6
+        torch.manual_seed(3)
+        draws[fast] = (x, d.complete(x, known))
+    assert torch.equal(draws[False][0], draws[True][0])
+    assert torch.equal(draws[False][1], draws[True][1])

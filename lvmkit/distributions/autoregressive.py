@@ -11,6 +11,8 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
+from lvmkit.nets.pixelcnn import GatedPixelCNN, cached_fill
+
 
 class AutoregressiveImage(TorchDistribution):
     """A distribution over images (C, H, W) with values 0..levels-1, usable in any model:
@@ -22,15 +24,23 @@ class AutoregressiveImage(TorchDistribution):
         image_shape, levels=...)``).
     context: (..., D) conditioning vectors (a class one-hot, a latent z), or None; without one,
         ``batch_shape`` says how many images a draw holds.
+    fast: sample with the net's cached generation when it has one (``GatedPixelCNN``): the same
+        draws as one full pass per element, at a fraction of the cost.
     """
 
     arg_constraints = {}
     has_rsample = False
 
     def __init__(
-        self, net, head, context: Tensor | None = None, batch_shape=(), validate_args=None
+        self,
+        net,
+        head,
+        context: Tensor | None = None,
+        batch_shape=(),
+        fast: bool = True,
+        validate_args=None,
     ):
-        self.net, self.head, self.context = net, head, context
+        self.net, self.head, self.context, self.fast = net, head, context, fast
         self.levels = head.levels
         batch = context.shape[:-1] if context is not None else torch.Size(batch_shape)
         super().__init__(batch, torch.Size(head.event_shape), validate_args=validate_args)
@@ -44,7 +54,9 @@ class AutoregressiveImage(TorchDistribution):
         context = None
         if self.context is not None:
             context = self.context.expand(batch_shape + self.context.shape[-1:])
-        return AutoregressiveImage(self.net, self.head, context, batch_shape, validate_args=False)
+        return AutoregressiveImage(
+            self.net, self.head, context, batch_shape, self.fast, validate_args=False
+        )
 
     def _scaled(self, x: Tensor) -> Tensor:
         return x * (2.0 / (self.levels - 1)) - 1.0
@@ -79,6 +91,20 @@ class AutoregressiveImage(TorchDistribution):
         return self._fill(torch.where(known, x, torch.zeros_like(x)), known.bool())
 
     def _fill(self, x: Tensor, known: Tensor) -> Tensor:
+        if self.fast and isinstance(self.net, GatedPixelCNN):
+            lead, event = x.shape[:-3], x.shape[-3:]
+            context = self.context
+            if context is not None:
+                context = context.expand(lead + context.shape[-1:]).reshape(-1, context.shape[-1])
+            flat = cached_fill(
+                self.net,
+                x.reshape(-1, *event),
+                known.expand(x.shape).reshape(-1, *event),
+                context,
+                self._scaled,
+                lambda p: self.head.element(p).sample(),
+            )
+            return flat.reshape(x.shape)
         c, h, w = self.event_shape
         for i in range(h):
             for j in range(w):

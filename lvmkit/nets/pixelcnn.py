@@ -132,3 +132,84 @@ class GatedPixelCNN(nn.Module):
         out = self.head(h)  # (B, C * params, H, W), channel-major blocks
         b, _, rows, cols = out.shape
         return out.reshape(b, self.channels, self.params, rows, cols).transpose(1, 2)
+
+
+def _matrix(conv: nn.Conv2d) -> Tensor:
+    """A 1 x w convolution's (masked) weight as a matrix for inputs laid out (w, in)."""
+    weight = conv.weight * conv.mask if isinstance(conv, MaskedConv2d) else conv.weight
+    return weight[:, :, 0, :].permute(2, 1, 0).reshape(-1, weight.shape[0])
+
+
+@torch.no_grad()
+def cached_fill(
+    net: GatedPixelCNN, x: Tensor, known: Tensor, context: Tensor | None, scale, draw
+) -> Tensor:
+    """Fill the unknown elements of x (B, C, H, W) in raster-then-channel order, computing only
+    what each new element needs (Ramachandran et al. 2017): per layer, the vertical stack is
+    updated once per finished row, the horizontal stack once per pixel, each as a few small
+    matrix products. ``scale`` maps levels to the net's input; ``draw(params (B, P))`` samples one
+    element. Same draws, in the same order, as one full forward pass per element."""
+    b, c, rows, cols = x.shape
+    layers = net.layers
+    half = layers[0].h_conv.kernel_size[1] - 1
+    n = layers[0].n
+    xs = scale(x)
+    # Horizontal features channels-last (B, H, W, ch): a pixel's slab is contiguous. h_in[l] is
+    # layer l's horizontal input (h_in[0] the image); v_in likewise for the vertical stack.
+    h_in = [xs.permute(0, 2, 3, 1).contiguous()] + [x.new_zeros(b, rows, cols, n) for _ in layers]
+    v_in = [xs] + [x.new_zeros(b, n, rows, cols) for _ in layers]
+    v_above = [x.new_zeros(b, cols, 2 * n) for _ in layers]  # v_pre of the row above, per layer
+    weights = [
+        (
+            _matrix(layer.h_conv),
+            layer.h_conv.bias,
+            _matrix(layer.v_to_h),
+            layer.v_to_h.bias,
+            _matrix(layer.h_out),
+            layer.h_out.bias,
+        )
+        for layer in layers
+    ]
+    head = [(_matrix(m), m.bias) for m in net.head if isinstance(m, nn.Conv2d)]
+    zero = x.new_zeros(b, 2 * n)  # unconditioned layers add nothing (x + 0 is exact)
+    conds = [
+        layer.cond(context).chunk(2, dim=1) if layer.cond is not None else (zero, zero)
+        for layer in layers
+    ]
+
+    def pixel_pass(i: int, j: int) -> Tensor:
+        """Every layer at (i, j); returns the head's output (B, C, P)."""
+        for li, layer in enumerate(layers):
+            w_h, b_h, w_vh, b_vh, w_o, b_o = weights[li]
+            slab = h_in[li][:, i, max(0, j - half) : j + 1]  # (B, <= half + 1, in)
+            if j < half:  # zeros left of the image
+                slab = F.pad(slab, (0, 0, half - j, 0))
+            pre = torch.addmm(b_h, slab.reshape(b, -1), w_h)
+            pre = pre + torch.addmm(b_vh, v_above[li][:, j], w_vh) + conds[li][1]
+            gated = torch.addmm(b_o, _gate(pre), w_o)
+            h_in[li + 1][:, i, j] = gated if layer.first else h_in[li][:, i, j] + gated
+        out = h_in[-1][:, i, j]
+        for w, bias in head:
+            out = torch.addmm(bias, torch.relu(out), w)
+        return out.reshape(b, c, net.params)
+
+    for i in range(rows):
+        for j in range(cols):
+            last = None
+            for k in range(c):
+                todo = ~known[:, k, i, j]
+                if todo.any():
+                    params = pixel_pass(i, j)[:, k]
+                    last = k
+                    value = draw(params).to(x.dtype)
+                    x[:, k, i, j] = torch.where(todo, value, x[:, k, i, j])
+                    xs[:, k, i, j] = h_in[0][:, i, j, k] = scale(x[:, k, i, j])
+            if last != c - 1:  # store this pixel's features with all its channels known
+                pixel_pass(i, j)
+        for li, layer in enumerate(layers):  # the row is done: advance the vertical stack
+            slab = v_in[li][:, :, max(0, i - half) : i + 1]
+            slab = F.pad(slab, (half, half, half - min(i, half), 0))
+            pre = F.conv2d(slab, layer.v_conv.weight, layer.v_conv.bias)[:, :, 0]  # (B, 2n, W)
+            v_above[li] = pre.transpose(1, 2).contiguous()
+            v_in[li + 1][:, :, i] = _gate(pre + conds[li][0][..., None])
+    return x
