@@ -2,9 +2,9 @@
 amortized SVI (ELBO) vs EM with an importance-sampled E-step (the prior as proposal).
 
 Same model (z_dim 2, MLP decoder, Gaussian likelihood on [0, 1] pixels), same seeded split, the
-same number of gradient steps (5 per batch for every pass over the training data). log p(x) is estimated with K importance samples
-from the model's encoder for the SVI fit, and from the prior for the EM fit (which trains no
-encoder); the standard errors are over test images.
+same number of gradient steps (5 per batch for every pass over the training data). log p(x) is
+estimated with K importance samples from the model's encoder for the SVI fit, and from the prior
+for the EM fit (which trains no encoder); the standard errors are over test images.
 
     python benchmarks/lvm_em_vs_svi.py [--smoke]
 """

@@ -19,12 +19,16 @@ def run(script: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-@pytest.mark.parametrize("script", ["svi_overhead.py", "gmm_em.py", "lvm_em_vs_svi.py"])
+@pytest.mark.parametrize(
+    "script", ["svi_overhead.py", "gmm_em.py", "lvm_em_vs_svi.py", "ar_sampling.py"]
+)
 def test_benchmark_smoke_runs_print_json(script):
     rows = run(script)
     if script == "svi_overhead.py":
         (row,) = rows
         assert row["same_loss"] is True and row["lvmkit_over_torch"] > 0
+    elif script == "ar_sampling.py":
+        assert len(rows) == 2 and all(row["identical"] for row in rows)
     elif script == "lvm_em_vs_svi.py":
         (row,) = rows
         assert set(row) >= {"svi", "em_importance"} and row["svi"]["stderr"] > 0
