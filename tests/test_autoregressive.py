@@ -6,7 +6,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from lvmkit.distributions import AutoregressiveImage, make_observation
-from lvmkit.nets import GatedPixelCNN
+from lvmkit.nets import GatedPixelCNN, PixelTransformer, ScanlineRNN
 
 CASES = [  # (image shape, levels, head, components)
     ((1, 2, 2), 2, "categorical", 1),
@@ -16,13 +16,25 @@ CASES = [  # (image shape, levels, head, components)
 ]
 
 
-def make(shape, levels, head, components, context=0, seed=0):
+ARCHS = ["gated", "transformer", "rnn"]
+
+
+def build_net(arch, shape, params, context=0, layers=3):
+    if arch == "gated":
+        return GatedPixelCNN(
+            shape[0], params, features=6 * shape[0], layers=layers, context=context
+        )
+    if arch == "transformer":
+        return PixelTransformer(
+            shape, params, width=16, layers=2, heads=2, window=5, context=context
+        )
+    return ScanlineRNN(shape, params, width=16, layers=2, context=context)
+
+
+def make(shape, levels, head, components, context=0, seed=0, arch="gated"):
     torch.manual_seed(seed)
     obs = make_observation(head, shape, levels=levels, components=components)
-    net = GatedPixelCNN(
-        shape[0], obs.params_per_element, features=6 * shape[0], layers=3, context=context
-    ).double()
-    return net, obs
+    return build_net(arch, shape, obs.params_per_element, context).double(), obs
 
 
 def every_image(shape, levels):
@@ -30,12 +42,13 @@ def every_image(shape, levels):
     return torch.tensor(list(values), dtype=torch.float64).reshape(-1, *shape)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("conditioned", [False, True])
 @pytest.mark.parametrize("shape, levels, head, components", CASES)
 def test_probabilities_over_every_configuration_sum_to_one(
-    shape, levels, head, components, conditioned
+    shape, levels, head, components, conditioned, arch
 ):
-    net, obs = make(shape, levels, head, components, context=3 if conditioned else 0)
+    net, obs = make(shape, levels, head, components, context=3 if conditioned else 0, arch=arch)
     images = every_image(shape, levels)  # (levels ** numel, C, 2, 2)
     context = torch.randn(2, 1, 3, dtype=torch.float64) if conditioned else None
     d = AutoregressiveImage(net, obs, context, batch_shape=(2, 1))
@@ -44,13 +57,18 @@ def test_probabilities_over_every_configuration_sum_to_one(
     assert torch.allclose(total, torch.ones(2, dtype=torch.float64), atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("channels, context", [(1, 0), (3, 0), (3, 4)])
-def test_causal_and_without_a_blind_spot(channels, context):
+def test_causal_and_without_a_blind_spot(channels, context, arch):
     """The parameters of element (c, i, j) have zero gradient with respect to every element at
-    or after it in raster-then-channel order, and nonzero gradient to every earlier one (over a
-    few random inputs, so that no dead unit hides a connection)."""
+    or after it in raster-then-channel order, and nonzero gradient to every earlier one inside
+    the receptive field (over a few random inputs, so that no dead unit hides a connection)."""
     torch.manual_seed(0)
-    net = GatedPixelCNN(channels, 2, features=8 * channels, layers=4, context=context)
+    net = build_net(arch, (channels, 4, 4), 2, context, layers=4)
+    if arch == "transformer":  # a window covering the whole 4x4 image: nothing out of reach
+        net = PixelTransformer(
+            (channels, 4, 4), 2, width=16, layers=2, heads=2, window=16 * channels, context=context
+        )
     c_, h_, w_ = channels, 4, 4
     order = torch.arange(c_ * h_ * w_).reshape(h_, w_, c_).permute(2, 0, 1)  # position -> rank
     seen = torch.zeros(c_, h_, w_, c_, h_, w_, dtype=torch.bool)

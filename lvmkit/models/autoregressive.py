@@ -12,9 +12,9 @@ from torch.nn import functional as F
 from lvmkit import data as lvdata
 from lvmkit.distributions import AutoregressiveImage, make_observation
 from lvmkit.models.common import check_batch
-from lvmkit.nets import GatedPixelCNN
+from lvmkit.nets import GatedPixelCNN, PixelTransformer, ScanlineRNN
 
-ARCHITECTURES = ("gated",)
+ARCHITECTURES = ("gated", "transformer", "rnn")
 
 
 @dataclass
@@ -23,10 +23,11 @@ class AutoregressiveConfig:
     levels: int | None = None  # pixel levels (from the data when built by name)
     likelihood: str = "categorical"  # "categorical" (k-way softmax) or "logistic" (mixture)
     components: int = 3  # logistic mixture components
-    net: str = "gated"  # the architecture
-    features: int = 60  # feature maps per layer (a multiple of the channel count)
+    net: str = "gated"  # gated (PixelCNN), transformer (local attention) or rnn (scanline GRU)
+    features: int = 60  # feature maps (gated: a multiple of the channels) or token width
     layers: int = 5
-    kernel: int = 3
+    kernel: int = 3  # gated: convolution size
+    window: int = 32  # transformer: how many preceding elements each one attends to
     num_classes: int = 0  # > 0: class-conditional, the batch is (x, y)
 
 
@@ -39,6 +40,19 @@ def make_net(c: AutoregressiveConfig, params: int, context: int) -> nn.Module:
             layers=c.layers,
             kernel=c.kernel,
             context=context,
+        )
+    if c.net == "transformer":
+        return PixelTransformer(
+            c.image_shape,
+            params,
+            width=c.features,
+            layers=c.layers,
+            window=c.window,
+            context=context,
+        )
+    if c.net == "rnn":
+        return ScanlineRNN(
+            c.image_shape, params, width=c.features, layers=c.layers, context=context
         )
     raise ValueError(f"unknown net {c.net!r}; choose one of {list(ARCHITECTURES)}")
 

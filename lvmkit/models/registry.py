@@ -36,9 +36,26 @@ MODELS = {
         {"net": "gated"},
         "class-conditional gated PixelCNN p(x|y)",
     ),
+    "pixeltransformer": (
+        AutoregressiveDensity,
+        AutoregressiveConfig,
+        {"net": "transformer"},
+        "Pixel Transformer: local causal self-attention p(x)",
+    ),
+    "scanlinernn": (
+        AutoregressiveDensity,
+        AutoregressiveConfig,
+        {"net": "rnn"},
+        "scanline GRU over raster order p(x)",
+    ),
 }
 # Config defaults that differ from the classes' own when a model is fitted to image data by name.
-IMAGE_DEFAULTS = {"gmm": {"components": 10}, "cpixelcnn": {"num_classes": 10}}
+IMAGE_DEFAULTS = {
+    "gmm": {"components": 10},
+    "cpixelcnn": {"num_classes": 10},
+    "pixeltransformer": {"layers": 3, "features": 64},
+    "scanlinernn": {"layers": 2, "features": 64},
+}
 
 
 def config_fields(name: str) -> dict:
@@ -72,7 +89,7 @@ def build_model(name: str, image_shape, data_levels: int | None, settings: dict 
         values["image_shape"] = tuple(image_shape)
         if values.get("levels") is None and values.get("likelihood") in ("categorical", "logistic"):
             values["levels"] = data_levels
-        if model_cls is AutoregressiveDensity:
+        if model_cls is AutoregressiveDensity and values["net"] == "gated":
             c = values["image_shape"][0]  # features must split into one group per channel
             values["features"] = -(-values["features"] // c) * c
     return model_cls(config_cls(**values))
