@@ -129,7 +129,7 @@ def _images(model, x: torch.Tensor, image_shape) -> torch.Tensor:
     """Model-unit data -> (N, C, H, W) in [0, 1] for pictures."""
     x = x.reshape(len(x), *image_shape).float()
     levels = getattr(model.config, "levels", None)
-    if getattr(model.config, "likelihood", None) in ("categorical", "logistic") and levels:
+    if getattr(model.config, "likelihood", None) in ("categorical", "logistic", "pixelcnn"):
         x = x / (levels - 1)
     return x
 
@@ -370,6 +370,7 @@ def run_evaluate(run: Path, num_samples: int, seed: int) -> int:
             "bernoulli",
             "categorical",
             "logistic",
+            "pixelcnn",
         )
         exact = not getattr(model, "has_latents", True)  # no latent: one "sample" is exact
         num_samples = 1 if exact else num_samples

@@ -201,3 +201,34 @@ def test_linear_probe_on_codes(digits):
     codes = lvmkit.encode(lvm, data)
     assert codes.shape == (1797, 8)
     assert lvmkit.linear_probe(codes, data.y) > 0.5  # chance is 0.1
+
+
+def test_pixelcnn_decoder_lvm_keeps_active_units_and_resumes_exactly(digits, tmp_path):
+    data, (train, val, _) = digits
+    torch.manual_seed(0)
+    settings = {"free_bits": 0.5, "kl_warmup_steps": 20, "z_dim": 4, "ar_layers": 2}
+    lvm = build_model("pixellvm", data.image_shape, data.levels, settings)
+    fit_and_check_validation_falls(lvm, train, val, epochs=3)
+    count, variances = lvmkit.diagnostics.active_units(lvm, val)
+    assert count >= 1 and variances.shape == (4,)
+    assert int(lvm.train_steps) == 3 * 12  # one per gradient step: 1438 images / 128 per batch
+
+    def run(epochs, resume=False):
+        torch.manual_seed(0)
+        m = build_model("pixellvm", data.image_shape, data.levels, settings)
+        r = lvmkit.fit(
+            m.model,
+            m.guide,
+            m.prepare(train[:300]),
+            epochs=epochs,
+            batch_size=100,
+            checkpoint_dir=tmp_path / ("b" if resume or epochs == 1 else "a"),
+            resume=resume,
+            progress=False,
+        )
+        return r, m
+
+    full, _ = run(2)
+    run(1)
+    rest, m = run(2, resume=True)
+    assert rest.losses == full.losses and int(m.train_steps) == 6  # the warm-up counter resumed

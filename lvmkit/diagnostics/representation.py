@@ -40,3 +40,10 @@ def linear_probe(
     )
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     return float(clf.fit(z_tr, y_tr).score(z_te, y_te))
+
+
+def active_units(model, data, *, threshold: float = 0.01) -> tuple[int, Tensor]:
+    """Burda et al. 2016: unit u is active if Cov_x(E_q[z_u | x]) > threshold. Returns the count
+    and each unit's variance (Z,)."""
+    variances = encode(model, data).var(0)
+    return int((variances > threshold).sum()), variances

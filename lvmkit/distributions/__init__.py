@@ -1,6 +1,6 @@
 """Pyro distributions that Pyro lacks, and the swappable observation models p(x | h)."""
 
-from lvmkit.distributions.autoregressive import AutoregressiveImage
+from lvmkit.distributions.autoregressive import AutoregressiveImage, AutoregressiveObs
 from lvmkit.distributions.logistic import DiscretizedLogistic, DiscretizedLogisticMixture
 from lvmkit.distributions.observations import (
     LIKELIHOODS,
@@ -11,6 +11,7 @@ from lvmkit.distributions.observations import (
 
 __all__ = [
     "AutoregressiveImage",
+    "AutoregressiveObs",
     "LIKELIHOODS",
     "DiscretizedLogistic",
     "DiscretizedLogisticMixture",

@@ -119,3 +119,26 @@ class AutoregressiveImage(TorchDistribution):
 
     def _device(self):
         return next(self.net.parameters()).device
+
+
+class AutoregressiveObs:
+    """The observation model p(x | h) = AutoregressiveImage(net, head, context=h), for an LVM
+    whose decoder output h conditions an autoregressive net (a PixelCNN decoder)."""
+
+    data_kind = "levels"
+
+    def __init__(self, net, head, context: int):
+        self.net, self.head, self.num_params = net, head, context
+        self.event_shape, self.levels = head.event_shape, head.levels
+
+    def __call__(self, h: Tensor, mask: Tensor | None = None) -> AutoregressiveImage:
+        if mask is not None:
+            raise ValueError("an autoregressive likelihood scores whole images; use no mask")
+        return AutoregressiveImage(self.net, self.head, context=h)
+
+    def mean(self, h: Tensor) -> Tensor:
+        """A draw stands in for E[x|h] (which would sum over every image): for pictures."""
+        return self(h).sample()
+
+    def check(self, x: Tensor) -> None:
+        self.head.check(x)

@@ -125,15 +125,21 @@ class Trainer:
         return tuple(t.to(self.device) if isinstance(t, Tensor) else t for t in batch)
 
     def init(self, *batch) -> None:
-        """Create the parameters by running model and guide once, then build the optimizer."""
+        """Create the parameters by running model and guide once, then build the optimizer.
+        Module buffers (counters, running statistics) are left as they were."""
         for fn in (self.model, self.guide):
             owner = _module_of(fn)
             if owner is not None:
                 owner.to(self.device)
         batch = self._to_device(batch)
+        buffers = {k: b.clone() for k, b in self._buffers().items()}
         with self.scope():  # with gradients: TraceEnum_ELBO refuses a loss without a graph
             self.loss.differentiable_loss(self.model, self.guide, *batch)
             self._collect_params()
+        current = self._buffers()
+        with torch.no_grad():
+            for name, value in buffers.items():
+                current[name].copy_(value)
         if not self.param_names:
             raise ValueError(
                 "the model and guide create no parameters: register nets with pyro.module or "
@@ -203,12 +209,22 @@ class Trainer:
             store = pyro.get_param_store()
             return {n: store[n].detach().clone() for n in self.param_names}
 
+    def _buffers(self) -> dict[str, Tensor]:
+        """Buffers of the modules behind model and guide (counters, running statistics)."""
+        owners = {id(m): m for m in map(_module_of, (self.model, self.guide)) if m is not None}
+        return {
+            f"{i}.{name}": buf
+            for i, m in enumerate(owners.values())
+            for name, buf in m.named_buffers()
+        }
+
     def state_dict(self) -> dict:
         state = self.param_state["params"]
         return {
             "param_names": list(self.param_names),
             "params": {n: state[n].detach().cpu().clone() for n in self.param_names},
             "optimizer": self.optimizer.state_dict(),
+            "buffers": {k: b.detach().cpu().clone() for k, b in self._buffers().items()},
         }
 
     def load_state_dict(self, state: dict, *, source: str = "checkpoint") -> None:
@@ -222,6 +238,12 @@ class Trainer:
             )
         self.load_params(state["params"], source=source)
         self.optimizer.load_state_dict(state["optimizer"])
+        buffers = self._buffers()
+        if set(state["buffers"]) != set(buffers):
+            raise CheckpointError(f"{source} holds other module buffers than this model has")
+        with torch.no_grad():
+            for name, value in state["buffers"].items():
+                buffers[name].copy_(value)
 
     def load_params(self, params: dict[str, Tensor], *, source: str = "checkpoint") -> None:
         current = self.param_state["params"]

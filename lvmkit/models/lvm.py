@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
-from lvmkit.distributions import check_support
+from lvmkit.distributions import AutoregressiveObs, check_support, make_observation
 from lvmkit.models.common import (
     check_batch,
     fill_unknown,
@@ -21,6 +21,7 @@ from lvmkit.models.common import (
     observation_for,
     prepare_images,
 )
+from lvmkit.nets import GatedPixelCNN
 
 
 @dataclass
@@ -29,7 +30,9 @@ class GaussianLVMConfig:
     z_dim: int = 8
     hidden: tuple[int, ...] = (256, 256)  # hidden widths (conv nets use the last one)
     net: str = "mlp"  # "mlp" or "conv" (transpose-conv decoder), for encoder and decoder
-    likelihood: str = "gaussian"  # gaussian | lowrank | bernoulli | categorical | logistic
+    # gaussian | lowrank | bernoulli | categorical | logistic, or pixelcnn: a gated PixelCNN
+    # over the levels, conditioned on the decoder's output (the PixelCNN-decoder LVM)
+    likelihood: str = "gaussian"
     levels: int | None = None  # pixel levels, for categorical and logistic
     components: int = 1  # logistic mixture components
     rank: int = 2  # covariance directions of the lowrank likelihood
@@ -40,6 +43,12 @@ class GaussianLVMConfig:
     # Free bits (Kingma et al. 2016): while training, each latent dim's KL (batch mean) counts
     # as at least this many nats, so the encoder is not pushed to collapse it. 0 is off.
     free_bits: float = 0.0
+    # KL warm-up (annealing): the KL weight rises linearly from 0 to beta over this many
+    # gradient steps. 0 is off.
+    kl_warmup_steps: int = 0
+    ar_features: int = 32  # pixelcnn likelihood: the PixelCNN's feature maps per layer
+    ar_layers: int = 3  # and its gated layers
+    ar_context: int = 32  # and the size of the decoder output it is conditioned on
 
 
 class GaussianLVM(nn.Module):
@@ -53,16 +62,31 @@ class GaussianLVM(nn.Module):
     def __init__(self, config: GaussianLVMConfig | None = None):
         super().__init__()
         self.config = config = config or GaussianLVMConfig()
-        self.obs = observation_for(config)
+        if config.likelihood == "pixelcnn":
+            head = make_observation("categorical", config.image_shape, levels=config.levels)
+            c = config.image_shape[0]
+            self.ar_net = GatedPixelCNN(
+                c,
+                head.params_per_element,
+                layers=config.ar_layers,
+                features=-(-config.ar_features // c) * c,
+                context=config.ar_context,
+            )
+            self.obs = AutoregressiveObs(self.ar_net, head, config.ar_context)
+        else:
+            self.ar_net = None
+            self.obs = observation_for(config)
         self.encoder = make_encoder(config.net, config.image_shape, config.hidden, 2 * config.z_dim)
         self.decoder = make_decoder(config.net, config.z_dim, config.hidden, self.obs)
         # Buffers, so the prior follows the module's device and dtype.
         self.register_buffer("prior_loc", torch.zeros(config.z_dim))
         self.register_buffer("prior_scale", torch.ones(config.z_dim))
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for warm-up
 
     def prepare(self, data):
         """ImageData in the units this model's likelihood scores."""
-        return prepare_images(data, self.config.likelihood)
+        likelihood = self.config.likelihood
+        return prepare_images(data, "categorical" if likelihood == "pixelcnn" else likelihood)
 
     def _n(self, x: Tensor | None, n: int | None) -> int:
         if x is None:
@@ -90,13 +114,21 @@ class GaussianLVM(nn.Module):
         by beta, or left out under free bits (the free-bits penalty stands in for the KL)."""
         if self.training and self.config.free_bits > 0:
             return poutine.mask(mask=False)
-        if self.training and self.config.beta != 1:
-            return poutine.scale(scale=self.config.beta)
+        beta = self.config.beta
+        if self.training and self.config.kl_warmup_steps:
+            warm = min(1.0, float(self.train_steps) / self.config.kl_warmup_steps)
+            beta = max(beta * warm, 1e-6)  # Pyro's scale must be positive
+        if self.training and beta != 1:
+            return poutine.scale(scale=beta)
         return nullcontext()
 
     def model(self, x: Tensor | None = None, n: int | None = None) -> Tensor:
         n = self._n(x, n)
         pyro.module("decoder", self.decoder)
+        if self.ar_net is not None:
+            pyro.module("ar_net", self.ar_net)
+        if self.training and x is not None and torch.is_grad_enabled():
+            self.train_steps += 1  # counts gradient steps (evaluation runs without gradients)
         with pyro.plate("data", n):
             with self._z_site():
                 z = pyro.sample("z", self.prior())

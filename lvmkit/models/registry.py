@@ -36,6 +36,12 @@ MODELS = {
         {"net": "gated"},
         "class-conditional gated PixelCNN p(x|y)",
     ),
+    "pixellvm": (
+        GaussianLVM,
+        GaussianLVMConfig,
+        {"likelihood": "pixelcnn"},
+        "GaussianLVM with a PixelCNN decoder, free bits and KL warm-up",
+    ),
     "pixeltransformer": (
         AutoregressiveDensity,
         AutoregressiveConfig,
@@ -54,6 +60,7 @@ IMAGE_DEFAULTS = {
     "gmm": {"components": 10},
     "cpixelcnn": {"num_classes": 10},
     "pixeltransformer": {"layers": 3, "features": 64},
+    "pixellvm": {"free_bits": 0.25, "kl_warmup_steps": 500},
     "scanlinernn": {"layers": 2, "features": 64},
 }
 
@@ -87,7 +94,8 @@ def build_model(name: str, image_shape, data_levels: int | None, settings: dict 
         values["dim"] = math.prod(image_shape)
     else:
         values["image_shape"] = tuple(image_shape)
-        if values.get("levels") is None and values.get("likelihood") in ("categorical", "logistic"):
+        discrete = ("categorical", "logistic", "pixelcnn")
+        if values.get("levels") is None and values.get("likelihood") in discrete:
             values["levels"] = data_levels
         if model_cls is AutoregressiveDensity and values["net"] == "gated":
             c = values["image_shape"][0]  # features must split into one group per channel
