@@ -16,17 +16,22 @@ def run(script: str) -> list[dict]:
         text=True,
         timeout=300,
     ).stdout
-    return [json.loads(line) for line in out.splitlines()]
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.parametrize(
-    "script", ["svi_overhead.py", "gmm_em.py", "lvm_em_vs_svi.py", "ar_sampling.py"]
+    "script",
+    ["svi_overhead.py", "gmm_em.py", "lvm_em_vs_svi.py", "ar_sampling.py", "likelihoods.py"],
 )
 def test_benchmark_smoke_runs_print_json(script):
     rows = run(script)
     if script == "svi_overhead.py":
         (row,) = rows
         assert row["same_loss"] is True and row["lvmkit_over_torch"] > 0
+    elif script == "likelihoods.py":
+        (row,) = rows
+        assert 2.3 < row["rows"]["independent categorical"]["bits_per_dim"] < 2.6
+        assert row["rows"]["PixelCNN-decoder LVM"]["active_units"] >= 0
     elif script == "ar_sampling.py":
         assert len(rows) == 2 and all(row["identical"] for row in rows)
     elif script == "lvm_em_vs_svi.py":
