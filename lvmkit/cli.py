@@ -20,7 +20,13 @@ from lvmkit.diagnostics import (
     save_loss_curve,
     save_reconstructions,
 )
-from lvmkit.inference import CheckpointError, NonFiniteLossError, fit, load_checkpoint
+from lvmkit.inference import (
+    CheckpointError,
+    NonFiniteLossError,
+    fit,
+    load_checkpoint,
+    resolve_device,
+)
 from lvmkit.inference.checkpoint import save_checkpoint
 from lvmkit.inference.em import fit_em
 from lvmkit.inference.importance import log_likelihood
@@ -200,15 +206,11 @@ def write_pictures(model, test_x, image_shape, out: Path, extra=()) -> list[Path
 class _EMRun:
     """An EM run, in the shape run_fit reads from a FitResult."""
 
-    def __init__(self, result, elapsed: float):
+    def __init__(self, result, elapsed: float, device: str):
         self.losses = [-b for b in result.lower_bounds]  # nats per datapoint, lower is better
         self.val_losses, self.best_epoch, self.interrupted = [], None, False
-        self.epochs, self.elapsed, self.device, self.checkpoint = (
-            result.n_iter,
-            elapsed,
-            "cpu",
-            None,
-        )
+        self.epochs, self.elapsed, self.device = result.n_iter, elapsed, device
+        self.checkpoint = None
 
 
 def run_fit(
@@ -235,8 +237,9 @@ def run_fit(
 
     if inference == "em":  # closed-form EM, in float64 as scikit-learn
         t0 = time.perf_counter()
-        em_result = fit_em(model, train_data.double(), seed=fcfg["seed"])
-        result = _EMRun(em_result, time.perf_counter() - t0)
+        device = resolve_device(fcfg["device"])
+        em_result = fit_em(model, train_data.double().to(device), seed=fcfg["seed"])
+        result = _EMRun(em_result, time.perf_counter() - t0, str(device))
         model.float()
     else:
         result = fit(

@@ -86,7 +86,7 @@ class Trainer:
 
     Pyro's argument/support checks run on a step when ``validate=True`` (the default) and always in
     ``evaluate``. ``fit`` validates the first step of every epoch only: on a small VAE the checks
-    cost ~10% of a step.
+    cost ~8% of a step.
     """
 
     def __init__(
