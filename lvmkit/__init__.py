@@ -1,7 +1,7 @@
 """lvmkit: latent variable models as Pyro programs."""
 
 from lvmkit import data
-from lvmkit.diagnostics import encode, linear_probe
+from lvmkit.diagnostics import encode, linear_probe, posterior
 from lvmkit.inference import CheckpointError, FitResult, NonFiniteLossError, Trainer, fit
 from lvmkit.inference.em import GaussianMixtureEM, em, fit_em
 from lvmkit.inference.importance import LogLikelihood, log_likelihood
@@ -23,4 +23,5 @@ __all__ = [
     "linear_probe",
     "log_likelihood",
     "nuts",
+    "posterior",
 ]

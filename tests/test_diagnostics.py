@@ -1,0 +1,123 @@
+import matplotlib
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+import lvmkit
+from lvmkit.diagnostics import (
+    active_units,
+    amortization_gap,
+    khat_bands,
+    kl_per_dimension,
+    mutual_information,
+    posterior,
+    psis_khat,
+)
+
+matplotlib.use("Agg")
+
+
+class PPCA(nn.Module):
+    """x = W z + mu + s * noise with orthogonal columns of W, so p(z | x) is exactly a diagonal
+    Gaussian; ``narrow`` shrinks the guide's scale to make it a bad proposal."""
+
+    def __init__(self, narrow: float = 1.0, d: int = 5, s: float = 0.5):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        q, _ = torch.linalg.qr(torch.randn(d, 2, generator=g, dtype=torch.float64))
+        self.register_buffer("w", q * torch.tensor([2.0, 1.0], dtype=torch.float64))
+        self.register_buffer("mu", torch.randn(d, generator=g, dtype=torch.float64))
+        self.s, self.narrow = s, narrow
+        self.dummy = nn.Parameter(torch.zeros(()))  # amortization_gap optimises its own q
+
+    def encode(self, x):
+        m = self.w.T @ self.w + self.s**2 * torch.eye(2, dtype=x.dtype)  # diagonal here
+        loc = ((x - self.mu) @ self.w) / m.diagonal()
+        scale = (self.s**2 / m.diagonal()).sqrt() / self.narrow
+        return dist.Normal(loc, scale.expand_as(loc)).to_event(1)
+
+    def model(self, x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.w.T + self.mu, self.s).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", self.encode(x))
+
+    def sample(self, n):
+        g = torch.Generator().manual_seed(1)
+        z = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        noise = torch.randn(n, len(self.mu), generator=g, dtype=torch.float64)
+        return z @ self.w.T + self.mu + self.s * noise
+
+
+def test_exact_posterior_is_trusted_and_has_no_amortization_gap():
+    ppca = PPCA()
+    x = ppca.sample(30)
+    khat = psis_khat(posterior(ppca.model, ppca.guide, x, num_samples=200))
+    assert (khat < 0.5).all() and khat_bands(khat)["good (<0.5)"] == 1.0
+    gap = amortization_gap(ppca, x, steps=30)
+    assert abs(gap.amortization_gap) < 1e-6 and abs(gap.approximation_gap) < 1e-6
+
+
+def test_a_guide_ten_times_too_narrow_is_flagged():
+    ppca = PPCA(narrow=10.0)
+    x = ppca.sample(30)
+    khat = psis_khat(posterior(ppca.model, ppca.guide, x, num_samples=1000))
+    assert khat.median() > 0.7 and khat_bands(khat)["unreliable (>0.7)"] >= 0.9
+
+
+def test_refinement_and_importance_sampling_order_the_bounds():
+    ppca = PPCA(narrow=3.0)  # a poor amortized guide: refinement has something to fix
+    x = ppca.sample(20)
+    gap = amortization_gap(ppca, x, steps=300, lr=0.05, num_ll_samples=2000)
+    assert gap.refined_elbo >= gap.amortized_elbo
+    assert gap.log_likelihood >= gap.refined_elbo - 0.01  # within Monte-Carlo error
+    assert gap.amortization_gap > 0.5 and abs(gap.approximation_gap) < 0.05
+
+
+def test_active_units_count_known_dead_dimensions():
+    class HalfDead(nn.Module):
+        def encode(self, x):  # dims 0, 1 follow x; dims 2, 3 are constant: dead
+            loc = torch.cat([x[:, :2], torch.zeros(len(x), 2)], dim=1)
+            return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+    model = HalfDead()
+    x = torch.randn(200, 4)
+    count, variances = active_units(model, x)
+    assert count == 2 and variances[2:].abs().max() == 0
+    kl = kl_per_dimension(model, x)
+    assert kl[2:].abs().max() == 0 and (kl[:2] > 0.1).all()
+    assert 0 < mutual_information(model, x) <= torch.log(torch.tensor(200.0))
+
+
+@pytest.mark.parametrize("kind", ["built-in", "user"])
+def test_posterior_is_inference_data_arviz_accepts(kind, tmp_path):
+    import arviz as az
+
+    if kind == "built-in":
+        torch.manual_seed(0)
+        lvm = lvmkit.models.GaussianLVM(lvmkit.models.GaussianLVMConfig(z_dim=3))
+        model, guide, x = lvm.model, lvm.guide, torch.rand(6, 1, 8, 8)
+    else:
+        ppca = PPCA()
+        model, guide, x = ppca.model, ppca.guide, ppca.sample(6)
+    idata = posterior(model, guide, x, num_samples=20)
+    assert set(idata.groups()) == {
+        "posterior",
+        "posterior_predictive",
+        "log_likelihood",
+        "sample_stats",
+        "observed_data",
+    }
+    z = idata.posterior["z"]
+    assert z.dims == ("chain", "draw", "datapoint", "z_dim_0") and z.shape[:3] == (1, 20, 6)
+    assert idata.posterior_predictive["x"].shape[:3] == (1, 20, 6)
+    assert len(az.summary(idata, var_names=["z"])) == 6 * z.shape[-1]
+    az.plot_posterior(idata, var_names=["z"], coords={"datapoint": [0]})
+    idata.to_netcdf(tmp_path / "posterior.nc")
+    back = az.from_netcdf(tmp_path / "posterior.nc")
+    assert back.posterior["z"].shape == z.shape
