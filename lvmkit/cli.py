@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -395,6 +396,159 @@ def run_evaluate(run: Path, num_samples: int, seed: int) -> int:
     return 0
 
 
+def _traversals(model, image_shape, path: Path) -> Path:
+    """Each row moves one latent dimension from -2.5 to 2.5, the others at 0."""
+    z_dim = model.config.z_dim
+    rows = min(z_dim, 6)
+    values = torch.linspace(-2.5, 2.5, 8)
+    z = torch.zeros(rows, 8, z_dim)
+    for j in range(rows):
+        z[j, :, j] = values
+    with torch.no_grad():
+        images = model.obs.mean(model.decoder(z.reshape(-1, z_dim)))
+    return save_image_grid(
+        _images(model, images, image_shape),
+        path,
+        nrow=rows,
+        title="latent traversals (rows: dimensions)",
+    )
+
+
+def _ppc(idata) -> dict:
+    """Posterior predictive check of each image's mean intensity: p = P(T(x_rep) >= T(x)),
+    replicated images weighted by their importance weights."""
+    x_rep = torch.as_tensor(idata.posterior_predictive["x"].values[0])  # (K, N, ...)
+    x_obs = torch.as_tensor(idata.observed_data["x"].values)  # (N, ...)
+    log_w = torch.as_tensor(idata.sample_stats["log_importance_weight"].values[0])  # (K, N)
+    t_rep, t_obs = x_rep.flatten(2).mean(-1), x_obs.flatten(1).mean(-1)
+    p = (log_w.softmax(0) * (t_rep >= t_obs).double()).sum(0)
+    return {
+        "mean_p": float(p.mean()),
+        "extreme_share": float(((p < 0.05) | (p > 0.95)).double().mean()),
+    }
+
+
+def run_diagnose(run: Path, num_samples: int = 200, seed: int = 0) -> int:
+    """report.html, diagnostics.json and (for models with a Gaussian encoder) posterior.nc."""
+    from lvmkit.diagnostics import (
+        active_units,
+        amortization_gap,
+        khat_bands,
+        kl_per_dimension,
+        mutual_information,
+        posterior,
+        psis_khat,
+    )
+    from lvmkit.diagnostics.plots import save_bars, save_histogram, save_latent_space
+    from lvmkit.diagnostics.report import write_report
+
+    model, info = load_run(run)
+    data = lvdata.load(info["name"])
+    test = lvdata.split(data, (0.8, 0.1, 0.1), seed=info["split_seed"])[2]
+    x, _ = split_inputs(model.prepare(test))
+    shape = info["image_shape"]
+    summary_path, eval_path = run / "summary.json", run / "evaluation.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    results = {"summary": summary}
+    sections = [("Training", [(k, v, "") for k, v in summary.items()], "from summary.json")]
+    if eval_path.exists():
+        evaluation = json.loads(eval_path.read_text())
+        results["evaluation"] = evaluation
+        sections.append(
+            (
+                "Likelihood",
+                [(k, v, "") for k, v in evaluation.items()],
+                "from evaluation.json (lvmkit evaluate)",
+            )
+        )
+    images = [
+        run / n
+        for n in ("losses.png", "samples.png", "reconstructions.png", "completions.png")
+        if (run / n).exists()
+    ]
+    if hasattr(model, "decoder") and hasattr(model, "prior_loc"):  # a Gaussian-encoder LVM
+        torch.manual_seed(seed)
+        xs = x[:100]
+        idata = posterior(model.model, model.guide, xs, num_samples=num_samples, seed=seed)
+        idata.to_netcdf(run / "posterior.nc")
+        khat = psis_khat(idata)
+        bands = khat_bands(khat)
+        kl = kl_per_dimension(model, xs)
+        units, _ = active_units(model, x)
+        mi = mutual_information(model, xs, seed=seed)
+        gap = amortization_gap(model, xs[:50], steps=100, seed=seed)
+        ppc = _ppc(idata)
+        z_dim = model.config.z_dim
+        results.update(
+            khat_bands=bands,
+            kl_per_dim=kl.tolist(),
+            active_units=units,
+            mutual_information=mi,
+            amortization=dataclasses.asdict(gap),
+            ppc=ppc,
+        )
+        sections += [
+            (
+                "Can the guide be trusted? (PSIS k-hat, Yao et al. 2018)",
+                [(band, share, "share of test images") for band, share in bands.items()],
+                f"k-hat of the importance weights p(x,z)/q(z|x), {num_samples} draws per image; "
+                "above 0.7 the guide misses part of the posterior",
+            ),
+            (
+                "Did the code collapse?",
+                [
+                    ("active units", f"{units} / {z_dim}", "dims with Cov_x E[z|x] > 0.01"),
+                    ("KL, total", float(kl.sum()), "nats per image the code carries"),
+                    ("I_q(x; z)", mi, f"nats, at most log {len(xs)} = {math.log(len(xs)):.2f}"),
+                ],
+                "",
+            ),
+            (
+                "What does amortization cost? (Cremer et al. 2018)",
+                [
+                    ("amortized ELBO", gap.amortized_elbo, "the encoder's q"),
+                    ("refined ELBO", gap.refined_elbo, "q fitted to each image"),
+                    ("log p(x)", gap.log_likelihood, "importance-sampled with the refined q"),
+                    ("amortization gap", gap.amortization_gap, "nats lost to one encoder for all"),
+                    ("approximation gap", gap.approximation_gap, "nats lost to a Gaussian q"),
+                ],
+                "per test image, on 50 images",
+            ),
+            (
+                "Posterior predictive check",
+                [
+                    (
+                        "mean p-value",
+                        ppc["mean_p"],
+                        "mean intensity of replicated vs observed images; near 0.5 is a match",
+                    ),
+                    ("extreme share", ppc["extreme_share"], "images with p < 0.05 or > 0.95"),
+                ],
+                "",
+            ),
+        ]
+        codes = encode(model, test)
+        images += [
+            save_latent_space(codes, test.y, run / "latent_space.png"),
+            _traversals(model, shape, run / "traversals.png"),
+            save_histogram(khat, run / "khat.png", xlabel="PSIS k-hat", lines=(0.5, 0.7)),
+            save_bars(kl, run / "kl_per_dim.png", xlabel="latent dimension", ylabel="KL (nats)"),
+        ]
+    else:
+        sections.append(
+            (
+                "Posterior",
+                [],
+                "posterior diagnostics need a latent variable model "
+                "with a Gaussian encoder (lvm, pixellvm)",
+            )
+        )
+    (run / "diagnostics.json").write_text(json.dumps(results, indent=2) + "\n")
+    report = write_report(run / "report.html", f"lvmkit report: {run.name}", sections, images)
+    print(f"report: {report}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -427,6 +581,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
         s.add_argument("--n", type=int, default=64 if name == "sample" else 8)
         s.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("diagnose", help="report.html, diagnostics.json, posterior.nc for a run")
+    g.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
+    g.add_argument("--num-samples", type=int, default=200, help="draws of q(z|x) per image")
+    g.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("evaluate", help="log p(x) and bits/dim on the test split")
     e.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
     e.add_argument("--num-samples", type=int, default=1000, help="importance samples per image")
@@ -444,11 +602,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             config = default_config("lvm")
             config["fit"]["epochs"] = args.epochs
-            return run_fit("lvm", config, args.out, resume=False, progress=not args.no_progress)
+            code = run_fit("lvm", config, args.out, resume=False, progress=not args.no_progress)
+            return code or run_diagnose(args.out)  # the demo ends with the report
         if args.command == "sample":
             return run_sample(args.run, args.n, args.seed)
         if args.command == "complete":
             return run_complete(args.run, args.n, args.seed)
+        if args.command == "diagnose":
+            return run_diagnose(args.run, args.num_samples, args.seed)
         if args.command == "evaluate":
             return run_evaluate(args.run, args.num_samples, args.seed)
         config = read_config(args.config, args.model)

@@ -194,3 +194,55 @@ def test_evaluate_an_lvm_by_importance_sampling(tmp_path, capsys):
     assert main(["fit", "ae", "--epochs", "1", "--out", str(tmp_path / "ae"), "--no-progress"]) == 0
     assert main(["evaluate", str(tmp_path / "ae")]) == 2
     assert "no density p(x)" in capsys.readouterr().err
+
+
+def test_diagnose_writes_a_self_contained_report(tmp_path, capsys):
+    import base64
+    from html.parser import HTMLParser
+
+    import arviz as az
+
+    run = tmp_path / "lvm"
+    assert main(["fit", "lvm", "--epochs", "2", "--out", str(run), "--no-progress"]) == 0
+    assert main(["diagnose", str(run), "--num-samples", "30"]) == 0
+    assert str(run / "report.html") in capsys.readouterr().out
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack, self.images, self.captions, self.caption = [], [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in ("img", "meta"):
+                self.stack.append(tag)
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+            self.caption = tag == "figcaption"
+
+        def handle_endtag(self, tag):
+            assert self.stack.pop() == tag, f"</{tag}> closes another element"
+
+        def handle_data(self, data):
+            if self.caption:
+                self.captions.append(data)
+                self.caption = False
+
+    page = Collect()
+    page.feed((run / "report.html").read_text())
+    assert page.stack == [] and page.images and len(page.images) == len(page.captions)
+    for src, name in zip(page.images, page.captions, strict=True):
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert png.startswith(b"\x89PNG") and png == (run / name).read_bytes()
+    assert {"latent_space.png", "traversals.png", "khat.png", "kl_per_dim.png"} <= set(
+        page.captions
+    )
+    results = json.loads((run / "diagnostics.json").read_text())
+    assert set(results["khat_bands"]) == {"good (<0.5)", "usable (0.5-0.7)", "unreliable (>0.7)"}
+    assert abs(sum(results["khat_bands"].values()) - 1) < 1e-9
+    assert az.from_netcdf(run / "posterior.nc").posterior["z"].shape[:2] == (1, 30)
+
+    gmm = tmp_path / "gmm"
+    assert main(["fit", "gmm", "--epochs", "1", "--out", str(gmm), "--no-progress"]) == 0
+    assert main(["diagnose", str(gmm)]) == 0
+    assert "posterior diagnostics need" in (gmm / "report.html").read_text()

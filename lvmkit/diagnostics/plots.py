@@ -69,3 +69,56 @@ def save_reconstructions(x: Tensor, x_rec: Tensor, path: str | Path) -> Path:
     for r in range(rows):
         pairs += [x[r * cols : (r + 1) * cols], x_rec[r * cols : (r + 1) * cols]]
     return save_image_grid(torch.cat(pairs), path, nrow=2 * rows, title="data / reconstruction")
+
+
+def save_latent_space(codes: Tensor, labels: Tensor | None, path: str | Path) -> Path:
+    """Codes (N, Z) as points, coloured by label; projected on their two principal axes when
+    Z > 2."""
+    codes = codes.detach().double().cpu()
+    title = "latent means"
+    if codes.shape[1] > 2:
+        centred = codes - codes.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        codes, title = centred @ v[:2].T, "latent means, first two principal axes"
+    fig = Figure(figsize=(4.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    points = ax.scatter(
+        codes[:, 0],
+        codes[:, 1] if codes.shape[1] > 1 else 0 * codes[:, 0],
+        c=None if labels is None else labels.cpu(),
+        cmap="tab10",
+        s=6,
+    )
+    if labels is not None:
+        fig.colorbar(points, ax=ax, label="label")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def save_histogram(
+    values: Tensor, path: str | Path, *, xlabel: str, lines: tuple[float, ...] = ()
+) -> Path:
+    """A histogram of finite values, with vertical reference lines (e.g. k-hat 0.5 and 0.7)."""
+    values = values.detach().double().cpu()
+    fig = Figure(figsize=(4.5, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist(values[torch.isfinite(values)].numpy(), bins=30)
+    for x in lines:
+        ax.axvline(x, color="k", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("datapoints")
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def save_bars(values: Tensor, path: str | Path, *, xlabel: str, ylabel: str) -> Path:
+    """One bar per entry, e.g. KL per latent dimension."""
+    values = values.detach().double().cpu()
+    fig = Figure(figsize=(4.5, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(range(len(values)), values.numpy())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.savefig(path, dpi=120)
+    return Path(path)
