@@ -39,3 +39,20 @@ def test_nuts_over_the_parameters_of_a_small_mixture():
     means = samples["means"].mean(0).squeeze(-1).sort().values
     assert torch.allclose(means, torch.tensor([-3.0, 3.0]), atol=0.4)
     assert set(samples) == {"weights", "means", "variances"}
+
+
+def test_nuts_runs_become_inference_data_with_rhat_and_ess():
+    import arviz as az
+
+    from lvmkit.diagnostics import mcmc_inference_data
+
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    x = torch.randn(50) + 2.0
+    idata = mcmc_inference_data(lvmkit.nuts(model, x, num_samples=200, warmup_steps=100))
+    table = az.summary(idata, var_names=["loc"])
+    assert {"r_hat", "ess_bulk", "ess_tail"} <= set(table.columns)
+    assert abs(table.loc["loc", "mean"] - float(x.mean())) < 0.3

@@ -234,3 +234,9 @@ def amortization_gap(
         model.train(was_training)
     a, r = float(amortized.mean()), float(refined.mean())
     return AmortizationGap(a, r, ll, ll - r, r - a)
+
+
+def mcmc_inference_data(mcmc):
+    """A NUTS run (``lvmkit.nuts``) as ``arviz.InferenceData``, through ArviZ's own Pyro
+    converter: ``arviz.summary`` then gives R-hat and effective sample sizes."""
+    return _arviz().from_pyro(mcmc)
