@@ -130,6 +130,7 @@ def test_nan_loss_names_epoch_and_step_and_keeps_checkpoint(xs, tmp_path):
         (b"garbage, not a zip or pickle", "not a readable checkpoint"),
         ("truncated", "not a readable checkpoint"),
         ("foreign", "not an lvmkit checkpoint"),
+        ("incomplete", r"lacks \['loop', 'rng', 'trainer'\]"),
         ("code", "not a readable checkpoint"),
     ],
 )
@@ -138,6 +139,8 @@ def test_corrupt_or_foreign_checkpoint(xs, tmp_path, content, message):
     if content == "truncated":
         lvmkit.fit(*user_pair(), xs, epochs=1, progress=False, checkpoint_dir=tmp_path)
         path.write_bytes(path.read_bytes()[:500])
+    elif content == "incomplete":
+        torch.save({"format": "lvmkit-checkpoint", "version": 1, "config": {}}, path)
     elif content == "foreign":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     elif content == "code":

@@ -463,6 +463,12 @@ def fit(
     )
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
+        missing = {"config", "trainer", "loop", "rng"} - set(ckpt)
+        if missing:
+            raise CheckpointError(
+                f"{ckpt_path} lacks {sorted(missing)}: it was not written by lvmkit.fit; "
+                "delete it or pass resume=False"
+            )
         diff = {
             k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v
         }
