@@ -63,6 +63,7 @@ run.toml holds up to three tables, each optional; unknown keys are an error:
 """
 
 DATA_DEFAULTS = {"name": "digits", "split_seed": 0}
+SPLIT = (0.8, 0.1, 0.1)  # train / validation / test fractions of every run
 FIT_DEFAULTS = {
     "epochs": 100,
     "batch_size": 64,
@@ -227,7 +228,7 @@ def run_fit(
         raise ValueError("--inference em is for gmm here; for other models use lvmkit.em in Python")
     dcfg, fcfg = config["data"], config["fit"]
     dataset = lvdata.load(dcfg["name"])
-    train, val, test = lvdata.split(dataset, (0.8, 0.1, 0.1), seed=dcfg["split_seed"])
+    train, val, test = lvdata.split(dataset, SPLIT, seed=dcfg["split_seed"])
     torch.manual_seed(fcfg["seed"])  # the nets' initial weights
     model = build_model(model_name, dataset.image_shape, dataset.levels, config["model"])
     train_data, val_data = model.prepare(train), model.prepare(val)
@@ -325,10 +326,13 @@ def load_run(run: Path):
     return model.eval(), state["data"]
 
 
+def _test_split(info: dict) -> lvdata.ImageData:
+    """The test part of the split a run was fitted on (its data name and seed, from model.pt)."""
+    return lvdata.split(lvdata.load(info["name"]), SPLIT, seed=info["split_seed"])[2]
+
+
 def _test_inputs(model, info) -> tuple[torch.Tensor, tuple]:
-    data = lvdata.load(info["name"])
-    test = lvdata.split(data, (0.8, 0.1, 0.1), seed=info["split_seed"])[2]
-    return split_inputs(model.prepare(test))
+    return split_inputs(model.prepare(_test_split(info)))
 
 
 def run_sample(run: Path, n: int, seed: int) -> int:
@@ -358,8 +362,7 @@ def run_evaluate(run: Path, num_samples: int, seed: int) -> int:
     """log p(x) on the test split into RUN/evaluation.json: exact for a mixture, importance-
     sampled with the model's guide otherwise."""
     model, info = load_run(run)
-    data = lvdata.load(info["name"])
-    test = model.prepare(lvdata.split(data, (0.8, 0.1, 0.1), seed=info["split_seed"])[2])
+    test = model.prepare(_test_split(info))
     if getattr(model.config, "kind", None) is not None:  # an autoencoder
         raise ValueError("an autoencoder defines no density p(x) to evaluate; fit an lvm instead")
     if hasattr(model, "component"):  # a mixture: log p(x) in closed form
@@ -443,8 +446,7 @@ def run_diagnose(run: Path, num_samples: int = 200, seed: int = 0) -> int:
     from lvmkit.diagnostics.report import write_report
 
     model, info = load_run(run)
-    data = lvdata.load(info["name"])
-    test = lvdata.split(data, (0.8, 0.1, 0.1), seed=info["split_seed"])[2]
+    test = _test_split(info)
     x, _ = split_inputs(model.prepare(test))
     shape = info["image_shape"]
     summary_path, eval_path = run / "summary.json", run / "evaluation.json"

@@ -59,6 +59,10 @@ class ImageData:
         return (x,)
 
     def to(self, device) -> ImageData:
+        """On ``device``; the same object when already there (no second validation pass, which
+        Trainer.evaluate would otherwise pay every epoch)."""
+        if self.x.device == torch.device(device):
+            return self
         y = None if self.y is None else self.y.to(device)
         return replace(self, x=self.x.to(device), y=y)
 

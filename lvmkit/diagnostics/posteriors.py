@@ -18,7 +18,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from lvmkit.inference.importance import max_plate_nesting, per_datapoint
+from lvmkit.inference.importance import is_latent, max_plate_nesting, per_datapoint
 
 
 def _arviz():
@@ -27,14 +27,6 @@ def _arviz():
         import arviz
 
     return arviz
-
-
-def _latent(site) -> bool:
-    return (
-        site["type"] == "sample"
-        and not site["is_observed"]
-        and type(site["fn"]).__name__ != "_Subsample"
-    )
 
 
 @torch.no_grad()
@@ -68,7 +60,7 @@ def posterior(model, guide, *args, num_samples: int = 100, seed: int = 0):
 
     post, dims = {}, {}
     for name, site in guide_tr.nodes.items():
-        if _latent(site):
+        if is_latent(site):
             value = site["value"].expand(num_samples, *site["value"].shape[1:])
             post[name], dims[name] = draws(value), dims_of(name, value, 2)
     observed, log_lik, predictive = {}, {}, {}

@@ -17,10 +17,7 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-
-def _is_plate_site(msg) -> bool:
-    """A plate's own bookkeeping site (its subsample indices), not a random variable."""
-    return type(msg["fn"]).__name__ == "_Subsample"
+from lvmkit.inference.importance import is_plate_site
 
 
 class _Unsupported(Exception):
@@ -36,7 +33,7 @@ class _GuidePass(Messenger):
         self.log_q = 0.0
 
     def _pyro_sample(self, msg):
-        if _is_plate_site(msg):
+        if is_plate_site(msg):
             return
         if msg["is_observed"] or not msg["fn"].has_rsample or msg["infer"].get("enumerate"):
             raise _Unsupported(msg["name"])
@@ -45,7 +42,7 @@ class _GuidePass(Messenger):
         self.values[msg["name"]] = msg[
             "value"
         ]  # plates' subsample indices too: the model reuses them
-        if _is_plate_site(msg):
+        if is_plate_site(msg):
             return
         lp = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
         self.log_q = self.log_q + lp.sum()
@@ -60,7 +57,7 @@ class _ModelPass(Messenger):
         self.log_p = 0.0
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or (_is_plate_site(msg) and msg["name"] not in self.values):
+        if msg["is_observed"] or (is_plate_site(msg) and msg["name"] not in self.values):
             return
         if msg["name"] not in self.values or msg["infer"].get("enumerate"):
             raise _Unsupported(msg["name"])
@@ -68,7 +65,7 @@ class _ModelPass(Messenger):
         msg["done"] = True
 
     def _pyro_post_sample(self, msg):
-        if _is_plate_site(msg):
+        if is_plate_site(msg):
             return
         lp = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
         self.log_p = self.log_p + lp.sum()

@@ -21,7 +21,12 @@ from pyro.poutine.util import prune_subsample_sites
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
-from lvmkit.inference.importance import DATA_PLATE, max_plate_nesting, per_datapoint
+from lvmkit.inference.importance import (
+    DATA_PLATE,
+    is_latent,
+    max_plate_nesting,
+    per_datapoint,
+)
 from lvmkit.inference.svi import resolve_device
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 
@@ -143,8 +148,6 @@ def fit_em(
             gmm.initialize(x, method=init, seed=seed + restart)
         with torch.no_grad():
             weights, means, cov = gmm.weights, gmm.means - shift, gmm.covariances
-            if diag is False:
-                cov = cov.clone()
         bounds, converged, lower = [], False, -math.inf
         for _ in range(max_iter):
             previous = lower
@@ -345,11 +348,7 @@ class _ExpectedLogJoint:
                     log_q = per_datapoint(q_tr, self.nesting, latent_only=True)
             lj = (per_datapoint(m_tr, self.nesting) - log_q).expand(k, -1)  # log weights (K, N)
             self.values = {
-                name: site["value"]
-                for name, site in q_tr.nodes.items()
-                if site["type"] == "sample"
-                and not site["is_observed"]
-                and type(site["fn"]).__name__ != "_Subsample"
+                name: site["value"] for name, site in q_tr.nodes.items() if is_latent(site)
             }
             log_px = torch.logsumexp(lj, 0) - math.log(k)
         w = (lj - torch.logsumexp(lj, 0)).exp()  # posterior weights, each column sums to 1
@@ -422,13 +421,7 @@ def em(
     if e_step == "auto":
         with torch.no_grad(), poutine.block():
             tr = poutine.trace(model).get_trace(*first)
-        latent = [
-            s
-            for s in tr.nodes.values()
-            if s["type"] == "sample"
-            and not s["is_observed"]
-            and type(s["fn"]).__name__ != "_Subsample"
-        ]
+        latent = [s for s in tr.nodes.values() if is_latent(s)]
         e_step = (
             "enum"
             if latent and all(s["fn"].has_enumerate_support for s in latent)

@@ -20,6 +20,27 @@ from torch import Tensor
 DATA_PLATE = "data"
 
 
+def is_plate_site(site) -> bool:
+    """A plate's own bookkeeping site (its subsample indices) in a trace or message."""
+    return type(site["fn"]).__name__ == "_Subsample"
+
+
+def is_latent(site) -> bool:
+    """An unobserved sample site that is a random variable (not a plate's bookkeeping)."""
+    return site["type"] == "sample" and not site["is_observed"] and not is_plate_site(site)
+
+
+def modules_behind(*fns) -> list[torch.nn.Module]:
+    """The distinct nn.Modules behind model/guide callables: a module itself, or the owner of a
+    bound method (``lvm.model``)."""
+    found = {}
+    for fn in fns:
+        owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            found[id(owner)] = owner
+    return list(found.values())
+
+
 def max_plate_nesting(model, guide, *args) -> int:
     """How many plate dims model and guide use (they are run once, blocked, without gradients)."""
     with torch.no_grad(), poutine.block():
@@ -115,14 +136,6 @@ class LogLikelihood:
     num_samples: int
 
 
-def _modules_of(fns):
-    """The nn.Modules behind model/guide, with their train/eval modes (restored after)."""
-    owners = {
-        id(o): o for o in (getattr(f, "__self__", f) for f in fns) if isinstance(o, torch.nn.Module)
-    }
-    return [(o, o.training) for o in owners.values()]
-
-
 def log_likelihood(
     model,
     guide,
@@ -149,7 +162,7 @@ def log_likelihood(
         discrete = getattr(data, "levels", None) is not None
     dataset = as_dataset(data, "data")
     chunk = particle_chunk or max(1, min(num_samples, 65536 // batch_size))
-    modes = _modules_of((model, guide))
+    modes = [(m, m.training) for m in modules_behind(model, guide)]
     values, nesting = [], None
     try:
         for module, _ in modes:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lvmkit.inference.elbo import ReparamELBO
-from lvmkit.inference.importance import IWAELoss
+from lvmkit.inference.importance import IWAELoss, modules_behind
 
 ELBOS = {
     "elbo": ReparamELBO,  # Trace_ELBO's estimate in one pass (falls back to it when needed)
@@ -68,12 +68,6 @@ def make_elbo(name: str, num_particles: int = 1):
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
     return ELBOS[name](num_particles)
-
-
-def _module_of(fn) -> torch.nn.Module | None:
-    """The nn.Module behind a model/guide that is a module or a bound method of one."""
-    owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
-    return owner if isinstance(owner, torch.nn.Module) else None
 
 
 class Trainer:
@@ -127,10 +121,8 @@ class Trainer:
     def init(self, *batch) -> None:
         """Create the parameters by running model and guide once, then build the optimizer.
         Module buffers (counters, running statistics) are left as they were."""
-        for fn in (self.model, self.guide):
-            owner = _module_of(fn)
-            if owner is not None:
-                owner.to(self.device)
+        for owner in modules_behind(self.model, self.guide):
+            owner.to(self.device)
         batch = self._to_device(batch)
         buffers = {k: b.clone() for k, b in self._buffers().items()}
         with self.scope():  # with gradients: TraceEnum_ELBO refuses a loss without a graph
@@ -211,10 +203,9 @@ class Trainer:
 
     def _buffers(self) -> dict[str, Tensor]:
         """Buffers of the modules behind model and guide (counters, running statistics)."""
-        owners = {id(m): m for m in map(_module_of, (self.model, self.guide)) if m is not None}
         return {
             f"{i}.{name}": buf
-            for i, m in enumerate(owners.values())
+            for i, m in enumerate(modules_behind(self.model, self.guide))
             for name, buf in m.named_buffers()
         }
 
