@@ -79,6 +79,7 @@ DEMO_EPOCHS = 200
 
 
 def default_config(model_name: str) -> dict:
+    """The defaults of a run of this model: {data, model, fit} tables."""
     model_cls = MODELS[model_name][0]
     fit_defaults = dict(FIT_DEFAULTS)
     fit_defaults["elbo"] = getattr(model_cls, "default_elbo", "elbo")
@@ -169,6 +170,7 @@ def completions(model, x: torch.Tensor, image_shape, extra=()) -> tuple[torch.Te
 
 
 def save_completions(model, x, image_shape, path: Path, extra=()) -> Path:
+    """A grid: data, the given top halves, completions (rows of n images)."""
     known, filled = completions(model, x, image_shape, extra)
     shown = _images(model, torch.where(known, x, torch.zeros_like(x)), image_shape)
     rows = [_images(model, x, image_shape), shown, _images(model, filled, image_shape)]
@@ -224,6 +226,7 @@ def run_fit(
     progress: bool,
     inference: str = "svi",
 ) -> int:
+    """Fit a built-in model; write the run directory. Returns the exit code."""
     if inference == "em" and model_name != "gmm":
         raise ValueError("--inference em is for gmm here; for other models use lvmkit.em in Python")
     dcfg, fcfg = config["data"], config["fit"]
@@ -336,6 +339,7 @@ def _test_inputs(model, info) -> tuple[torch.Tensor, tuple]:
 
 
 def run_sample(run: Path, n: int, seed: int) -> int:
+    """Write RUN/samples.png: n draws from a fitted model."""
     model, info = load_run(run)
     torch.manual_seed(seed)
     path = save_image_grid(
@@ -348,6 +352,7 @@ def run_sample(run: Path, n: int, seed: int) -> int:
 
 
 def run_complete(run: Path, n: int, seed: int) -> int:
+    """Write RUN/completions.png: the bottom halves of n test images filled in."""
     model, info = load_run(run)
     torch.manual_seed(seed)
     x, extra = _test_inputs(model, info)
@@ -599,6 +604,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``lvmkit`` command; returns its exit code (2 for bad input, 130 if interrupted)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":

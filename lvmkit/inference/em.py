@@ -214,6 +214,7 @@ class GaussianMixtureEM:
         return x
 
     def fit(self, X) -> GaussianMixtureEM:
+        """Fit to X (N, D); returns self."""
         x = self._as_tensor(X)
         gmm = GaussianMixture(
             GaussianMixtureConfig(
@@ -271,12 +272,15 @@ class GaussianMixtureEM:
         return float(self.score_samples(X).mean())
 
     def predict_proba(self, X) -> Tensor:
+        """p(z = k | x_n): (N, K)."""
         return self.model_.responsibilities(self._as_tensor(X))
 
     def predict(self, X) -> Tensor:
+        """The most probable component of each x_n: (N,)."""
         return self.predict_proba(X).argmax(-1)
 
     def sample(self, n_samples: int = 1) -> tuple[Tensor, Tensor]:
+        """n draws: x (n, D) and their components (n,)."""
         return self.model_.sample(n_samples)
 
     def _n_parameters(self) -> int:
@@ -285,10 +289,12 @@ class GaussianMixtureEM:
         return cov + k * d + k - 1
 
     def bic(self, X) -> float:
+        """Bayesian information criterion on X (lower is better)."""
         x = self._as_tensor(X)
         return -2 * self.score(x) * len(x) + self._n_parameters() * math.log(len(x))
 
     def aic(self, X) -> float:
+        """Akaike information criterion on X (lower is better)."""
         return -2 * self.score(X) * len(self._as_tensor(X)) + 2 * self._n_parameters()
 
 

@@ -63,6 +63,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def make_elbo(name: str, num_particles: int = 1):
+    """The objective called ``name`` (one of ELBOS) with ``num_particles`` samples."""
     if name not in ELBOS:
         raise ValueError(f"unknown elbo {name!r}; choose one of {sorted(ELBOS)}")
     if not isinstance(num_particles, int) or num_particles < 1:
@@ -210,6 +211,7 @@ class Trainer:
         }
 
     def state_dict(self) -> dict:
+        """Parameters (unconstrained, CPU), optimizer state and module buffers, for checkpoints."""
         state = self.param_state["params"]
         return {
             "param_names": list(self.param_names),
@@ -237,6 +239,7 @@ class Trainer:
                 buffers[name].copy_(value)
 
     def load_params(self, params: dict[str, Tensor], *, source: str = "checkpoint") -> None:
+        """Copy unconstrained parameter values in place (shapes must match)."""
         current = self.param_state["params"]
         with torch.no_grad():
             for name, value in params.items():

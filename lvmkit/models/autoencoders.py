@@ -66,6 +66,7 @@ class Autoencoder(nn.Module):
         return prepare_images(data, self.config.likelihood)
 
     def code_prior(self) -> dist.Distribution:
+        """The codes' prior: flat (bottleneck, denoising) or Laplace (sparse); event shape (Z,)."""
         if self.config.kind == "sparse":
             return dist.Laplace(self.code_loc, 1.0 / self.config.sparsity).to_event(1)
         return dist.ImproperUniform(constraints.real, (), (self.config.z_dim,))  # log density 0
@@ -100,6 +101,7 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | z = f(x)]: (B, *image_shape)."""
         return self.obs.mean(self.decoder(self.encode(x).mean))
 
     @torch.no_grad()

@@ -32,6 +32,7 @@ class AutoregressiveConfig:
 
 
 def make_net(c: AutoregressiveConfig, params: int, context: int) -> nn.Module:
+    """The net of config ``c``: (B, C, H, W), context (B, D) -> (B, params, C, H, W)."""
     if c.net == "gated":
         return GatedPixelCNN(
             c.image_shape[0],
@@ -95,6 +96,7 @@ class AutoregressiveDensity(nn.Module):
         return F.one_hot(y.long(), self.config.num_classes).float()
 
     def distribution(self, y: Tensor | None = None, n: int = 1) -> AutoregressiveImage:
+        """p(x | y) for n images, as an AutoregressiveImage with batch shape (n,)."""
         return AutoregressiveImage(self.net, self.head, self._context(y, n), batch_shape=(n,))
 
     def model(self, x: Tensor | None = None, y: Tensor | None = None, n: int | None = None):
@@ -114,10 +116,12 @@ class AutoregressiveDensity(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        """n images (n, C, H, W); a class-conditional model cycles the classes unless y is given."""
         if self.config.num_classes and y is None:
             y = torch.arange(n) % self.config.num_classes
         return self.distribution(y, n).sample()
 
     @torch.no_grad()
     def complete(self, x: Tensor, known: Tensor, y: Tensor | None = None) -> Tensor:
+        """Fill the pixels of x (B, C, H, W) where ``known`` is False; known pixels stay."""
         return self.distribution(y, len(x)).complete(x, known)

@@ -41,6 +41,7 @@ def make_decoder(net: str, in_features: int, hidden: tuple[int, ...], obs: Obser
 
 
 def observation_for(config) -> Observation:
+    """The observation model a config names (likelihood, image_shape, levels, ...)."""
     return make_observation(
         config.likelihood,
         config.image_shape,
@@ -73,6 +74,7 @@ def prepare_images(data: lvdata.ImageData, likelihood: str) -> lvdata.ImageData:
 
 
 def check_batch(model: nn.Module, x: Tensor, image_shape) -> None:
+    """ValueError unless x is (B, *image_shape), with the fix in the message."""
     if x.dim() != len(image_shape) + 1 or tuple(x.shape[1:]) != tuple(image_shape):
         raise ValueError(
             f"{type(model).__name__} was built for data of shape {tuple(image_shape)} but got a "

@@ -132,6 +132,7 @@ class GaussianMixture(nn.Module):
         return dist.MultivariateNormal(self.means[z], scale_tril=self.scale_tril[z])
 
     def log_prior(self) -> Tensor:
+        """log p(weights, means, covariances) under the config's conjugate priors: a scalar."""
         c = self.config
         lp = dist.Dirichlet(torch.full_like(self.weight_logits, c.weight_concentration)).log_prob(
             self.weights

@@ -98,6 +98,7 @@ class GaussianLVM(nn.Module):
         return len(x)
 
     def prior(self) -> dist.Distribution:
+        """p(z) = N(0, I): event shape (Z,)."""
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
 
     def decode(self, z: Tensor) -> dist.Distribution:
