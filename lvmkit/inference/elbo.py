@@ -12,7 +12,7 @@ model latent the guide lacks, an enumerated site) is handed to Trace_ELBO, which
 from __future__ import annotations
 
 import torch
-from pyro.distributions.util import scale_and_mask
+from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
@@ -24,13 +24,34 @@ class _Unsupported(Exception):
     """This model/guide pair needs Trace_ELBO."""
 
 
+def _log_prob_sum(msg) -> Tensor:
+    """Sum of a site's scaled, masked log-density over all its elements, in few autograd nodes.
+
+    Every op here is a node that backward visits too; on a small net they cost as much as the
+    arithmetic. Without a mask the sum of an Independent's log_prob is its base's summed at once,
+    which skips the reshape and the per-event sum that Independent adds.
+    """
+    fn, value, scale, mask = msg["fn"], msg["value"], msg["scale"], msg["mask"]
+    if mask is not None or (isinstance(scale, Tensor) and scale.dim() > 0):
+        return scale_and_mask(fn.log_prob(value), scale, mask).sum()
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    total = fn.log_prob(value).sum()
+    return total if is_identically_one(scale) else total * scale
+
+
+def _total(terms: list[Tensor]) -> Tensor | float:
+    """terms[0] + terms[1] + ..., without a node for a leading zero."""
+    return sum(terms[1:], terms[0]) if terms else 0.0
+
+
 class _GuidePass(Messenger):
     """Run the guide; keep each site's value and add up log q."""
 
     def __init__(self):
         super().__init__()
         self.values: dict[str, Tensor] = {}
-        self.log_q = 0.0
+        self.log_q: list[Tensor] = []  # one summed term per site
 
     def _pyro_sample(self, msg):
         if is_plate_site(msg):
@@ -39,13 +60,11 @@ class _GuidePass(Messenger):
             raise _Unsupported(msg["name"])
 
     def _pyro_post_sample(self, msg):
-        self.values[msg["name"]] = msg[
-            "value"
-        ]  # plates' subsample indices too: the model reuses them
+        # plates' subsample indices too: the model reuses them
+        self.values[msg["name"]] = msg["value"]
         if is_plate_site(msg):
             return
-        lp = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
-        self.log_q = self.log_q + lp.sum()
+        self.log_q.append(_log_prob_sum(msg))
 
 
 class _ModelPass(Messenger):
@@ -54,7 +73,7 @@ class _ModelPass(Messenger):
     def __init__(self, values: dict[str, Tensor]):
         super().__init__()
         self.values = values
-        self.log_p = 0.0
+        self.log_p: list[Tensor] = []
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or (is_plate_site(msg) and msg["name"] not in self.values):
@@ -67,8 +86,7 @@ class _ModelPass(Messenger):
     def _pyro_post_sample(self, msg):
         if is_plate_site(msg):
             return
-        lp = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
-        self.log_p = self.log_p + lp.sum()
+        self.log_p.append(_log_prob_sum(msg))
 
 
 class ReparamELBO:
@@ -84,18 +102,18 @@ class ReparamELBO:
             guide(*args)
         with _ModelPass(g.values) as m:
             model(*args)
-        return g.log_q - m.log_p
+        return _total(g.log_q) - _total(m.log_p)
 
     def differentiable_loss(self, model, guide, *args) -> Tensor:
         if self.use_fallback:
             return self.fallback.differentiable_loss(model, guide, *args)
         try:
-            loss = sum(self._particle(model, guide, args) for _ in range(self.num_particles))
+            particles = [self._particle(model, guide, args) for _ in range(self.num_particles)]
         except _Unsupported:
             self.use_fallback = True
             return self.fallback.differentiable_loss(model, guide, *args)
         self.use_fallback = False
-        return loss / self.num_particles
+        return particles[0] if self.num_particles == 1 else _total(particles) / self.num_particles
 
     def loss(self, model, guide, *args) -> float:
         with torch.no_grad():
