@@ -1,7 +1,7 @@
 """What one SVI step costs over a hand-written PyTorch step: torch vs Pyro's SVI vs lvmkit.
 
 The same VAE (784-400-20 MLP, Bernoulli likelihood, batch 128, Adam lr 1e-3) is trained step by
-step four ways in one process, from copies of the same initial weights:
+step five ways in one process, from copies of the same initial weights:
 
 - ``torch``: a hand-written PyTorch loop, the limit. It uses the same foreach Adam as lvmkit and
   no distribution argument checks (as lvmkit.fit on all but each epoch's first step), so only
@@ -11,6 +11,7 @@ step four ways in one process, from copies of the same initial weights:
   that runs the user's Pyro program can be cheaper: this is what the program itself costs.
 - ``pyro``: Pyro's ``SVI`` + ``Trace_ELBO`` + ``pyro.optim.Adam``, Pyro's defaults.
 - ``lvmkit``: what ``lvmkit.fit`` runs per step, with the model written as plain Pyro functions.
+- ``lvmkit_jit``: the same with ``fit(..., jit=True)``: the steps run from a trace of the loss.
 
 The contenders are interleaved in rounds (the order rotating) and the medians are reported.
 
@@ -144,11 +145,14 @@ def main():
     losses["floor"] = float(program_floor_loss(enc0, dec0, batches[0]).detach())
     torch.manual_seed(1)
     losses["pyro"] = Trace_ELBO().loss(model, guide, batches[0])
-    trainer = lvmkit.Trainer(*pyro_pair(enc0, dec0), device=device)
+    trainer = lvmkit.Trainer(*pyro_pair(enc0, dec0), device=device, jit=True)
     trainer.init(batches[0])
     torch.manual_seed(1)
     with trainer.scope():
         losses["lvmkit"] = float(trainer.loss.loss(trainer.model, trainer.guide, batches[0]))
+        torch.manual_seed(1)
+        trace = trainer._trace((batches[0],))
+        losses["lvmkit_jit"] = float(trace(*trainer._leaves(), batches[0]).detach())
     ref = losses["torch"]
     same_loss = all(abs(v - ref) <= 1e-5 * abs(ref) for v in losses.values())
 
@@ -174,10 +178,14 @@ def main():
         pyro.optim.Adam({"lr": 1e-3}),
         Trace_ELBO(),
     )
-    lv = lvmkit.Trainer(
-        *pyro_pair(copy.deepcopy(enc0), copy.deepcopy(dec0)), lr=1e-3, device=device
+    lv, lvj = (
+        lvmkit.Trainer(
+            *pyro_pair(copy.deepcopy(enc0), copy.deepcopy(dec0)), lr=1e-3, device=device, jit=jit
+        )
+        for jit in (False, True)
     )
     lv.init(batches[0])
+    lvj.init(batches[0])
 
     # name -> (context held around a round of steps, one step)
     contenders = {
@@ -187,6 +195,7 @@ def main():
         # What fit runs: one parameter-store scope per epoch and, inside it, this per step
         # (argument/support checks on each epoch's first step only).
         "lvmkit": (lv.scope, lambda x: lv._step((x,), validate=False)),
+        "lvmkit_jit": (lvj.scope, lambda x: lvj._step((x,), validate=False)),
     }
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {k: [] for k in contenders}
@@ -216,6 +225,8 @@ def main():
                 "pyro_ms": round(ms["pyro"], 3),
                 "lvmkit_ms": round(ms["lvmkit"], 3),
                 "lvmkit_over_torch": round(ms["lvmkit"] / ms["torch"], 3),
+                "lvmkit_jit_ms": round(ms["lvmkit_jit"], 3),
+                "lvmkit_jit_over_torch": round(ms["lvmkit_jit"] / ms["torch"], 3),
                 "pyro_over_torch": round(ms["pyro"] / ms["torch"], 3),
                 "floor_ms": round(ms["floor"], 3),
                 "floor_over_torch": round(ms["floor"] / ms["torch"], 3),

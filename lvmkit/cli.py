@@ -59,7 +59,7 @@ run.toml holds up to three tables, each optional; unknown keys are an error:
   [data]  name = "digits", split_seed = 0
   [model] the model's settings, e.g. z_dim = 8, likelihood = "categorical", net = "conv"
   [fit]   epochs = 100, batch_size = 64, lr = 1e-3, optimizer = "adam", elbo = "elbo",
-          num_particles = 1, patience = 20, seed = 0, device = "auto"
+          num_particles = 1, patience = 20, seed = 0, device = "auto", jit = false
 """
 
 DATA_DEFAULTS = {"name": "digits", "split_seed": 0}
@@ -74,6 +74,7 @@ FIT_DEFAULTS = {
     "patience": None,
     "seed": 0,
     "device": "auto",
+    "jit": False,
 }
 DEMO_EPOCHS = 200
 
@@ -577,6 +578,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument(
+        "--jit", action="store_true", default=None, help="run the steps from a trace of the loss"
+    )
+    p.add_argument(
         "--inference", default="svi", choices=["svi", "em"], help="svi (default), or em for gmm"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -623,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         config = read_config(args.config, args.model)
         if args.data:
             config["data"]["name"] = args.data
-        for key in ("epochs", "batch_size", "lr", "seed", "device"):
+        for key in ("epochs", "batch_size", "lr", "seed", "device", "jit"):
             if getattr(args, key) is not None:
                 config["fit"][key] = getattr(args, key)
         out = args.out or Path("runs") / args.model

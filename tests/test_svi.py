@@ -1,3 +1,4 @@
+import math
 import signal
 
 import pyro
@@ -73,8 +74,9 @@ def test_each_fit_has_its_own_param_store(xs):
         assert torch.equal(pyro.param("noise"), runs[0].params["noise"])
 
 
-def test_resume_at_epoch_boundary_equals_uninterrupted(xs, tmp_path):
-    kw = dict(epochs=4, batch_size=48, lr=0.02, progress=False, seed=3)
+@pytest.mark.parametrize("jit", [False, True])
+def test_resume_at_epoch_boundary_equals_uninterrupted(xs, tmp_path, jit):
+    kw = dict(epochs=4, batch_size=48, lr=0.02, progress=False, seed=3, jit=jit)
     full = lvmkit.fit(*user_pair(), xs, checkpoint_dir=tmp_path / "a", **kw)
     first = lvmkit.fit(*user_pair(), xs, checkpoint_dir=tmp_path / "b", **{**kw, "epochs": 2})
     assert first.epochs == 2 and first.checkpoint == tmp_path / "b" / "checkpoint.pt"
@@ -306,3 +308,84 @@ def test_trainer_for_a_custom_loop(xs):
     fresh.init(xs[:50])
     fresh.load_state_dict(state)
     assert fresh.evaluate(xs) == after
+
+
+def allclose_params(a, b):
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5) for k in a)
+
+
+def test_jit_fits_the_same_and_runs_the_python_once_per_batch_shape(xs):
+    kw = dict(epochs=3, batch_size=48, lr=0.02, progress=False, seed=3, val_data=xs[:40])
+    calls = {"n": 0}
+
+    def count():
+        calls["n"] += 1
+
+    eager = lvmkit.fit(*user_pair(hook=count), xs, **kw)
+    assert calls["n"] == 1 + 15 + 3  # init, 3 epochs x 5 steps, one validation batch per epoch
+    calls["n"] = 0
+    traced = lvmkit.fit(*user_pair(hook=count), xs, jit=True, **kw)
+    # init, a trace for batches of 48 and one for the last batch of 8, each epoch's validated
+    # first step (checked against the trace), validation
+    assert calls["n"] == 1 + 2 + 3 + 3
+    assert traced.losses == pytest.approx(eager.losses, rel=1e-6)
+    assert traced.val_losses == pytest.approx(eager.val_losses, rel=1e-6)
+    assert allclose_params(traced.params, eager.params)
+
+
+def test_jit_keeps_no_grad_regions_out_of_the_gradient(xs):
+    def pair():
+        torch.manual_seed(0)
+        dec = nn.Linear(2, 6)
+
+        def model(x):
+            pyro.module("dec", dec)
+            with torch.no_grad():
+                size = dec.weight.norm()  # a constant as far as the gradient goes
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(dec(z) * size, 1.0).to_event(1), obs=x)
+
+        def guide(x):
+            loc = pyro.param("loc", torch.zeros(2))
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(loc, 0.5).to_event(1))
+
+        return model, guide
+
+    kw = dict(epochs=3, batch_size=50, lr=0.05, progress=False)
+    eager, traced = lvmkit.fit(*pair(), xs, **kw), lvmkit.fit(*pair(), xs, jit=True, **kw)
+    assert allclose_params(traced.params, eager.params)
+
+
+def test_jit_falls_back_when_the_model_reads_a_tensor_into_python(xs):
+    def pair():
+        model, guide = user_pair()
+
+        def reading_model(x):
+            if float(x.abs().mean()) > 1e9:  # data-dependent Python: a trace would freeze it
+                raise AssertionError
+            model(x)
+
+        return reading_model, guide
+
+    kw = dict(epochs=2, batch_size=50, lr=0.05, progress=False)
+    eager = lvmkit.fit(*pair(), xs, **kw)
+    with pytest.warns(UserWarning, match="cannot be traced.*Running without jit"):
+        traced = lvmkit.fit(*pair(), xs, jit=True, **kw)
+    assert traced.losses == eager.losses and equal_params(traced.params, eager.params)
+
+
+def test_jit_checks_the_trace_and_falls_back_when_python_state_changes_the_loss(xs):
+    model, guide = user_pair()
+    calls = {"n": 0}
+
+    def model_with_state(x):
+        calls["n"] += 1
+        with pyro.poutine.scale(scale=float(calls["n"])):  # Python state a trace freezes
+            model(x)
+
+    kw = dict(epochs=3, batch_size=50, lr=0.02, progress=False)
+    with pytest.warns(UserWarning, match="traced step gives loss .* from the same draws"):
+        r = lvmkit.fit(model_with_state, guide, xs, jit=True, **kw)
+    assert len(r.losses) == 3 and all(map(math.isfinite, r.losses))

@@ -22,6 +22,7 @@ import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO, TraceMeanField_ELBO
 from torch import Tensor
+from torch.fx.experimental.proxy_tensor import make_fx
 from tqdm.auto import tqdm
 
 from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -82,6 +83,14 @@ class Trainer:
     Pyro's argument/support checks run on a step when ``validate=True`` (the default) and always in
     ``evaluate``. ``fit`` validates the first step of every epoch only: on a small VAE the checks
     cost ~8% of a step.
+
+    ``jit=True`` traces the loss into a graph of torch ops (``make_fx``, one trace per batch
+    shape) and runs the unvalidated steps from it: the Pyro program's Python runs once, not per
+    step, which on a small VAE makes a step cost what a hand-written PyTorch step does. A trace
+    freezes Python: a model that branches on data or keeps state outside tensors must not be
+    traced. A tensor read into Python (``.item()``, ``float(t)``) stops the trace and the fit
+    goes on without jit, with a warning; every validated step runs the model itself and checks
+    that the trace gives the same loss from the same draws, and falls back the same way if not.
     """
 
     def __init__(
@@ -94,11 +103,14 @@ class Trainer:
         optimizer: str = "adam",
         lr: float = 1e-3,
         device: str | torch.device = "auto",
+        jit: bool = False,
     ):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
+        if not isinstance(jit, bool):
+            raise ValueError(f"jit must be True or False, got {jit!r}")
         self.model, self.guide = model, guide
         # A name, or any object with Pyro's differentiable_loss / loss methods (EM's M-step).
         self.loss = make_elbo(elbo, num_particles) if isinstance(elbo, str) else elbo
@@ -107,6 +119,8 @@ class Trainer:
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
         self.param_names: list[str] = []
         self.optimizer: torch.optim.Optimizer | None = None
+        self.jit = jit
+        self._traces: dict[tuple, torch.fx.GraphModule] = {}  # batch signature -> trace
 
     @contextmanager
     def scope(self):
@@ -165,8 +179,15 @@ class Trainer:
             return self._step(self._to_device(batch), validate)
 
     def _step(self, batch: tuple, validate: bool) -> float:
-        with pyro.validation_enabled(validate):
-            loss = self.loss.differentiable_loss(self.model, self.guide, *batch)
+        trace = self._trace(batch) if self.jit else None
+        if trace is not None and not validate:
+            loss = trace(*self._leaves(), *batch)
+        else:
+            rng = _TorchRNG(self.device)
+            with pyro.validation_enabled(validate):
+                loss = self.loss.differentiable_loss(self.model, self.guide, *batch)
+            if trace is not None:
+                self._check_trace(trace, batch, rng, loss)
         value = loss.item() / len(batch[0])
         if not math.isfinite(value):
             raise NonFiniteLossError(f"loss is {value}")
@@ -177,6 +198,49 @@ class Trainer:
         self.optimizer.step()
         self._collect_params()
         return value
+
+    def _leaves(self) -> list[Tensor]:
+        """The unconstrained parameters, the tensors the optimizer updates: a trace's inputs."""
+        return [self.param_state["params"][n] for n in self.param_names]
+
+    def _trace(self, batch: tuple):
+        """The traced loss for batches shaped like ``batch`` (traced on first use), or None."""
+        if not all(isinstance(t, Tensor) for t in batch):
+            self._stop_jit("a trace takes tensor arguments only")
+            return None
+        key = (len(self.param_names), *((t.shape, t.dtype, t.device) for t in batch))
+        if key not in self._traces:
+            leaves = self._leaves()
+
+            def loss_fn(*inputs):
+                return self.loss.differentiable_loss(self.model, self.guide, *inputs[len(leaves) :])
+
+            # make_fx records the ops the Python ran (pre_dispatch keeps no_grad regions) and
+            # refuses a tensor read into Python. The tracing run's draws are put back, so traced
+            # steps see the draws the model's own steps would.
+            with _TorchRNG(self.device), pyro.validation_enabled(False):
+                try:
+                    self._traces[key] = make_fx(loss_fn, pre_dispatch=True)(*leaves, *batch)
+                except Exception as err:  # whatever stops the trace, the model still runs
+                    self._stop_jit(f"the step cannot be traced ({type(err).__name__}: {err})")
+                    return None
+        return self._traces[key]
+
+    def _check_trace(self, trace, batch: tuple, rng, loss: Tensor) -> None:
+        """The trace must give the loss the model just gave, from the same draws."""
+        with rng, torch.no_grad():
+            traced = trace(*self._leaves(), *batch)
+        if not torch.allclose(traced, loss.detach(), rtol=1e-4, atol=1e-6):
+            self._stop_jit(
+                f"the traced step gives loss {float(traced):.6g} where the model gives "
+                f"{float(loss.detach()):.6g} from the same draws; the model keeps state outside "
+                "tensors or branches on data, which a trace freezes"
+            )
+
+    def _stop_jit(self, why: str) -> None:
+        warnings.warn(f"jit=True: {why}. Running without jit from here on.", stacklevel=4)
+        self.jit = False
+        self._traces.clear()
 
     def evaluate(self, data, *, batch_size: int = 256, seed: int = 0) -> float:
         """Mean loss per datapoint over ``data`` (tensor, tuple or ImageData), no update.
@@ -347,6 +411,27 @@ class _StopOnSignal:
             signal.signal(sig, old)
 
 
+class _TorchRNG:
+    """Saves torch's random state now; ``with`` it to run code from that state and put back the
+    state that was current on entry."""
+
+    def __init__(self, device: torch.device):
+        self.devices = [device] if device.type == "cuda" else []
+        self.saved = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self.devices])
+
+    def __enter__(self):
+        self.restore = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self.devices])
+        self._set(self.saved)
+
+    def __exit__(self, *exc):
+        self._set(self.restore)
+
+    def _set(self, state):
+        torch.set_rng_state(state[0])
+        for d, s in zip(self.devices, state[1], strict=True):
+            torch.cuda.set_rng_state(s, d)
+
+
 def _rng_state(device: torch.device, shuffle: torch.Generator) -> dict:
     np_state = np.random.get_state()
     return {
@@ -390,6 +475,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    jit: bool = False,
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference.
 
@@ -403,6 +489,8 @@ def fit(
     checkpoint_dir: write ``checkpoint.pt`` there after every epoch (and on SIGINT/SIGTERM,
         which finish the current step and return with ``interrupted=True``).
     resume: continue from the checkpoint in ``checkpoint_dir`` if there is one.
+    jit: run the steps from a trace of the loss (see ``Trainer``): same draws, same results,
+        less Python per step; for models without data-dependent Python.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -421,6 +509,7 @@ def fit(
         optimizer=optimizer,
         lr=lr,
         device=device,
+        jit=jit,
     )
     train = as_dataset(data, "data").to(trainer.device)
     val = None if val_data is None else as_dataset(val_data, "val_data").to(trainer.device)
