@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 import lvmkit
@@ -232,3 +233,20 @@ def test_pixelcnn_decoder_lvm_keeps_active_units_and_resumes_exactly(digits, tmp
     run(1)
     rest, m = run(2, resume=True)
     assert rest.losses == full.losses and int(m.train_steps) == 6  # the warm-up counter resumed
+
+
+def test_kl_warmup_raises_the_free_bits_penalty_too():
+    torch.manual_seed(0)
+    lvm = GaussianLVM(GaussianLVMConfig(free_bits=0.5, kl_warmup_steps=10))
+    x = torch.rand(4, 1, 8, 8)
+
+    def penalty(steps):
+        lvm.train_steps.fill_(steps)
+        with torch.no_grad():  # evaluation: the model does not count a step
+            site = poutine.trace(lvm.model).get_trace(x).nodes["free_bits_kl"]
+        return float(site["fn"].log_prob(site["value"]))
+
+    full = penalty(10)
+    assert full < 0
+    assert penalty(5) == pytest.approx(0.5 * full, rel=1e-6)
+    assert penalty(30) == pytest.approx(full, rel=1e-6)

@@ -389,3 +389,30 @@ def test_jit_checks_the_trace_and_falls_back_when_python_state_changes_the_loss(
     with pytest.warns(UserWarning, match="traced step gives loss .* from the same draws"):
         r = lvmkit.fit(model_with_state, guide, xs, jit=True, **kw)
     assert len(r.losses) == 3 and all(map(math.isfinite, r.losses))
+
+
+def test_jit_updates_module_buffers_as_the_model_does(xs):
+    def run(jit):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(2, 6), nn.BatchNorm1d(6))  # running statistics
+        net.register_buffer("calls", torch.zeros(()))
+
+        def model(x):
+            pyro.module("net", net)
+            net.calls.add_(1)
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(net(z), 1.0).to_event(1), obs=x)
+
+        def guide(x):
+            loc = pyro.param("loc", torch.zeros(2))
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+        r = lvmkit.fit(model, guide, xs, epochs=3, batch_size=48, lr=0.02, progress=False, jit=jit)
+        return r, dict(net.named_buffers())
+
+    (eager, b_eager), (traced, b_traced) = run(False), run(True)
+    assert float(b_eager["calls"]) == 15  # one per step: the first run and tracing leave no mark
+    assert equal_params(b_traced, b_eager)
+    assert allclose_params(traced.params, eager.params)

@@ -30,14 +30,27 @@ def is_latent(site) -> bool:
     return site["type"] == "sample" and not site["is_observed"] and not is_plate_site(site)
 
 
+def _cell_value(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # a closure variable not assigned yet
+        return None
+
+
 def modules_behind(*fns) -> list[torch.nn.Module]:
-    """The distinct nn.Modules behind model/guide callables: a module itself, or the owner of a
-    bound method (``lvm.model``)."""
+    """The distinct nn.Modules behind model/guide callables: a module itself, the owner of a
+    bound method (``lvm.model``), and the modules a plain function holds in its closure or
+    names as globals (a user's ``def model(x): pyro.module("dec", dec)``)."""
     found = {}
     for fn in fns:
-        owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
-        if isinstance(owner, torch.nn.Module):
-            found[id(owner)] = owner
+        candidates = [fn, getattr(fn, "__self__", None)]
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            candidates += [_cell_value(c) for c in fn.__closure__ or ()]
+            candidates += [fn.__globals__.get(name) for name in code.co_names]
+        for obj in candidates:
+            if isinstance(obj, torch.nn.Module):
+                found[id(obj)] = obj
     return list(found.values())
 
 

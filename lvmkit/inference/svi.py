@@ -139,14 +139,10 @@ class Trainer:
         for owner in modules_behind(self.model, self.guide):
             owner.to(self.device)
         batch = self._to_device(batch)
-        buffers = {k: b.clone() for k, b in self._buffers().items()}
-        with self.scope():  # with gradients: TraceEnum_ELBO refuses a loss without a graph
+        # with gradients: TraceEnum_ELBO refuses a loss without a graph
+        with self.scope(), self._buffers_kept():
             self.loss.differentiable_loss(self.model, self.guide, *batch)
             self._collect_params()
-        current = self._buffers()
-        with torch.no_grad():
-            for name, value in buffers.items():
-                current[name].copy_(value)
         if not self.param_names:
             raise ValueError(
                 "the model and guide create no parameters: register nets with pyro.module or "
@@ -183,11 +179,13 @@ class Trainer:
         if trace is not None and not validate:
             loss = trace(*self._leaves(), *batch)
         else:
-            rng = _TorchRNG(self.device)
+            if trace is not None:  # for the check below: the trace's loss from the same draws
+                with self._aside(), torch.no_grad():
+                    traced = trace(*self._leaves(), *batch)
             with pyro.validation_enabled(validate):
                 loss = self.loss.differentiable_loss(self.model, self.guide, *batch)
             if trace is not None:
-                self._check_trace(trace, batch, rng, loss)
+                self._check_trace(traced, loss)
         value = loss.item() / len(batch[0])
         if not math.isfinite(value):
             raise NonFiniteLossError(f"loss is {value}")
@@ -218,7 +216,7 @@ class Trainer:
             # make_fx records the ops the Python ran (pre_dispatch keeps no_grad regions) and
             # refuses a tensor read into Python. The tracing run's draws are put back, so traced
             # steps see the draws the model's own steps would.
-            with _TorchRNG(self.device), pyro.validation_enabled(False):
+            with self._aside(), pyro.validation_enabled(False):
                 try:
                     self._traces[key] = make_fx(loss_fn, pre_dispatch=True)(*leaves, *batch)
                 except Exception as err:  # whatever stops the trace, the model still runs
@@ -226,10 +224,8 @@ class Trainer:
                     return None
         return self._traces[key]
 
-    def _check_trace(self, trace, batch: tuple, rng, loss: Tensor) -> None:
-        """The trace must give the loss the model just gave, from the same draws."""
-        with rng, torch.no_grad():
-            traced = trace(*self._leaves(), *batch)
+    def _check_trace(self, traced: Tensor, loss: Tensor) -> None:
+        """The trace must give the loss the model gives, from the same draws."""
         if not torch.allclose(traced, loss.detach(), rtol=1e-4, atol=1e-6):
             self._stop_jit(
                 f"the traced step gives loss {float(traced):.6g} where the model gives "
@@ -265,6 +261,26 @@ class Trainer:
         with self.scope():
             store = pyro.get_param_store()
             return {n: store[n].detach().clone() for n in self.param_names}
+
+    @contextmanager
+    def _buffers_kept(self):
+        """Undo what the code inside does to module buffers (step counters, running stats)."""
+        saved = {k: b.clone() for k, b in self._buffers().items()}
+        try:
+            yield
+        finally:
+            current = self._buffers()
+            with torch.no_grad():
+                for name, value in saved.items():
+                    current[name].copy_(value)
+
+    @contextmanager
+    def _aside(self):
+        """Run code that is not a training step (tracing, checking a trace) without leaving a
+        mark on the random streams or on module buffers."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._buffers_kept():
+            yield
 
     def _buffers(self) -> dict[str, Tensor]:
         """Buffers of the modules behind model and guide (counters, running statistics)."""
@@ -409,27 +425,6 @@ class _StopOnSignal:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-class _TorchRNG:
-    """Saves torch's random state now; ``with`` it to run code from that state and put back the
-    state that was current on entry."""
-
-    def __init__(self, device: torch.device):
-        self.devices = [device] if device.type == "cuda" else []
-        self.saved = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self.devices])
-
-    def __enter__(self):
-        self.restore = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self.devices])
-        self._set(self.saved)
-
-    def __exit__(self, *exc):
-        self._set(self.restore)
-
-    def _set(self, state):
-        torch.set_rng_state(state[0])
-        for d, s in zip(self.devices, state[1], strict=True):
-            torch.cuda.set_rng_state(s, d)
 
 
 def _rng_state(device: torch.device, shuffle: torch.Generator) -> dict:

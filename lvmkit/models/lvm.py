@@ -110,15 +110,20 @@ class GaussianLVM(nn.Module):
         check_batch(self, x, self.config.image_shape)
         return dist.Normal(*gaussian_params(self.encoder(x))).to_event(1)
 
-    def _z_site(self):
-        """How the z site counts in the objective: as is in eval mode; while training, scaled
-        by beta, or left out under free bits (the free-bits penalty stands in for the KL)."""
-        if self.training and self.config.free_bits > 0:
-            return poutine.mask(mask=False)
+    def _kl_weight(self) -> float:
+        """beta, raised linearly from ~0 over the KL warm-up while training."""
         beta = self.config.beta
         if self.training and self.config.kl_warmup_steps:
             warm = min(1.0, float(self.train_steps) / self.config.kl_warmup_steps)
             beta = max(beta * warm, 1e-6)  # Pyro's scale must be positive
+        return beta
+
+    def _z_site(self):
+        """How the z site counts in the objective: as is in eval mode; while training, scaled
+        by the KL weight, or left out under free bits (their penalty stands in for the KL)."""
+        if self.training and self.config.free_bits > 0:
+            return poutine.mask(mask=False)
+        beta = self._kl_weight()
         if self.training and beta != 1:
             return poutine.scale(scale=beta)
         return nullcontext()
@@ -140,7 +145,7 @@ class GaussianLVM(nn.Module):
             q = dist.Normal(*gaussian_params(self.encoder(x)))
             kl = torch.distributions.kl_divergence(q, dist.Normal(self.prior_loc, self.prior_scale))
             penalty = kl.mean(0).clamp(min=self.config.free_bits).sum() * n
-            pyro.factor("free_bits_kl", -self.config.beta * penalty)
+            pyro.factor("free_bits_kl", -self._kl_weight() * penalty)
         return x_out
 
     def guide(self, x: Tensor | None = None, n: int | None = None) -> Tensor:
