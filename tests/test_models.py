@@ -1,4 +1,5 @@
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -250,3 +251,20 @@ def test_kl_warmup_raises_the_free_bits_penalty_too():
     assert full < 0
     assert penalty(5) == pytest.approx(0.5 * full, rel=1e-6)
     assert penalty(30) == pytest.approx(full, rel=1e-6)
+
+
+def test_kl_warmup_is_followed_by_a_traced_fit():
+    x = torch.rand(96, 1, 8, 8)
+    runs = []
+    for jit in (False, True):
+        torch.manual_seed(0)
+        lvm = GaussianLVM(GaussianLVMConfig(free_bits=0.5, kl_warmup_steps=10))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # the trace must not fall back
+            r = lvmkit.fit(
+                lvm.model, lvm.guide, x, epochs=3, batch_size=32, progress=False, jit=jit
+            )
+        runs.append((r.losses, int(lvm.train_steps)))
+    (eager, eager_steps), (traced, traced_steps) = runs
+    assert eager_steps == traced_steps == 9
+    assert traced == pytest.approx(eager, rel=1e-6)

@@ -110,13 +110,13 @@ class GaussianLVM(nn.Module):
         check_batch(self, x, self.config.image_shape)
         return dist.Normal(*gaussian_params(self.encoder(x))).to_event(1)
 
-    def _kl_weight(self) -> float:
-        """beta, raised linearly from ~0 over the KL warm-up while training."""
-        beta = self.config.beta
+    def _kl_weight(self) -> float | Tensor:
+        """beta; during the KL warm-up a tensor rising linearly from ~0, computed from the step
+        counter as a tensor so that a traced step (``fit(jit=True)``) follows it."""
         if self.training and self.config.kl_warmup_steps:
-            warm = min(1.0, float(self.train_steps) / self.config.kl_warmup_steps)
-            beta = max(beta * warm, 1e-6)  # Pyro's scale must be positive
-        return beta
+            warm = (self.train_steps / self.config.kl_warmup_steps).clamp(max=1.0)
+            return (self.config.beta * warm).clamp(min=1e-6)  # Pyro's scale must be positive
+        return self.config.beta
 
     def _z_site(self):
         """How the z site counts in the objective: as is in eval mode; while training, scaled
@@ -124,7 +124,7 @@ class GaussianLVM(nn.Module):
         if self.training and self.config.free_bits > 0:
             return poutine.mask(mask=False)
         beta = self._kl_weight()
-        if self.training and beta != 1:
+        if self.training and (isinstance(beta, Tensor) or beta != 1):
             return poutine.scale(scale=beta)
         return nullcontext()
 
