@@ -4,7 +4,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from lvmkit.inference.importance import IWAELoss, log_likelihood, log_weights, max_plate_nesting
+from lvmkit.inference.importance import (
+    IWAELoss,
+    log_likelihood,
+    log_weights,
+    max_plate_nesting,
+    modules_behind,
+)
+from lvmkit.models import GaussianLVM
 
 NOISE = 0.5  # x | z ~ N(z, NOISE^2), z ~ N(0, 1)  =>  x ~ N(0, 1 + NOISE^2)
 
@@ -133,3 +140,21 @@ def test_bits_per_dim_for_discrete_data():
     x = torch.randint(0, 2, (10, 4)).float()
     est = log_likelihood(model, lambda x: None, x, num_samples=1, discrete=True)
     assert abs(est.bits_per_dim - 1.0) < 1e-6  # a fair coin per dimension: one bit
+
+
+GLOBAL_NET = torch.nn.Linear(2, 2)
+
+
+def test_modules_behind_finds_owners_closures_and_globals():
+    closed_over = torch.nn.Linear(3, 3)
+
+    def model(x):
+        return closed_over(x)
+
+    def guide(x):
+        return GLOBAL_NET(x)
+
+    lvm = GaussianLVM()
+    found = modules_behind(model, guide, lvm.model, model)
+    assert [id(m) for m in found] == [id(closed_over), id(GLOBAL_NET), id(lvm)]
+    assert modules_behind(lambda x: x) == []
