@@ -168,7 +168,11 @@ class Trainer:
             self.optimizer.add_param_group({"params": params})
 
     def step(self, *batch, validate: bool = True) -> float:
-        """One gradient step on ``batch``; returns the loss in nats per datapoint."""
+        """One gradient step on ``batch``; returns the loss in nats per datapoint.
+
+        ``validate=True`` runs Pyro's checks, on the model itself; under ``jit`` it also checks
+        the trace against the model, so run most steps with ``validate=False`` (as ``fit`` does)
+        for them to run from the trace."""
         if self.optimizer is None:
             self.init(*batch)
         with self.scope():
