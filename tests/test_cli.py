@@ -48,6 +48,16 @@ def test_resume_through_the_cli(tmp_path):
     assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
 
 
+def test_jit_flag_fits_the_same_run(tmp_path):
+    runs = {flag: tmp_path / ("jit" if flag else "plain") for flag in (False, True)}
+    for flag, run in runs.items():
+        args = ["fit", "lvm", "--epochs", "2", "--out", str(run), "--no-progress"]
+        assert main(args + ["--jit"] * flag) == 0
+    assert "jit = true" in (runs[True] / "config.toml").read_text()
+    plain, traced = metrics(runs[False]), metrics(runs[True])
+    assert [r["loss"] for r in traced] == pytest.approx([r["loss"] for r in plain], rel=1e-6)
+
+
 def test_config_file_and_its_errors(tmp_path, capsys):
     good = tmp_path / "run.toml"
     good.write_text("[model]\nz_dim = 3\nhidden = [32]\n[fit]\nepochs = 1\nbatch_size = 128\n")
