@@ -224,7 +224,8 @@ class Trainer:
                 try:
                     self._traces[key] = make_fx(loss_fn, pre_dispatch=True)(*leaves, *batch)
                 except Exception as err:  # whatever stops the trace, the model still runs
-                    self._stop_jit(f"the step cannot be traced ({type(err).__name__}: {err})")
+                    what = str(err).strip().split("\n")[0][:300]
+                    self._stop_jit(f"the step cannot be traced ({type(err).__name__}: {what})")
                     return None
         return self._traces[key]
 
