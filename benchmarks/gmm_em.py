@@ -29,7 +29,7 @@ from sklearn.datasets import make_blobs
 from sklearn.mixture import GaussianMixture as SklearnGMM
 
 from lvmkit.inference import resolve_device
-from lvmkit.inference.em import GaussianMixtureEM
+from lvmkit.inference.mixture_em import GaussianMixtureEM
 
 
 def peak_memory_run(n: int, device: str) -> None:

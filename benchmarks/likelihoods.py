@@ -62,19 +62,12 @@ def main():
             model.model, model.guide, x, epochs=epochs, batch_size=64, lr=2e-3, progress=False
         )
         seconds = time.perf_counter() - t0
-        exact = not getattr(model, "has_latents", True)
-        ll = lvmkit.log_likelihood(
-            model.model,
-            model.guide,
-            model.prepare(test),
-            num_samples=1 if exact else k,
-            discrete=True,
-        )
+        ll = lvmkit.evaluate(model, test, num_samples=k)
         rows[name] = {
             "bits_per_dim": ll.bits_per_dim,
             "stderr_bits": ll.stderr / (digits.x[0].numel() * math.log(2)),
             "train_s": seconds,
-            "exact": exact,
+            "exact": ll.exact,
         }
         if key == "pixellvm":
             rows[name]["active_units"] = active_units(model, test)[0]

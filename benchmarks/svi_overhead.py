@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 import lvmkit
 from lvmkit.inference import resolve_device
-from lvmkit.inference.svi import OPTIMIZERS
+from lvmkit.inference.trainer import OPTIMIZERS
 
 D, H, Z, BATCH = 784, 400, 20, 128
 
@@ -151,8 +151,8 @@ def main():
     with trainer.scope():
         losses["lvmkit"] = float(trainer.loss.loss(trainer.model, trainer.guide, batches[0]))
         torch.manual_seed(1)
-        trace = trainer._trace((batches[0],))
-        losses["lvmkit_jit"] = float(trace(*trainer._leaves(), batches[0]).detach())
+        trace = trainer.traced.get(trainer.leaves(), (batches[0],))
+        losses["lvmkit_jit"] = float(trace(*trainer.leaves(), batches[0]).detach())
     ref = losses["torch"]
     same_loss = all(abs(v - ref) <= 1e-5 * abs(ref) for v in losses.values())
 
@@ -194,8 +194,8 @@ def main():
         "pyro": (nullcontext, svi.step),
         # What fit runs: one parameter-store scope per epoch and, inside it, this per step
         # (argument/support checks on each epoch's first step only).
-        "lvmkit": (lv.scope, lambda x: lv._step((x,), validate=False)),
-        "lvmkit_jit": (lvj.scope, lambda x: lvj._step((x,), validate=False)),
+        "lvmkit": (lv.scope, lambda x: lv.step(x, validate=False)),
+        "lvmkit_jit": (lvj.scope, lambda x: lvj.step(x, validate=False)),
     }
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {k: [] for k in contenders}

@@ -1,26 +1,39 @@
 """lvmkit: latent variable models as Pyro programs."""
 
 from lvmkit import data
-from lvmkit.diagnostics import encode, linear_probe, posterior
-from lvmkit.inference import CheckpointError, FitResult, NonFiniteLossError, Trainer, fit
-from lvmkit.inference.em import GaussianMixtureEM, em, fit_em
-from lvmkit.inference.importance import LogLikelihood, log_likelihood
-from lvmkit.inference.mcmc import nuts
+from lvmkit.diagnostics import diagnose, encode, linear_probe, posterior
+from lvmkit.inference import (
+    CheckpointError,
+    FitResult,
+    GaussianMixtureEM,
+    LogLikelihood,
+    NonFiniteLossError,
+    Trainer,
+    em,
+    evaluate,
+    fit,
+    log_likelihood,
+    nuts,
+)
+from lvmkit.runs import Run, load_run
 
 __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "FitResult",
+    "GaussianMixtureEM",
     "LogLikelihood",
     "NonFiniteLossError",
+    "Run",
     "Trainer",
-    "GaussianMixtureEM",
     "data",
+    "diagnose",
     "em",
     "encode",
+    "evaluate",
     "fit",
-    "fit_em",
     "linear_probe",
+    "load_run",
     "log_likelihood",
     "nuts",
     "posterior",

@@ -8,7 +8,8 @@ import time
 import pytest
 from PIL import Image
 
-from lvmkit.cli import load_run, main
+from lvmkit import load_run
+from lvmkit.cli import main
 
 
 def metrics(run):
@@ -35,7 +36,7 @@ def test_fit_writes_a_complete_run_directory(tmp_path, capsys):
     assert [r["epoch"] for r in rows] == [1, 2] and all("val_loss" in r for r in rows)
     assert Image.open(run / "samples.png").size[0] > 100
     assert str(run) in capsys.readouterr().out
-    lvm, _ = load_run(run)
+    lvm = load_run(run).model
     assert lvm.sample(3).shape == (3, 1, 8, 8)
 
 
@@ -66,7 +67,7 @@ def test_config_file_and_its_errors(tmp_path, capsys):
         == 0
     )
     assert "z_dim = 3" in (tmp_path / "r" / "config.toml").read_text()
-    assert load_run(tmp_path / "r")[0].config.z_dim == 3
+    assert load_run(tmp_path / "r").model.config.z_dim == 3
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[fit]\nepochz = 3\n")

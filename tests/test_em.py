@@ -8,7 +8,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SklearnGMM
 
 import lvmkit
-from lvmkit.inference.em import GaussianMixtureEM, fit_em
+from lvmkit.inference.mixture_em import GaussianMixtureEM, fit_em
 from lvmkit.models import GaussianMixture, GaussianMixtureConfig
 
 

@@ -4,13 +4,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from lvmkit.inference.importance import (
-    IWAELoss,
-    log_likelihood,
-    log_weights,
-    max_plate_nesting,
-    modules_behind,
-)
+from lvmkit.inference.elbo import IWAELoss
+from lvmkit.inference.importance import log_likelihood, log_weights
+from lvmkit.inference.programs import max_plate_nesting, modules_behind
 from lvmkit.models import GaussianLVM
 
 NOISE = 0.5  # x | z ~ N(z, NOISE^2), z ~ N(0, 1)  =>  x ~ N(0, 1 + NOISE^2)
@@ -38,7 +34,7 @@ log_px = dist.Normal(0.0, math.sqrt(1 + NOISE**2)).log_prob(x)
 
 
 def test_exact_posterior_gives_log_px_for_every_particle():
-    lw = log_weights(model, exact_guide, x, num_particles=5, plate_nesting=1)
+    lw = log_weights(model, exact_guide, x, num_samples=5, plate_nesting=1)
     assert lw.shape == (5, 7)
     assert torch.allclose(lw, log_px.expand(5, -1), atol=1e-12)
 

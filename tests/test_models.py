@@ -71,7 +71,7 @@ def test_gmm_and_clvm_fit_digits(digits):
     gmm.initialize(gmm.prepare(train))
     fit_and_check_validation_falls(gmm, train, val, elbo="enum", lr=0.01)
     clvm = build_model("clvm", data.image_shape, data.levels)
-    fit_and_check_validation_falls(clvm, train, val, elbo="iwae", num_particles=4)
+    fit_and_check_validation_falls(clvm, train, val, elbo="iwae", num_samples=4)
 
 
 @pytest.mark.parametrize("covariance", ["diag", "full"])
@@ -122,7 +122,7 @@ def test_conditional_model_beats_its_baseline_on_held_out_completion(digits):
     torch.manual_seed(0)
     clvm, baseline = ConditionalLVM(config), CompletionBaseline(config)
     kw = dict(epochs=15, batch_size=64, lr=2e-3, progress=False)
-    lvmkit.fit(clvm.model, clvm.guide, clvm.prepare(train), elbo="iwae", num_particles=8, **kw)
+    lvmkit.fit(clvm.model, clvm.guide, clvm.prepare(train), elbo="iwae", num_samples=8, **kw)
     lvmkit.fit(baseline.model, baseline.guide, clvm.prepare(train), **kw)
     x = lvmkit.data.binarize(test).x
     known = quadrant_masks(len(x), (1, 8, 8), given=1, generator=torch.Generator().manual_seed(2))

@@ -190,7 +190,7 @@ def test_every_elbo_trains_and_unknown_names_are_listed(xs):
             *user_pair(),
             xs,
             elbo=elbo,
-            num_particles=k,
+            num_samples=k,
             epochs=4,
             lr=0.05,
             batch_size=50,

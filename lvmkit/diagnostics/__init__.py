@@ -1,6 +1,16 @@
-"""Looking inside fitted models: posteriors, their diagnostics, representations, plots."""
+"""Looking inside fitted models: posteriors, their diagnostics, representations, plots, and
+``diagnose``, which builds a run's report."""
 
-from lvmkit.diagnostics.plots import save_image_grid, save_loss_curve, save_reconstructions
+from lvmkit.diagnostics.diagnose import SECTIONS, diagnose
+from lvmkit.diagnostics.plots import (
+    bars,
+    histogram,
+    image_grid,
+    latent_space,
+    loss_curve,
+    reconstructions,
+    save_figure,
+)
 from lvmkit.diagnostics.posteriors import (
     AmortizationGap,
     amortization_gap,
@@ -11,21 +21,30 @@ from lvmkit.diagnostics.posteriors import (
     posterior,
     psis_khat,
 )
+from lvmkit.diagnostics.report import Report, Section
 from lvmkit.diagnostics.representation import active_units, encode, linear_probe
 
 __all__ = [
+    "SECTIONS",
     "AmortizationGap",
+    "Report",
+    "Section",
     "active_units",
     "amortization_gap",
+    "bars",
+    "diagnose",
     "encode",
+    "histogram",
+    "image_grid",
     "khat_bands",
     "kl_per_dimension",
+    "latent_space",
     "linear_probe",
+    "loss_curve",
     "mcmc_inference_data",
     "mutual_information",
     "posterior",
     "psis_khat",
-    "save_image_grid",
-    "save_loss_curve",
-    "save_reconstructions",
+    "reconstructions",
+    "save_figure",
 ]

@@ -1,4 +1,5 @@
-"""Plots written straight to PNG files (matplotlib's object API: no display, no global state)."""
+"""Figures for runs and reports (matplotlib's object API: no display, no global state). Each
+function returns a ``Figure``; ``save_figure`` writes one as a PNG."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 
-def save_loss_curve(losses: list[float], val_losses: list[float], path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG."""
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def loss_curve(losses: list[float], val_losses: list[float]) -> Figure:
     """Training (and validation) loss per epoch, in nats per datapoint."""
     fig = Figure(figsize=(5, 3.2), layout="constrained")
     ax = fig.add_subplot()
@@ -21,8 +28,7 @@ def save_loss_curve(losses: list[float], val_losses: list[float], path: str | Pa
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (nats / datapoint)")
     ax.legend()
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return fig
 
 
 def _grid(images: Tensor, nrow: int):
@@ -39,14 +45,22 @@ def _grid(images: Tensor, nrow: int):
     return out.permute(1, 2, 0).numpy()
 
 
-def save_image_grid(
-    images: Tensor, path: str | Path, *, nrow: int | None = None, title: str | None = None
-) -> Path:
-    """A grid of images (N, C, H, W) with values in [0, 1]."""
+def image_grid(
+    images: Tensor,
+    *,
+    nrow: int | None = None,
+    title: str | None = None,
+    row_labels: list[str] | None = None,
+) -> Figure:
+    """A grid of images (N, C, H, W) with values in [0, 1], ``nrow`` rows, each optionally
+    labelled on its left."""
     nrow = nrow or max(1, int(math.sqrt(len(images))))
     grid = _grid(images, nrow)
-    fig = Figure(figsize=(4, 4 * grid.shape[0] / grid.shape[1] + (0.3 if title else 0)))
-    ax = fig.add_axes((0, 0, 1, 0.92 if title else 1))
+    left = 0.22 if row_labels else 0.0  # room for the labels
+    fig = Figure(
+        figsize=(4 / (1 - left), 4 * grid.shape[0] / grid.shape[1] + (0.3 if title else 0))
+    )
+    ax = fig.add_axes((left, 0, 1 - left, 0.92 if title else 1))
     ax.imshow(
         grid.squeeze(-1) if grid.shape[-1] == 1 else grid,
         cmap="gray_r",
@@ -55,23 +69,26 @@ def save_image_grid(
         interpolation="nearest",
     )
     ax.set_axis_off()
+    if row_labels:
+        tile = (grid.shape[0] - 1) / nrow
+        for r, label in enumerate(row_labels):
+            ax.text(-1, 0.5 + (r + 0.5) * tile, label, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return fig
 
 
-def save_reconstructions(x: Tensor, x_rec: Tensor, path: str | Path) -> Path:
+def reconstructions(x: Tensor, x_rec: Tensor) -> Figure:
     """Originals (odd rows) above their reconstructions (even rows)."""
     cols = min(len(x), 8)
     rows = len(x) // cols  # whole rows only, so every original sits above its reconstruction
     pairs = []
     for r in range(rows):
         pairs += [x[r * cols : (r + 1) * cols], x_rec[r * cols : (r + 1) * cols]]
-    return save_image_grid(torch.cat(pairs), path, nrow=2 * rows, title="data / reconstruction")
+    return image_grid(torch.cat(pairs), nrow=2 * rows, title="data / reconstruction")
 
 
-def save_latent_space(codes: Tensor, labels: Tensor | None, path: str | Path) -> Path:
+def latent_space(codes: Tensor, labels: Tensor | None) -> Figure:
     """Codes (N, Z) as points, coloured by label; projected on their two principal axes when
     Z > 2."""
     codes = codes.detach().double().cpu()
@@ -92,13 +109,10 @@ def save_latent_space(codes: Tensor, labels: Tensor | None, path: str | Path) ->
     if labels is not None:
         fig.colorbar(points, ax=ax, label="label")
     ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return fig
 
 
-def save_histogram(
-    values: Tensor, path: str | Path, *, xlabel: str, lines: tuple[float, ...] = ()
-) -> Path:
+def histogram(values: Tensor, *, xlabel: str, lines: tuple[float, ...] = ()) -> Figure:
     """A histogram of finite values, with vertical reference lines (e.g. k-hat 0.5 and 0.7)."""
     values = values.detach().double().cpu()
     fig = Figure(figsize=(4.5, 3), layout="constrained")
@@ -108,11 +122,10 @@ def save_histogram(
         ax.axvline(x, color="k", linestyle="--", linewidth=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("datapoints")
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return fig
 
 
-def save_bars(values: Tensor, path: str | Path, *, xlabel: str, ylabel: str) -> Path:
+def bars(values: Tensor, *, xlabel: str, ylabel: str) -> Figure:
     """One bar per entry, e.g. KL per latent dimension."""
     values = values.detach().double().cpu()
     fig = Figure(figsize=(4.5, 3), layout="constrained")
@@ -120,5 +133,4 @@ def save_bars(values: Tensor, path: str | Path, *, xlabel: str, ylabel: str) -> 
     ax.bar(range(len(values)), values.numpy())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return fig

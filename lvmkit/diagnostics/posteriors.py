@@ -18,7 +18,16 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from lvmkit.inference.importance import is_latent, max_plate_nesting, per_datapoint
+from lvmkit.inference.importance import log_likelihood
+from lvmkit.inference.programs import (
+    evaluating,
+    is_latent,
+    max_plate_nesting,
+    on_device,
+    particle_traces,
+    per_datapoint,
+    place,
+)
 
 
 def _arviz():
@@ -29,23 +38,32 @@ def _arviz():
     return arviz
 
 
+def _on(device: torch.device, args: tuple) -> tuple:
+    return tuple(a.to(device) if isinstance(a, Tensor) else a for a in args)
+
+
 @torch.no_grad()
-def posterior(model, guide, *args, num_samples: int = 100, seed: int = 0):
+def posterior(model, guide, *args, num_samples: int = 100, seed: int = 0, device=None):
     """Draws from q(z | x) for every datapoint, as ``arviz.InferenceData``.
 
     Groups: ``posterior`` (each latent site, dims chain, draw, datapoint, <site>_dim),
     ``sample_stats`` (``log_importance_weight``: log p(x, z) - log q(z | x)), ``log_likelihood``
     and ``posterior_predictive`` (each observed site: log p(x | z), and x replicated from
     p(x | z)), ``observed_data``. Weighting draws by exp(log_importance_weight) turns them into
-    draws from p(z | x). Built on ``arviz.from_dict``.
+    draws from p(z | x). Built on ``arviz.from_dict``. device: where to compute (None: where
+    the modules behind model and guide are).
     """
     az = _arviz()
-    nesting = max_plate_nesting(model, guide, *args)
-    with torch.random.fork_rng():
+    device = place(model, guide, device=device)
+    args = _on(device, args)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), on_device(device):
+        nesting = max_plate_nesting(model, guide, *args)
         torch.manual_seed(seed)
+        guide_tr, model_tr = particle_traces(
+            model, guide, args, num_samples=num_samples, plate_nesting=nesting
+        )
         with pyro.plate("particles", num_samples, dim=-nesting - 1):
-            guide_tr = poutine.trace(guide).get_trace(*args)
-            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
             replicate = poutine.trace(poutine.uncondition(poutine.replay(model, trace=guide_tr)))
             rep_tr = replicate.get_trace(*args)
     log_w = (per_datapoint(model_tr, nesting) - per_datapoint(guide_tr, nesting)).expand(
@@ -117,7 +135,7 @@ def khat_bands(khat: Tensor) -> dict[str, float]:
 def kl_per_dimension(model, x: Tensor) -> Tensor:
     """Mean over x of KL(q(z_j | x) || N(0, 1)) per latent dim (Z,), for a built-in model with a
     Gaussian ``encode``. Dims near 0 carry no information about x (collapsed)."""
-    q = model.encode(x).base_dist
+    q = model.encode(x.to(place(model))).base_dist
     return torch.distributions.kl_divergence(q, dist.Normal(0.0, 1.0)).mean(0)
 
 
@@ -125,8 +143,9 @@ def kl_per_dimension(model, x: Tensor) -> Tensor:
 def mutual_information(model, x: Tensor, seed: int = 0) -> float:
     """I_q(x; z) = E_x KL(q(z|x) || q(z)), q(z) the aggregate posterior over these x, estimated
     with one z per x (Hoffman & Johnson 2016): at most log N nats."""
-    q = model.encode(x)
-    with torch.random.fork_rng():
+    device = place(model)
+    q = model.encode(x.to(device))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         z = q.sample()  # (N, Z)
     base = q.base_dist
@@ -155,6 +174,7 @@ def amortization_gap(
     num_samples: int = 16,
     num_ll_samples: int = 1000,
     seed: int = 0,
+    device=None,
 ) -> AmortizationGap:
     """Amortized ELBO, ELBO after refining a Gaussian q per datapoint, and the IS log-likelihood,
     for a built-in model whose guide is a Gaussian ``encode`` over the latent site ``z`` (data
@@ -165,13 +185,13 @@ def amortization_gap(
     log scale0 + v from u = v = 0, where the curvature of a near-Gaussian posterior is about 1;
     each datapoint's step is clipped to length ``lr``. (Adam would blow rounding-level gradients
     near the optimum up to full steps.) Both ELBOs are estimated with the same draws, and a
-    datapoint keeps its encoder's q where refinement did not improve it.
+    datapoint keeps its encoder's q where refinement did not improve it. device: where to
+    compute (None: where the model is).
     """
-    from lvmkit.inference.importance import log_likelihood
-
-    was_training = model.training
-    model.eval()
-    try:
+    device = place(model, device=device)
+    x = x.to(device)
+    devices = [device] if device.type == "cuda" else []
+    with evaluating(model), on_device(device):
         with torch.no_grad():
             q = model.encode(x).base_dist
         loc0, log_scale0 = q.loc.detach(), q.scale.log().detach()
@@ -185,7 +205,7 @@ def amortization_gap(
             """(N,) ELBO estimates of the current local q."""
             loc, log_scale = local()
             scale = log_scale.exp()
-            z = loc + scale * torch.randn((num_samples, *loc.shape), dtype=loc.dtype)
+            z = loc + scale * torch.randn_like(loc.expand(num_samples, *loc.shape))
             q_loc, q_scale = (loc.detach(), scale.detach()) if sticking else (loc, scale)
             log_q = dist.Normal(q_loc, q_scale).log_prob(z).sum(-1)  # (K, N)
             with pyro.plate("particles", num_samples, dim=-2):
@@ -193,12 +213,12 @@ def amortization_gap(
             return (per_datapoint(tr, 1) - log_q).mean(0)
 
         def evaluate() -> Tensor:
-            with torch.random.fork_rng(), torch.no_grad():
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(seed)  # the same draws for every evaluation
                 return elbo()
 
         amortized = evaluate()
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + 1)
             for _ in range(steps):  # datapoints are independent: the sum optimizes each
                 g_u, g_v = torch.autograd.grad(elbo(sticking=True).sum(), [u, v])
@@ -222,8 +242,6 @@ def amortization_gap(
             ll = log_likelihood(
                 model.model, local_guide, x, num_samples=num_ll_samples, seed=seed
             ).mean
-    finally:
-        model.train(was_training)
     a, r = float(amortized.mean()), float(refined.mean())
     return AmortizationGap(a, r, ll, ll - r, r - a)
 

@@ -5,24 +5,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lvmkit.data import ImageData
+from lvmkit.inference.programs import evaluating, place
+
 
 @torch.no_grad()
-def encode(model, data, *, batch_size: int = 256) -> Tensor:
-    """Codes (N, Z) of a built-in model for ``data``: the mean of q(z|x) (for a mixture, the
-    responsibilities p(z|x)). ImageData goes through ``model.prepare`` first."""
-    if hasattr(data, "levels") and hasattr(model, "prepare"):
-        data = model.prepare(data)
-    x = getattr(data, "x", data)
-    was_training = model.training
-    model.eval()
-    try:
-        codes = []
+def encode(model, data, *, batch_size: int = 256, device=None) -> Tensor:
+    """Codes (N, Z) for ``data`` from a model's ``encode(x)`` (a built-in model's, or any
+    module's): the mean of q(z|x), or for a mixture the responsibilities p(z|x). data: ImageData
+    (a built-in model's ``inputs`` turn it into model units) or a tensor in model units.
+    device: where to compute (None: where the model is); the codes come back there."""
+    x = model.inputs(data)[0] if isinstance(data, ImageData) else data
+    device = place(model, device=device)
+    codes = []
+    with evaluating(model):
         for start in range(0, len(x), batch_size):
-            q = model.encode(x[start : start + batch_size])
-            codes.append(q.probs if hasattr(q, "probs") else q.mean)
-        return torch.cat(codes)
-    finally:
-        model.train(was_training)
+            q = model.encode(x[start : start + batch_size].to(device))
+            codes.append(q.probs if isinstance(q, torch.distributions.Categorical) else q.mean)
+    return torch.cat(codes)
 
 
 def linear_probe(

@@ -11,6 +11,7 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
+from lvmkit.distributions.observations import CategoricalObs, Observation
 from lvmkit.nets.pixelcnn import GatedPixelCNN, cached_fill
 
 
@@ -121,15 +122,38 @@ class AutoregressiveImage(TorchDistribution):
         return next(self.net.parameters()).device
 
 
-class AutoregressiveObs:
-    """The observation model p(x | h) = AutoregressiveImage(net, head, context=h), for an LVM
-    whose decoder output h conditions an autoregressive net (a PixelCNN decoder)."""
+class AutoregressiveObs(Observation):
+    """The observation model p(x | h) = AutoregressiveImage(net, head, context=h): a gated
+    PixelCNN over the levels, conditioned on an LVM decoder's output h (a PixelCNN decoder).
+    It owns its net (``.net``), which the model registers with ``pyro.module``."""
 
+    name = "pixelcnn"
     data_kind = "levels"
 
-    def __init__(self, net, head, context: int):
-        self.net, self.head, self.num_params = net, head, context
-        self.event_shape, self.levels = head.event_shape, head.levels
+    def __init__(
+        self,
+        event_shape,
+        levels: int | None = None,
+        ar_features: int = 32,
+        ar_layers: int = 3,
+        ar_context: int = 32,
+    ):
+        super().__init__(event_shape)
+        self.head = CategoricalObs(event_shape, levels)
+        self.levels, self.context = self.head.levels, ar_context
+        c = event_shape[0]
+        self.net = GatedPixelCNN(
+            c,
+            self.head.params_per_element,
+            layers=ar_layers,
+            features=-(-ar_features // c) * c,  # one group of feature maps per channel
+            context=ar_context,
+        )
+
+    @property
+    def num_params(self) -> int:
+        """The decoder's output h, of this size, conditions the net."""
+        return self.context
 
     def __call__(self, h: Tensor, mask: Tensor | None = None) -> AutoregressiveImage:
         if mask is not None:

@@ -18,15 +18,21 @@ from torch.nn import functional as F
 
 from lvmkit.distributions.logistic import DiscretizedLogisticMixture
 
-LIKELIHOODS = ("gaussian", "lowrank", "bernoulli", "categorical", "logistic")
-
 
 class Observation:
     """Base class. ``params_per_element`` numbers per data element, laid out parameter-major:
-    h.view(B, params_per_element, *event_shape)."""
+    h.view(B, params_per_element, *event_shape).
 
+    A subclass declares its ``name`` (in ``likelihoods.OBSERVATIONS``), the data it scores
+    (``data_kind``: "continuous" reals, "binary" 0/1, or integer "levels"), and whether it scores
+    one element at a time from its parameters (``per_element``: an ``element(params)`` method,
+    which autoregressive likelihoods need)."""
+
+    name = ""
     params_per_element = 1
     data_kind = "continuous"
+    per_element = False
+    net = None  # a module of its own (an autoregressive net), which the model registers
 
     def __init__(self, event_shape: tuple[int, ...]):
         self.event_shape = tuple(event_shape)
@@ -64,6 +70,7 @@ class Observation:
 class GaussianObs(Observation):
     """N(loc(h), diag scale(h)^2), the scale floored at ``min_scale``."""
 
+    name = "gaussian"
     params_per_element = 2
 
     def __init__(self, event_shape, min_scale: float = 0.03):
@@ -85,6 +92,8 @@ class GaussianObs(Observation):
 class LowRankGaussianObs(Observation):
     """N(loc(h), W(h) W(h)^T + diag d(h)) over the flattened data: a covariance of ``rank``
     directions plus a floored diagonal. For vector data; images are flattened and reshaped."""
+
+    name = "lowrank"
 
     def __init__(self, event_shape, rank: int = 2, min_scale: float = 0.03):
         super().__init__(event_shape)
@@ -118,6 +127,7 @@ class LowRankGaussianObs(Observation):
 class BernoulliObs(Observation):
     """Independent Bernoulli(logits(h)) for binary data."""
 
+    name = "bernoulli"
     data_kind = "binary"
 
     def __call__(self, h, mask=None):
@@ -137,8 +147,9 @@ class BernoulliObs(Observation):
 
 class _LevelsObs(Observation):
     data_kind = "levels"
+    per_element = True
 
-    def __init__(self, event_shape, levels: int):
+    def __init__(self, event_shape, levels: int | None = None):
         super().__init__(event_shape)
         if levels is None or levels < 2:
             raise ValueError(f"a '{self.name}' likelihood needs levels >= 2, got {levels!r}")
@@ -182,7 +193,7 @@ class LogisticObs(_LevelsObs):
 
     name = "logistic"
 
-    def __init__(self, event_shape, levels: int, components: int = 1):
+    def __init__(self, event_shape, levels: int | None = None, components: int = 1):
         super().__init__(event_shape, levels)
         self.components = components
 
@@ -208,29 +219,6 @@ class LogisticObs(_LevelsObs):
 
     def mean(self, h):
         return DiscretizedLogisticMixture(*self._params(h), self.levels).mean
-
-
-def make_observation(
-    likelihood: str,
-    event_shape,
-    *,
-    levels: int | None = None,
-    min_scale: float = 0.03,
-    rank: int = 2,
-    components: int = 1,
-) -> Observation:
-    """Build an observation model by name: one of LIKELIHOODS."""
-    if likelihood == "gaussian":
-        return GaussianObs(event_shape, min_scale)
-    if likelihood == "lowrank":
-        return LowRankGaussianObs(event_shape, rank, min_scale)
-    if likelihood == "bernoulli":
-        return BernoulliObs(event_shape)
-    if likelihood == "categorical":
-        return CategoricalObs(event_shape, levels)
-    if likelihood == "logistic":
-        return LogisticObs(event_shape, levels, components)
-    raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
 
 
 def check_support(obs: Observation, x: Tensor) -> None:

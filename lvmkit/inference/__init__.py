@@ -1,15 +1,33 @@
-"""Inference: one public function per strategy."""
+"""Inference: one public function per strategy (``fit``, ``em``, ``log_likelihood``,
+``evaluate``, ``nuts``), the ``Trainer`` for loops of your own, and checkpoints."""
 
 from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lvmkit.inference.svi import FitResult, NonFiniteLossError, Trainer, fit, resolve_device
+from lvmkit.inference.elbo import IWAELoss, Objective, ReparamELBO, make_elbo
+from lvmkit.inference.em import em
+from lvmkit.inference.fit import FitResult, fit
+from lvmkit.inference.importance import LogLikelihood, evaluate, log_likelihood
+from lvmkit.inference.mcmc import nuts
+from lvmkit.inference.mixture_em import GaussianMixtureEM
+from lvmkit.inference.programs import resolve_device
+from lvmkit.inference.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "CheckpointError",
     "FitResult",
+    "GaussianMixtureEM",
+    "IWAELoss",
+    "LogLikelihood",
     "NonFiniteLossError",
+    "Objective",
+    "ReparamELBO",
     "Trainer",
+    "em",
+    "evaluate",
     "fit",
     "load_checkpoint",
+    "log_likelihood",
+    "make_elbo",
+    "nuts",
     "resolve_device",
     "save_checkpoint",
 ]

@@ -1,9 +1,7 @@
-"""Importance weights per datapoint, and the importance-weighted bound (IWAE) built on them.
+"""Importance-sampled log p(x) per datapoint, for any model/guide pair, and ``evaluate`` for a
+built-in model (exact where the model can say log p(x) itself).
 
-Pyro's ``RenyiELBO(alpha=0)`` takes the log-mean-exp over particles of the weight of a whole batch,
-which for N independent datapoints is a far looser bound than Burda et al.'s per-datapoint IWAE.
-Here every sample site must sit inside ``pyro.plate("data", N)``, so the weights split per
-datapoint and the log-mean-exp is taken for each datapoint separately.
+Every sample site must sit inside ``pyro.plate("data", N)``, so the weights split per datapoint.
 """
 
 from __future__ import annotations
@@ -11,142 +9,59 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
+from tqdm.auto import tqdm
 
-DATA_PLATE = "data"
-
-
-def is_plate_site(site) -> bool:
-    """A plate's own bookkeeping site (its subsample indices) in a trace or message."""
-    return type(site["fn"]).__name__ == "_Subsample"
-
-
-def is_latent(site) -> bool:
-    """An unobserved sample site that is a random variable (not a plate's bookkeeping)."""
-    return site["type"] == "sample" and not site["is_observed"] and not is_plate_site(site)
-
-
-def _cell_value(cell):
-    try:
-        return cell.cell_contents
-    except ValueError:  # a closure variable not assigned yet
-        return None
+from lvmkit.data import as_dataset
+from lvmkit.inference.programs import (
+    evaluating,
+    max_plate_nesting,
+    on_device,
+    particle_traces,
+    per_datapoint,
+    place,
+)
 
 
-def modules_behind(*fns) -> list[torch.nn.Module]:
-    """The distinct nn.Modules behind model/guide callables: a module itself, the owner of a
-    bound method (``lvm.model``), and the modules a plain function holds in its closure or
-    names as globals (a user's ``def model(x): pyro.module("dec", dec)``)."""
-    found = {}
-    for fn in fns:
-        candidates = [fn, getattr(fn, "__self__", None)]
-        code = getattr(fn, "__code__", None)
-        if code is not None:
-            candidates += [_cell_value(c) for c in fn.__closure__ or ()]
-            candidates += [fn.__globals__.get(name) for name in code.co_names]
-        for obj in candidates:
-            if isinstance(obj, torch.nn.Module):
-                found[id(obj)] = obj
-    return list(found.values())
-
-
-def max_plate_nesting(model, guide, *args) -> int:
-    """How many plate dims model and guide use (they are run once, blocked, without gradients)."""
-    with torch.no_grad(), poutine.block():
-        guide_tr = poutine.trace(guide).get_trace(*args)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
-    dims = [
-        -frame.dim
-        for tr in (guide_tr, model_tr)
-        for site in tr.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return max(dims, default=0)
-
-
-def per_datapoint(trace, plate_nesting: int, *, latent_only: bool = False) -> Tensor:
-    """Sum of a trace's scaled log-probs per (particle, datapoint): (K or 1, N or 1).
-
-    Sites' batch shapes are right-aligned against (K, ..., N, ...), with the particle dim at
-    -plate_nesting-1; every dim but those two is summed. ``latent_only`` skips observed sites.
-    """
-    trace = prune_subsample_sites(trace)  # drop the plates' own bookkeeping sites
-    trace.compute_log_prob()
-    total = torch.zeros(1, 1)
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or (latent_only and site["is_observed"]):
-            continue
-        frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
-        if not frames:
-            raise ValueError(
-                f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N): importance "
-                "weights per datapoint need every sample site in the data plate"
-            )
-        lp = site["log_prob"]
-        lp = lp.reshape((1,) * (plate_nesting + 1 - lp.dim()) + lp.shape)
-        keep = {0, plate_nesting + 1 + frames[0].dim}  # particle axis, data axis
-        other = [d for d in range(lp.dim()) if d not in keep]
-        total = total.to(lp) + (lp.sum(other) if other else lp)
-    return total
-
-
-def log_weights(model, guide, *args, num_particles: int = 1, plate_nesting: int) -> Tensor:
-    """log p(x_n, z_kn) - log q(z_kn | x_n) for K = num_particles draws z_kn ~ q(z|x_n): (K, N).
+def log_weights(model, guide, *args, num_samples: int = 1, plate_nesting: int) -> Tensor:
+    """log p(x_n, z_kn) - log q(z_kn | x_n) for K = num_samples draws z_kn ~ q(z|x_n): (K, N).
 
     ``plate_nesting`` is ``max_plate_nesting(model, guide, *args)``; particles are vectorized in a
     plate to its left, so the model must put its batch dims in plates (standard Pyro style).
     """
-    with pyro.plate("particles", num_particles, dim=-plate_nesting - 1):
-        guide_tr = poutine.trace(guide).get_trace(*args)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+    guide_tr, model_tr = particle_traces(
+        model, guide, args, num_samples=num_samples, plate_nesting=plate_nesting
+    )
     lw = per_datapoint(model_tr, plate_nesting) - per_datapoint(guide_tr, plate_nesting)
-    return lw.expand(num_particles, -1)
-
-
-class IWAELoss:
-    """The importance-weighted bound with K particles, as a loss: -sum_n log mean_k w_kn.
-
-    K = 1 gives the standard ELBO estimate. Same ``differentiable_loss`` door as Pyro's ELBOs.
-    """
-
-    def __init__(self, num_particles: int):
-        self.num_particles = num_particles
-        self._plate_nesting: int | None = None  # found on the first call
-
-    def differentiable_loss(self, model, guide, *args) -> Tensor:
-        if self._plate_nesting is None:
-            self._plate_nesting = max_plate_nesting(model, guide, *args)
-        lw = log_weights(
-            model,
-            guide,
-            *args,
-            num_particles=self.num_particles,
-            plate_nesting=self._plate_nesting,
-        )  # (K, N)
-        bound = torch.logsumexp(lw, dim=0) - math.log(self.num_particles)  # (N,)
-        return -bound.sum()
-
-    def loss(self, model, guide, *args) -> float:
-        """The same bound as a float, without gradients."""
-        with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args))
+    return lw.expand(num_samples, -1)
 
 
 @dataclass
 class LogLikelihood:
-    """Importance-sampled log p(x) per datapoint, in nats."""
+    """log p(x) per datapoint, in nats."""
 
-    values: Tensor  # (N,)
+    values: Tensor  # (N,), float64, on the CPU
     mean: float
     stderr: float  # standard error of the mean over datapoints
     bits_per_dim: float | None  # -mean / (D log 2), for discrete data; None otherwise
-    num_samples: int
+    num_samples: int  # importance samples per datapoint (1 when exact)
+    exact: bool = False  # computed in closed form, not estimated
+
+    @classmethod
+    def of(cls, values: Tensor, dims: int, discrete: bool, num_samples: int, exact: bool):
+        """Summarise per-datapoint values (N,) of data with ``dims`` numbers per datapoint."""
+        values = values.double().cpu()
+        mean = float(values.mean())
+        stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan
+        bpd = -mean / (dims * math.log(2)) if discrete else None
+        return cls(values, mean, stderr, bpd, num_samples, exact)
+
+
+def _batches(dataset, batch_size: int, progress: bool, what: str):
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc=what, unit="batch", disable=not progress, dynamic_ncols=True):
+        yield dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
 
 
 def log_likelihood(
@@ -159,48 +74,79 @@ def log_likelihood(
     particle_chunk: int | None = None,
     discrete: bool | None = None,
     seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> LogLikelihood:
     """log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per datapoint.
 
-    data: a tensor, a tuple of tensors (passed positionally) or ImageData. Particles are drawn
+    data: a tensor, a tuple of tensors (passed positionally) or a Dataset. Particles are drawn
     ``particle_chunk`` at a time (default: about 65k particle-datapoints per pass), so memory
     stays bounded for K in the thousands. ``discrete`` (default: ImageData with levels) adds
-    bits per dimension. Built-in models are put in eval mode while estimating.
+    bits per dimension. The modules behind model and guide are put in eval mode while
+    estimating. device: where to compute (None: where the modules' parameters are).
     """
-    from lvmkit.inference.svi import as_dataset  # svi imports this module
-
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if discrete is None:
         discrete = getattr(data, "levels", None) is not None
-    dataset = as_dataset(data, "data")
+    device = place(model, guide, device=device)
+    dataset = as_dataset(data, "data").to(device)
     chunk = particle_chunk or max(1, min(num_samples, 65536 // batch_size))
-    modes = [(m, m.training) for m in modules_behind(model, guide)]
     values, nesting = [], None
-    try:
-        for module, _ in modes:
-            module.eval()
-        with torch.random.fork_rng(), torch.no_grad():
-            torch.manual_seed(seed)
-            for start in range(0, len(dataset), batch_size):
-                batch = dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
+    devices = [device] if device.type == "cuda" else []
+    with evaluating(model, guide), torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        with on_device(device):
+            for batch in _batches(dataset, batch_size, progress, "log p(x)"):
                 if nesting is None:
                     nesting = max_plate_nesting(model, guide, *batch)
                 total = None
                 for k0 in range(0, num_samples, chunk):
                     k = min(chunk, num_samples - k0)
-                    lse = torch.logsumexp(
-                        log_weights(model, guide, *batch, num_particles=k, plate_nesting=nesting),
-                        dim=0,
-                    )
+                    lw = log_weights(model, guide, *batch, num_samples=k, plate_nesting=nesting)
+                    lse = torch.logsumexp(lw, dim=0)
                     total = lse if total is None else torch.logaddexp(total, lse)
                 values.append(total - math.log(num_samples))
-    finally:
-        for module, was_training in modes:
-            module.train(was_training)
-    values = torch.cat(values).double().cpu()
-    mean = float(values.mean())
-    stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     dims = dataset.batch(torch.arange(1))[0][0].numel()
-    bpd = -mean / (dims * math.log(2)) if discrete else None
-    return LogLikelihood(values, mean, stderr, bpd, num_samples)
+    return LogLikelihood.of(torch.cat(values), dims, discrete, num_samples, exact=False)
+
+
+def evaluate(
+    model,
+    data,
+    *,
+    num_samples: int = 1000,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> LogLikelihood:
+    """log p(x) of a built-in model (``lvmkit.models.BuiltinModel``) on ``data`` (ImageData,
+    which ``model.prepare`` turns into the model's units): exact where the model declares
+    ``density = "exact"`` (mixtures, autoregressive models), importance-sampled with its guide
+    otherwise. Returns a LogLikelihood with ``exact`` set accordingly."""
+    if model.density is None:
+        raise ValueError(
+            f"{type(model).__name__} defines no density p(x) to evaluate (an autoencoder's code "
+            "has no prior); fit a latent variable model such as lvm instead"
+        )
+    prepared = model.prepare(data)
+    discrete = model.data_kind != "continuous"
+    if model.density == "importance":
+        return log_likelihood(
+            model.model,
+            model.guide,
+            prepared,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            discrete=discrete,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+    device = place(model, device=device)
+    dataset = as_dataset(prepared, "data").to(device)
+    with evaluating(model), torch.no_grad(), on_device(device):
+        values = [model.log_prob(*b) for b in _batches(dataset, batch_size, progress, "log p(x)")]
+    dims = dataset.batch(torch.arange(1))[0][0].numel()
+    return LogLikelihood.of(torch.cat(values), dims, discrete, 1, exact=True)

@@ -2,6 +2,7 @@
 
 from lvmkit.models.autoencoders import Autoencoder, AutoencoderConfig
 from lvmkit.models.autoregressive import AutoregressiveConfig, AutoregressiveDensity
+from lvmkit.models.base import BuiltinModel
 from lvmkit.models.conditional import (
     CompletionBaseline,
     CompletionData,
@@ -11,7 +12,7 @@ from lvmkit.models.conditional import (
 )
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
-from lvmkit.models.registry import MODELS, build_model
+from lvmkit.models.registry import MODELS, build_model, rebuild, register_model
 
 __all__ = [
     "MODELS",
@@ -19,6 +20,7 @@ __all__ = [
     "AutoencoderConfig",
     "AutoregressiveConfig",
     "AutoregressiveDensity",
+    "BuiltinModel",
     "CompletionBaseline",
     "CompletionData",
     "ConditionalLVM",
@@ -29,4 +31,6 @@ __all__ = [
     "GaussianMixtureConfig",
     "build_model",
     "quadrant_masks",
+    "rebuild",
+    "register_model",
 ]

@@ -14,16 +14,16 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
-from torch import Tensor, nn
+from torch import Tensor
 
 from lvmkit.distributions import check_support
+from lvmkit.models.base import BuiltinModel
 from lvmkit.models.common import (
     check_batch,
     fill_unknown,
     make_decoder,
     make_encoder,
     observation_for,
-    prepare_images,
 )
 
 KINDS = ("bottleneck", "sparse", "denoising")
@@ -49,8 +49,14 @@ class AutoencoderConfig:
     noise: float = 0.3  # denoising: the share of pixels zeroed before encoding, while training
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(BuiltinModel):
     """x -> z = f(x) -> p(x | z). ``kind`` picks the bottleneck, sparse or denoising variant."""
+
+    config_class = AutoencoderConfig
+    can_sample = False  # no generative prior over codes
+    can_reconstruct = True
+    can_encode = True
+    density = None  # the code has no (proper) prior: no p(x)
 
     def __init__(self, config: AutoencoderConfig | None = None):
         super().__init__()
@@ -61,9 +67,6 @@ class Autoencoder(nn.Module):
         self.encoder = make_encoder(c.net, c.image_shape, c.hidden, c.z_dim)
         self.decoder = make_decoder(c.net, c.z_dim, c.hidden, self.obs)
         self.register_buffer("code_loc", torch.zeros(c.z_dim))  # follows the module's device
-
-    def prepare(self, data):
-        return prepare_images(data, self.config.likelihood)
 
     def code_prior(self) -> dist.Distribution:
         """The codes' prior: flat (bottleneck, denoising) or Laplace (sparse); event shape (Z,)."""
@@ -112,5 +115,8 @@ class Autoencoder(nn.Module):
             fill = fill_unknown(x, known, self.reconstruct(fill))
         return fill
 
-    def sample(self, n: int, **_) -> Tensor:
+    def sample(self, n: int) -> Tensor:
+        raise ValueError(NO_PRIOR)
+
+    def sample_images(self, n: int) -> Tensor:
         raise ValueError(NO_PRIOR)

@@ -10,8 +10,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lvmkit import data as lvdata
-from lvmkit.distributions import AutoregressiveImage, make_observation
-from lvmkit.models.common import check_batch
+from lvmkit.distributions import (
+    OBSERVATIONS,
+    AutoregressiveImage,
+    observation_class,
+)
+from lvmkit.models.base import BuiltinModel
+from lvmkit.models.common import check_batch, observation_for
 from lvmkit.nets import GatedPixelCNN, PixelTransformer, ScanlineRNN
 
 ARCHITECTURES = ("gated", "transformer", "rnn")
@@ -58,23 +63,36 @@ def make_net(c: AutoregressiveConfig, params: int, context: int) -> nn.Module:
     raise ValueError(f"unknown net {c.net!r}; choose one of {list(ARCHITECTURES)}")
 
 
-class AutoregressiveDensity(nn.Module):
+class AutoregressiveDensity(BuiltinModel):
     """p(x) = prod_i p(x_i | x_<i) over pixels and channels (or p(x | y) for a class y)."""
 
-    has_latents = False  # log p(x) is exact: no importance sampling needed
+    config_class = AutoregressiveConfig
+    density = "exact"  # no latent variable: log p(x) in one pass
+
+    @classmethod
+    def config_for_data(cls, image_shape, levels, settings):
+        config = super().config_for_data(image_shape, levels, settings)
+        if config.net == "gated":  # feature maps must split into one group per channel
+            c = config.image_shape[0]
+            config.features = -(-config.features // c) * c
+        return config
 
     def __init__(self, config: AutoregressiveConfig | None = None):
         super().__init__()
         self.config = c = config or AutoregressiveConfig()
-        if c.likelihood not in ("categorical", "logistic"):
+        head = observation_class(c.likelihood)
+        if not head.per_element:
+            per_element = [name for name, cls in OBSERVATIONS.items() if cls.per_element]
             raise ValueError(
-                "an autoregressive density needs likelihood 'categorical' or "
-                f"'logistic', got {c.likelihood!r}"
+                f"an autoregressive density needs a per-element likelihood, one of {per_element}; "
+                f"got {c.likelihood!r}"
             )
-        self.head = make_observation(
-            c.likelihood, c.image_shape, levels=c.levels, components=c.components
-        )
+        self.head = observation_for(c)
         self.net = make_net(c, self.head.params_per_element, c.num_classes)
+
+    @property
+    def data_kind(self) -> str:
+        return self.head.data_kind
 
     def prepare(self, data: lvdata.ImageData):
         """Level data (x,), or (x, y) for a class-conditional model."""
@@ -113,6 +131,11 @@ class AutoregressiveDensity(nn.Module):
 
     def guide(self, x=None, y=None, n=None) -> None:
         """No latent variable: fitting is maximum likelihood."""
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Exact log p(x) (or log p(x | y)) per image: (B,)."""
+        check_batch(self, x, self.config.image_shape)
+        return self.distribution(y, len(x)).log_prob(x)
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:

@@ -1,14 +1,14 @@
-"""Pieces the image models share: nets by name, data prepared for a likelihood, shape checks."""
+"""Pieces the image models share: nets by name, observation models from configs, shape checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lvmkit import data as lvdata
 from lvmkit.distributions import Observation, make_observation
 from lvmkit.nets import MLP, ConvDecoder, ConvEncoder
 
@@ -41,36 +41,16 @@ def make_decoder(net: str, in_features: int, hidden: tuple[int, ...], obs: Obser
 
 
 def observation_for(config) -> Observation:
-    """The observation model a config names (likelihood, image_shape, levels, ...)."""
-    return make_observation(
-        config.likelihood,
-        config.image_shape,
-        levels=config.levels,
-        min_scale=config.min_scale,
-        rank=config.rank,
-        components=config.components,
-    )
+    """The observation model a config names: its ``likelihood`` for data of its
+    ``image_shape``, with the settings it holds (levels, min_scale, rank, components, ...)."""
+    settings = dataclasses.asdict(config)
+    return make_observation(settings.pop("likelihood"), settings.pop("image_shape"), **settings)
 
 
 def gaussian_params(h: Tensor) -> tuple[Tensor, Tensor]:
     """(B, 2Z) -> loc (B, Z), scale (B, Z), the scale kept away from 0 for a stable log q."""
     loc, raw = h.chunk(2, dim=-1)
     return loc, F.softplus(raw) + 1e-4
-
-
-def prepare_images(data: lvdata.ImageData, likelihood: str) -> lvdata.ImageData:
-    """The data in the units a likelihood scores: [0, 1] for Gaussians, {0, 1} for Bernoulli,
-    integer levels for categorical and logistic."""
-    if likelihood in ("gaussian", "lowrank"):
-        return lvdata.scale(data) if data.levels is not None else data
-    if likelihood == "bernoulli":
-        return data if data.levels == 2 else lvdata.binarize(data)
-    if data.levels is None:
-        raise ValueError(
-            f"the '{likelihood}' likelihood needs discrete data with declared levels; "
-            f"{data.name} is continuous: quantize it (lvmkit.data.quantize)"
-        )
-    return data
 
 
 def check_batch(model: nn.Module, x: Tensor, image_shape) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pyro
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lvmkit import data as lvdata
+from lvmkit.models.base import BuiltinModel
 
 COVARIANCES = ("diag", "full")
 
@@ -30,16 +32,34 @@ class GaussianMixtureConfig:
     # Size of the whole dataset, so that a minibatch carries its share of the prior. None applies
     # the whole prior to every batch (right when each batch is the whole dataset).
     num_data: int | None = None
+    # The data's shape as pictures (C, H, W), when the vectors are flattened images; None draws
+    # each vector as one row.
+    image_shape: tuple[int, ...] | None = None
 
 
-class GaussianMixture(nn.Module):
+class GaussianMixture(BuiltinModel):
     """K Gaussians in D dims. Fit with ``lvmkit.fit(gmm.model, gmm.guide, x, elbo="enum")``.
 
     Parameters are stored as weight logits (K,), means (K, D) and either log std devs (K, D) or
     Cholesky factors with a log diagonal (K, D, D), so EM can write closed-form values in.
     """
 
+    config_class = GaussianMixtureConfig
+    can_encode = True  # encode(x): the responsibilities p(z | x)
+    closed_form_em = True  # lvmkit.em(gmm, x)
+    density = "exact"
     default_elbo = "enum"
+    data_kind = "continuous"
+
+    @classmethod
+    def config_for_data(cls, image_shape, levels, settings):
+        """Images become vectors of dim C*H*W."""
+        shape = tuple(image_shape)
+        return cls.config_class(**settings, dim=math.prod(shape), image_shape=shape)
+
+    @property
+    def picture_shape(self) -> tuple[int, int, int]:
+        return tuple(self.config.image_shape or (1, 1, self.config.dim))
 
     def __init__(self, config: GaussianMixtureConfig | None = None):
         super().__init__()
@@ -218,6 +238,10 @@ class GaussianMixture(nn.Module):
         """n draws: x (n, D) and their components z (n,)."""
         z = dist.Categorical(logits=self.weight_logits).sample((n,))
         return self.component(z).sample(), z
+
+    def sample_images(self, n: int) -> Tensor:
+        """n draws as pictures (n, C, H, W)."""
+        return self.to_images(self.sample(n)[0])
 
     def encode(self, x: Tensor) -> dist.Distribution:
         """p(z | x) as a distribution over components."""

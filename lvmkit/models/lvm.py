@@ -9,9 +9,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from torch import Tensor, nn
+from torch import Tensor
 
-from lvmkit.distributions import AutoregressiveObs, check_support, make_observation
+from lvmkit.distributions import check_support
+from lvmkit.models.base import BuiltinModel
 from lvmkit.models.common import (
     check_batch,
     fill_unknown,
@@ -19,9 +20,7 @@ from lvmkit.models.common import (
     make_decoder,
     make_encoder,
     observation_for,
-    prepare_images,
 )
-from lvmkit.nets import GatedPixelCNN
 
 
 @dataclass
@@ -51,7 +50,7 @@ class GaussianLVMConfig:
     ar_context: int = 32  # and the size of the decoder output it is conditioned on
 
 
-class GaussianLVM(nn.Module):
+class GaussianLVM(BuiltinModel):
     """p(z) = N(0, I);  p(x|z) = obs(decoder(z));  q(z|x) = N(mu(x), diag sigma(x)^2).
 
     ``model(x)`` scores a batch (B, *image_shape); ``model(n=16)`` samples the prior predictive.
@@ -59,34 +58,22 @@ class GaussianLVM(nn.Module):
     the model the exact p(x, z), e.g. for likelihood estimates.
     """
 
+    config_class = GaussianLVMConfig
+    can_reconstruct = True
+    can_encode = True
+    gaussian_code = True
+
     def __init__(self, config: GaussianLVMConfig | None = None):
         super().__init__()
         self.config = config = config or GaussianLVMConfig()
-        if config.likelihood == "pixelcnn":
-            head = make_observation("categorical", config.image_shape, levels=config.levels)
-            c = config.image_shape[0]
-            self.ar_net = GatedPixelCNN(
-                c,
-                head.params_per_element,
-                layers=config.ar_layers,
-                features=-(-config.ar_features // c) * c,
-                context=config.ar_context,
-            )
-            self.obs = AutoregressiveObs(self.ar_net, head, config.ar_context)
-        else:
-            self.ar_net = None
-            self.obs = observation_for(config)
+        self.obs = observation_for(config)
+        self.ar_net = self.obs.net  # a PixelCNN decoder's own net, or None
         self.encoder = make_encoder(config.net, config.image_shape, config.hidden, 2 * config.z_dim)
         self.decoder = make_decoder(config.net, config.z_dim, config.hidden, self.obs)
         # Buffers, so the prior follows the module's device and dtype.
         self.register_buffer("prior_loc", torch.zeros(config.z_dim))
         self.register_buffer("prior_scale", torch.ones(config.z_dim))
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for warm-up
-
-    def prepare(self, data):
-        """ImageData in the units this model's likelihood scores."""
-        likelihood = self.config.likelihood
-        return prepare_images(data, "categorical" if likelihood == "pixelcnn" else likelihood)
 
     def _n(self, x: Tensor | None, n: int | None) -> int:
         if x is None:
@@ -104,6 +91,11 @@ class GaussianLVM(nn.Module):
     def decode(self, z: Tensor) -> dist.Distribution:
         """p(x|z) for z (B, Z): a distribution with event shape ``image_shape``."""
         return self.obs(self.decoder(z))
+
+    @torch.no_grad()
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """E[x|z] for z (B, Z): (B, *image_shape) (a draw for a PixelCNN decoder)."""
+        return self.obs.mean(self.decoder(z))
 
     def encode(self, x: Tensor) -> dist.Distribution:
         """q(z|x) for a batch: a Normal with event shape (Z,)."""
@@ -161,22 +153,24 @@ class GaussianLVM(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, *, mean: bool = False) -> Tensor:
         """n draws from p(x); ``mean=True`` gives E[x|z] for z ~ p(z) instead."""
-        h = self.decoder(self.prior().sample((n,)))
-        return self.obs.mean(h) if mean else self.obs(h).sample()
+        z = self.prior().sample((n,))
+        return self.decode_mean(z) if mean else self.decode(z).sample()
+
+    def sample_images(self, n: int) -> Tensor:
+        """E[x|z] for n draws z ~ p(z), as pictures: clearer than draws of pixel noise."""
+        return self.to_images(self.sample(n, mean=True))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x | z = mean of q(z|x)]."""
-        return self.obs.mean(self.decoder(self.encode(x).mean))
+        return self.decode_mean(self.encode(x).mean)
 
     @torch.no_grad()
     def complete(self, x: Tensor, known: Tensor, steps: int = 20) -> Tensor:
         """Fill the pixels where ``known`` is False by pseudo-Gibbs sampling (Rezende et al.
         2014): encode the current fill, decode, replace the unknown pixels; known ones stay."""
-        fill = fill_unknown(
-            x, known, self.obs.mean(self.decoder(self.prior_loc.expand(len(x), -1)))
-        )
+        fill = fill_unknown(x, known, self.decode_mean(self.prior_loc.expand(len(x), -1)))
         for _ in range(steps):
             z = self.encode(fill).sample()
-            fill = fill_unknown(x, known, self.obs(self.decoder(z)).sample())
+            fill = fill_unknown(x, known, self.decode(z).sample())
         return fill

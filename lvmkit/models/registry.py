@@ -1,79 +1,106 @@
-"""Built-in models by name, built for a dataset's shape and levels."""
+"""Built-in models by name, built for a dataset's shape and levels. ``register_model`` adds one."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from dataclasses import dataclass, field
 
-from lvmkit.models.autoencoders import Autoencoder, AutoencoderConfig
-from lvmkit.models.autoregressive import AutoregressiveConfig, AutoregressiveDensity
-from lvmkit.models.conditional import ConditionalLVM, ConditionalLVMConfig
-from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
-from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
+from lvmkit.models.autoencoders import Autoencoder
+from lvmkit.models.autoregressive import AutoregressiveDensity
+from lvmkit.models.base import BuiltinModel
+from lvmkit.models.conditional import ConditionalLVM
+from lvmkit.models.gmm import GaussianMixture
+from lvmkit.models.lvm import GaussianLVM
 
-# name -> (model class, config class, fixed config values, one line for --help and the README)
-MODELS = {
-    "gmm": (GaussianMixture, GaussianMixtureConfig, {}, "Gaussian mixture, z summed out"),
-    "lvm": (GaussianLVM, GaussianLVMConfig, {}, "p(z)=N(0,I), p(x|z)=obs(decoder(z))"),
-    "clvm": (ConditionalLVM, ConditionalLVMConfig, {}, "p(y|x)=int p(y|x,z)p(z|x)dz, completion"),
-    "ae": (Autoencoder, AutoencoderConfig, {"kind": "bottleneck"}, "bottleneck autoencoder"),
-    "sae": (
-        Autoencoder,
-        AutoencoderConfig,
-        {"kind": "sparse"},
-        "sparse (L1 / Laplace) autoencoder",
-    ),
-    "dae": (Autoencoder, AutoencoderConfig, {"kind": "denoising"}, "denoising autoencoder"),
-    "pixelcnn": (
-        AutoregressiveDensity,
-        AutoregressiveConfig,
-        {"net": "gated"},
-        "gated PixelCNN density p(x)",
-    ),
-    "cpixelcnn": (
-        AutoregressiveDensity,
-        AutoregressiveConfig,
-        {"net": "gated"},
-        "class-conditional gated PixelCNN p(x|y)",
-    ),
-    "pixellvm": (
-        GaussianLVM,
-        GaussianLVMConfig,
-        {"likelihood": "pixelcnn"},
-        "GaussianLVM with a PixelCNN decoder, free bits and KL warm-up",
-    ),
-    "pixeltransformer": (
-        AutoregressiveDensity,
-        AutoregressiveConfig,
-        {"net": "transformer"},
-        "Pixel Transformer: local causal self-attention p(x)",
-    ),
-    "scanlinernn": (
-        AutoregressiveDensity,
-        AutoregressiveConfig,
-        {"net": "rnn"},
-        "scanline GRU over raster order p(x)",
-    ),
-}
-# Config defaults that differ from the classes' own when a model is fitted to image data by name.
-IMAGE_DEFAULTS = {
-    "gmm": {"components": 10},
-    "cpixelcnn": {"num_classes": 10},
-    "pixeltransformer": {"layers": 3, "features": 64},
-    "pixellvm": {"free_bits": 0.25, "kl_warmup_steps": 500},
-    "scanlinernn": {"layers": 2, "features": 64},
-}
+DERIVED = ("image_shape", "dim")  # config fields set from the data, never by a user
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    cls: type  # a BuiltinModel subclass
+    description: str  # one line, for --help
+    fixed: dict = field(default_factory=dict)  # config values this name fixes
+    defaults: dict = field(default_factory=dict)  # defaults for image data, over the class's
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    cls: type,
+    description: str,
+    *,
+    fixed: dict | None = None,
+    defaults: dict | None = None,
+) -> None:
+    """Make a ``BuiltinModel`` subclass available by name (``lvmkit fit NAME``, load_run)."""
+    if not (isinstance(cls, type) and issubclass(cls, BuiltinModel)):
+        raise ValueError(f"{cls!r} is not a BuiltinModel subclass (lvmkit.models.base)")
+    MODELS[name] = ModelEntry(cls, description, dict(fixed or {}), dict(defaults or {}))
+
+
+register_model(
+    "gmm", GaussianMixture, "Gaussian mixture, z summed out", defaults={"components": 10}
+)
+register_model("lvm", GaussianLVM, "p(z)=N(0,I), p(x|z)=obs(decoder(z))")
+register_model("clvm", ConditionalLVM, "p(y|x)=int p(y|x,z)p(z|x)dz, completion")
+register_model("ae", Autoencoder, "bottleneck autoencoder", fixed={"kind": "bottleneck"})
+register_model("sae", Autoencoder, "sparse (L1 / Laplace) autoencoder", fixed={"kind": "sparse"})
+register_model("dae", Autoencoder, "denoising autoencoder", fixed={"kind": "denoising"})
+register_model(
+    "pixelcnn", AutoregressiveDensity, "gated PixelCNN density p(x)", fixed={"net": "gated"}
+)
+register_model(
+    "cpixelcnn",
+    AutoregressiveDensity,
+    "class-conditional gated PixelCNN p(x|y)",
+    fixed={"net": "gated"},
+    defaults={"num_classes": 10},
+)
+register_model(
+    "pixellvm",
+    GaussianLVM,
+    "GaussianLVM with a PixelCNN decoder, free bits and KL warm-up",
+    fixed={"likelihood": "pixelcnn"},
+    defaults={"free_bits": 0.25, "kl_warmup_steps": 500},
+)
+register_model(
+    "pixeltransformer",
+    AutoregressiveDensity,
+    "Pixel Transformer: local causal self-attention p(x)",
+    fixed={"net": "transformer"},
+    defaults={"layers": 3, "features": 64},
+)
+register_model(
+    "scanlinernn",
+    AutoregressiveDensity,
+    "scanline GRU over raster order p(x)",
+    fixed={"net": "rnn"},
+    defaults={"layers": 2, "features": 64},
+)
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def _tuples(values: dict) -> dict:
+    """TOML and JSON give lists where configs hold tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def config_fields(name: str) -> dict:
     """The settable config fields of a built-in model and their defaults."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    _, config_cls, fixed, _ = MODELS[name]
-    values = {f.name: f.default for f in dataclasses.fields(config_cls) if f.name not in fixed}
-    values.update(IMAGE_DEFAULTS.get(name, {}))
-    for derived in ("image_shape", "dim"):  # set from the data
-        values.pop(derived, None)
+    entry = _entry(name)
+    values = {
+        f.name: f.default
+        for f in dataclasses.fields(entry.cls.config_class)
+        if f.name not in entry.fixed and f.name not in DERIVED
+    }
+    values.update(entry.defaults)
     return values
 
 
@@ -87,25 +114,12 @@ def build_model(name: str, image_shape, data_levels: int | None, settings: dict 
         raise ValueError(
             f"unknown setting(s) {unknown} for model {name!r}; valid: {sorted(fields)}"
         )
-    model_cls, config_cls, fixed, _ = MODELS[name]
-    values = {**fields, **overrides, **fixed}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    if name == "gmm":
-        values["dim"] = math.prod(image_shape)
-    else:
-        values["image_shape"] = tuple(image_shape)
-        discrete = ("categorical", "logistic", "pixelcnn")
-        if values.get("levels") is None and values.get("likelihood") in discrete:
-            values["levels"] = data_levels
-        if model_cls is AutoregressiveDensity and values["net"] == "gated":
-            c = values["image_shape"][0]  # features must split into one group per channel
-            values["features"] = -(-values["features"] // c) * c
-    return model_cls(config_cls(**values))
+    entry = MODELS[name]
+    values = _tuples({**fields, **overrides, **entry.fixed})
+    return entry.cls(entry.cls.config_for_data(image_shape, data_levels, values))
 
 
 def rebuild(name: str, config: dict):
-    """A model from a saved config dict (lists back to tuples)."""
-    model_cls, config_cls, _, _ = MODELS[name]
-    return model_cls(
-        config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-    )
+    """A model from its saved config dict."""
+    entry = _entry(name)
+    return entry.cls(entry.cls.config_class(**_tuples(config)))

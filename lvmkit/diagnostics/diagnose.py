@@ -1,0 +1,236 @@
+"""``diagnose(model, data) -> Report``: what a report says about a fitted built-in model.
+
+The report is built by the section functions in ``SECTIONS``, in order. Each takes the shared
+``Context``, may add numbers to ``ctx.results`` and pictures to ``ctx.figures``, and returns a
+``Section`` (or None where it does not apply). A new diagnostic is one function and one entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lvmkit.data import ImageData
+from lvmkit.diagnostics.plots import bars, histogram, image_grid, latent_space
+from lvmkit.diagnostics.posteriors import (
+    amortization_gap,
+    khat_bands,
+    kl_per_dimension,
+    mutual_information,
+    posterior,
+    psis_khat,
+)
+from lvmkit.diagnostics.report import Report, Section
+from lvmkit.diagnostics.representation import active_units, encode
+
+UNRELIABLE_SHARE = 0.3  # above this share of k-hat > 0.7 the report says what to do next
+TRAVERSED_DIMS = 6  # rows of the traversal picture: the dimensions with the most KL
+
+
+@dataclass
+class Context:
+    """What the sections share: the model, the data, settings, and what earlier sections found."""
+
+    model: object
+    data: ImageData
+    x: Tensor  # the data in model units
+    summary: dict
+    evaluation: dict | None
+    num_samples: int
+    seed: int
+    results: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
+    found: dict = field(default_factory=dict)  # tensors later sections reuse
+
+
+def _training(ctx: Context) -> Section:
+    ctx.results["summary"] = ctx.summary
+    return Section("Training", [(k, v, "") for k, v in ctx.summary.items()], "the fit's summary")
+
+
+def _likelihood(ctx: Context) -> Section | None:
+    if ctx.evaluation is None:
+        return None
+    ctx.results["evaluation"] = ctx.evaluation
+    rows = [(k, v, "") for k, v in ctx.evaluation.items()]
+    return Section("Likelihood", rows, "on the test split (lvmkit evaluate)")
+
+
+def _trust(ctx: Context) -> Section:
+    """PSIS k-hat of the guide's importance weights, on up to 100 images."""
+    xs = ctx.x[:100]
+    model = ctx.model
+    idata = posterior(model.model, model.guide, xs, num_samples=ctx.num_samples, seed=ctx.seed)
+    ctx.found["posterior"] = idata
+    khat = psis_khat(idata)
+    bands = khat_bands(khat)
+    ctx.results["khat_bands"] = bands
+    ctx.figures["khat.png"] = histogram(khat, xlabel="PSIS k-hat", lines=(0.5, 0.7))
+    rows = [(band, share, "share of test images") for band, share in bands.items()]
+    if bands["unreliable (>0.7)"] > UNRELIABLE_SHARE:
+        rows.append(
+            (
+                "what next",
+                "",
+                "q(z|x) is narrower than p(z|x) or misses part of it for many images: an "
+                "importance-sampled log p(x) is then biased low and needs far more samples. "
+                "Train with elbo='iwae' (more samples widen q), give the encoder more capacity, "
+                "or check a few images against NUTS (lvmkit.nuts)",
+            )
+        )
+    note = (
+        f"k-hat of the importance weights p(x,z)/q(z|x), {ctx.num_samples} draws per image; "
+        "above 0.7 the guide misses part of the posterior"
+    )
+    return Section("Can the guide be trusted? (PSIS k-hat, Yao et al. 2018)", rows, note)
+
+
+def _collapse(ctx: Context) -> Section:
+    """KL per dimension, active units, mutual information; traversals of the busiest dims."""
+    model, xs = ctx.model, ctx.x[:100]
+    kl = kl_per_dimension(model, xs)
+    units, _ = active_units(model, ctx.x)
+    mi = mutual_information(model, xs, seed=ctx.seed)
+    ceiling = math.log(len(xs))
+    ctx.results.update(kl_per_dim=kl.tolist(), active_units=units, mutual_information=mi)
+    ctx.results["mutual_information_ceiling"] = ceiling
+    z_dim = model.config.z_dim
+    mi_reading = f"nats, at most log {len(xs)} = {ceiling:.2f}"
+    if mi >= 0.95 * ceiling:
+        mi_reading += (
+            "; at its ceiling: the codes tell every one of these images apart, and the "
+            "estimate cannot say by how much more"
+        )
+    rows = [
+        ("active units", f"{units} / {z_dim}", "dims with Cov_x E[z|x] > 0.01"),
+        ("KL, total", float(kl.sum()), "nats per image the code carries"),
+        ("I_q(x; z)", mi, mi_reading),
+    ]
+    ctx.figures["kl_per_dim.png"] = bars(kl, xlabel="latent dimension", ylabel="KL (nats)")
+    ctx.figures["traversals.png"] = _traversals(model, kl, ctx.seed)
+    codes = encode(model, ctx.data)
+    ctx.figures["latent_space.png"] = latent_space(codes, ctx.data.y)
+    return Section("Did the code collapse?", rows)
+
+
+def _traversals(model, kl: Tensor, seed: int):
+    """Rows: the dimensions with the most KL, each moved from -2.5 to 2.5, the others at 0
+    (seeded: a PixelCNN decoder's E[x|z] is a draw)."""
+    z_dim = model.config.z_dim
+    dims = kl.argsort(descending=True)[: min(z_dim, TRAVERSED_DIMS)].tolist()
+    values = torch.linspace(-2.5, 2.5, 8)
+    z = torch.zeros(len(dims), 8, z_dim)
+    for row, j in enumerate(dims):
+        z[row, :, j] = values
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        images = model.to_images(model.decode_mean(z.reshape(-1, z_dim).to(device)))
+    labels = [f"z{j}  KL {float(kl[j]):.2f}" for j in dims]
+    title = "latent traversals (rows: the dimensions with the most KL)"
+    return image_grid(images, nrow=len(dims), title=title, row_labels=labels)
+
+
+def _amortization(ctx: Context) -> Section:
+    gap = amortization_gap(ctx.model, ctx.x[:50], steps=100, seed=ctx.seed)
+    ctx.results["amortization"] = dataclasses.asdict(gap)
+    rows = [
+        ("amortized ELBO", gap.amortized_elbo, "the encoder's q"),
+        ("refined ELBO", gap.refined_elbo, "q fitted to each image"),
+        ("log p(x)", gap.log_likelihood, "importance-sampled with the refined q"),
+        ("amortization gap", gap.amortization_gap, "nats lost to one encoder for all"),
+        ("approximation gap", gap.approximation_gap, "nats lost to a Gaussian q"),
+    ]
+    return Section(
+        "What does amortization cost? (Cremer et al. 2018)", rows, "per test image, on 50 images"
+    )
+
+
+def _ppc(ctx: Context) -> Section:
+    """Posterior predictive check of each image's mean intensity: p = P(T(x_rep) >= T(x)),
+    replicated images weighted by their importance weights."""
+    idata = ctx.found["posterior"]
+    x_rep = torch.as_tensor(idata.posterior_predictive["x"].values[0])  # (K, N, ...)
+    x_obs = torch.as_tensor(idata.observed_data["x"].values)  # (N, ...)
+    log_w = torch.as_tensor(idata.sample_stats["log_importance_weight"].values[0])  # (K, N)
+    t_rep, t_obs = x_rep.flatten(2).mean(-1), x_obs.flatten(1).mean(-1)
+    p = (log_w.softmax(0) * (t_rep >= t_obs).double()).sum(0)
+    ppc = {
+        "mean_p": float(p.mean()),
+        "extreme_share": float(((p < 0.05) | (p > 0.95)).double().mean()),
+    }
+    ctx.results["ppc"] = ppc
+    rows = [
+        (
+            "mean p-value",
+            ppc["mean_p"],
+            "mean intensity of replicated vs observed images; near 0.5 is a match",
+        ),
+        ("extreme share", ppc["extreme_share"], "images with p < 0.05 or > 0.95"),
+    ]
+    return Section("Posterior predictive check", rows)
+
+
+def _needs_gaussian_code(section):
+    """Run ``section`` only for models with a Gaussian code (``gaussian_code``)."""
+
+    def run(ctx: Context) -> Section | None:
+        return section(ctx) if ctx.model.gaussian_code else None
+
+    run.__name__ = section.__name__
+    return run
+
+
+def _no_posterior(ctx: Context) -> Section | None:
+    if ctx.model.gaussian_code:
+        return None
+    return Section(
+        "Posterior",
+        [],
+        "posterior diagnostics need a latent variable model with a Gaussian code "
+        "(gaussian_code: lvm, pixellvm)",
+    )
+
+
+SECTIONS = [
+    _training,
+    _likelihood,
+    _needs_gaussian_code(_trust),
+    _needs_gaussian_code(_collapse),
+    _needs_gaussian_code(_amortization),
+    _needs_gaussian_code(_ppc),
+    _no_posterior,
+]
+
+
+def diagnose(
+    model,
+    data: ImageData,
+    *,
+    summary: dict | None = None,
+    evaluation: dict | None = None,
+    num_samples: int = 200,
+    seed: int = 0,
+    title: str = "lvmkit report",
+    progress: bool = False,
+) -> Report:
+    """Diagnose a fitted built-in model on ``data`` (e.g. the test split): PSIS k-hat of its
+    guide, collapse (KL per dimension, active units, mutual information), the amortization gap,
+    a posterior predictive check, and their pictures, where the model has a Gaussian code.
+
+    summary, evaluation: the fit's summary and ``evaluate``'s figures, shown first.
+    num_samples: draws of q(z|x) per image for k-hat and the posterior.
+    """
+    x = model.inputs(data)[0]
+    ctx = Context(model, data, x, summary or {}, evaluation, num_samples, seed)
+    sections = []
+    for section in tqdm(SECTIONS, desc="diagnose", unit="section", disable=not progress):
+        found = section(ctx)
+        if found is not None:
+            sections.append(found)
+    return Report(title, sections, ctx.figures, ctx.results, ctx.found.get("posterior"))

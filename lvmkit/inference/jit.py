@@ -1,0 +1,71 @@
+"""A loss traced into a graph of torch ops, so a step runs without the Pyro program's Python.
+
+``make_fx(pre_dispatch=True)`` records the ops the loss ran (pre_dispatch keeps ``no_grad``
+regions out of the gradient) and refuses a tensor read into Python. One trace per batch shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import torch
+from torch import Tensor
+from torch.fx.experimental.proxy_tensor import make_fx
+
+
+class TracedLoss:
+    """``loss.differentiable_loss(model, guide, *batch)`` as a function of the parameters
+    (``leaves``) and the batch, traced on first use for each batch signature.
+
+    ``aside`` is a context manager that undoes what the code inside does to random streams and
+    module buffers: the tracing run's draws are put back, so traced steps see the draws the
+    model's own steps would. Whatever stops a trace turns jit off with a warning (``active``
+    becomes False) and the caller runs the model itself from then on.
+    """
+
+    def __init__(self, loss, model, guide, aside):
+        self.loss, self.model, self.guide, self.aside = loss, model, guide, aside
+        self.active = True
+        self._traces: dict[tuple, torch.fx.GraphModule] = {}
+
+    def get(self, leaves: list[Tensor], batch: tuple):
+        """The traced loss for batches shaped like ``batch``, or None once jit is off."""
+        if not self.active:
+            return None
+        if not all(isinstance(t, Tensor) for t in batch):
+            return self.stop("a trace takes tensor arguments only")
+        key = (len(leaves), *((t.shape, t.dtype, t.device) for t in batch))
+        if key not in self._traces:
+
+            def loss_fn(*inputs):
+                args = inputs[len(leaves) :]
+                return self.loss.differentiable_loss(self.model, self.guide, *args)
+
+            with self.aside(), pyro.validation_enabled(False):
+                try:
+                    self._traces[key] = make_fx(loss_fn, pre_dispatch=True)(*leaves, *batch)
+                except Exception as err:  # whatever stops the trace, the model still runs
+                    what = str(err).strip().split("\n")[0][:300]
+                    return self.stop(f"the step cannot be traced ({type(err).__name__}: {what})")
+        return self._traces[key]
+
+    def replay(self, trace, leaves: list[Tensor], batch: tuple) -> Tensor:
+        """The trace's loss, leaving random streams and buffers as they were: for ``check``."""
+        with self.aside(), torch.no_grad():
+            return trace(*leaves, *batch)
+
+    def check(self, traced: Tensor, loss: Tensor) -> None:
+        """The trace must give the loss the model gives from the same draws; else jit stops."""
+        loss = loss.detach()
+        if not torch.allclose(traced, loss, rtol=1e-4, atol=1e-6):
+            self.stop(
+                f"the traced step gives loss {float(traced):.6g} where the model gives "
+                f"{float(loss):.6g} from the same draws; the model keeps state outside "
+                "tensors or branches on data, which a trace freezes"
+            )
+
+    def stop(self, why: str) -> None:
+        warnings.warn(f"jit=True: {why}. Running without jit from here on.", stacklevel=5)
+        self.active = False
+        self._traces.clear()

@@ -1,0 +1,146 @@
+"""Leaf helpers about Pyro programs: plates and sites, the traces of guide-then-model particles,
+the modules behind a model, eval mode, and devices. Every other inference module builds on these.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor
+
+DATA_PLATE = "data"
+
+
+def is_plate_site(site) -> bool:
+    """A plate's own bookkeeping site (its subsample indices) in a trace or message."""
+    return type(site["fn"]).__name__ == "_Subsample"
+
+
+def is_latent(site) -> bool:
+    """An unobserved sample site that is a random variable (not a plate's bookkeeping)."""
+    return site["type"] == "sample" and not site["is_observed"] and not is_plate_site(site)
+
+
+def _cell_value(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # a closure variable not assigned yet
+        return None
+
+
+def modules_behind(*fns) -> list[torch.nn.Module]:
+    """The distinct nn.Modules behind model/guide callables: a module itself, the owner of a
+    bound method (``lvm.model``), and the modules a plain function holds in its closure or
+    names as globals (a user's ``def model(x): pyro.module("dec", dec)``)."""
+    found = {}
+    for fn in fns:
+        candidates = [fn, getattr(fn, "__self__", None)]
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            candidates += [_cell_value(c) for c in fn.__closure__ or ()]
+            candidates += [fn.__globals__.get(name) for name in code.co_names]
+        for obj in candidates:
+            if isinstance(obj, torch.nn.Module):
+                found[id(obj)] = obj
+    return list(found.values())
+
+
+@contextmanager
+def evaluating(*fns):
+    """Put the modules behind ``fns`` in eval mode inside, and give each its own mode back."""
+    modes = [(m, m.training) for m in modules_behind(*fns)]
+    try:
+        for module, _ in modes:
+            module.eval()
+        yield
+    finally:
+        for module, was_training in modes:
+            module.train(was_training)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else must name a usable device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def place(*fns, device: str | torch.device | None = None) -> torch.device:
+    """Where to evaluate model/guide callables: ``device`` (their modules are moved there), or,
+    when None, where their modules' parameters already are (CPU if they have none)."""
+    modules = modules_behind(*fns)
+    if device is None:
+        params = (p for m in modules for p in m.parameters())
+        return next(params, torch.empty(0)).device
+    device = resolve_device(device)
+    for module in modules:
+        module.to(device)
+    return device
+
+
+def on_device(device: torch.device):
+    """A context in which ``torch.zeros(...)`` inside a user's model lands on ``device``."""
+    return device if device.type != "cpu" else nullcontext()
+
+
+def max_plate_nesting(model, guide, *args) -> int:
+    """How many plate dims model and guide use (they are run once, blocked, without gradients)."""
+    with torch.no_grad(), poutine.block():
+        guide_tr = poutine.trace(guide).get_trace(*args)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+    dims = [
+        -frame.dim
+        for tr in (guide_tr, model_tr)
+        for site in tr.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return max(dims, default=0)
+
+
+def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int):
+    """Guide and replayed-model traces of ``num_samples`` particles, vectorized in a plate
+    ("particles") left of the model's plates: (guide_trace, model_trace)."""
+    with pyro.plate("particles", num_samples, dim=-plate_nesting - 1):
+        guide_tr = poutine.trace(guide).get_trace(*args)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+    return guide_tr, model_tr
+
+
+def per_datapoint(trace, plate_nesting: int, *, latent_only: bool = False) -> Tensor:
+    """Sum of a trace's scaled log-probs per (particle, datapoint): (K or 1, N or 1).
+
+    Sites' batch shapes are right-aligned against (K, ..., N, ...), with the particle dim at
+    -plate_nesting-1; every dim but those two is summed. ``latent_only`` skips observed sites.
+    """
+    trace = prune_subsample_sites(trace)  # drop the plates' own bookkeeping sites
+    trace.compute_log_prob()
+    total = torch.zeros(1, 1)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or (latent_only and site["is_observed"]):
+            continue
+        frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+        if not frames:
+            raise ValueError(
+                f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N): importance "
+                "weights per datapoint need every sample site in the data plate"
+            )
+        lp = site["log_prob"]
+        lp = lp.reshape((1,) * (plate_nesting + 1 - lp.dim()) + lp.shape)
+        keep = {0, plate_nesting + 1 + frames[0].dim}  # particle axis, data axis
+        other = [d for d in range(lp.dim()) if d not in keep]
+        total = total.to(lp) + (lp.sum(other) if other else lp)
+    return total

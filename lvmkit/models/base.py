@@ -1,0 +1,133 @@
+"""The contract every built-in model follows. The CLI, ``lvmkit.evaluate``, ``lvmkit.load_run``
+and ``lvmkit.diagnose`` call only what is written here; they never guess from attributes.
+
+A built-in model is an ``nn.Module`` with a dataclass config (``config_class``, saved with its
+weights) and:
+
+- ``model(*batch)`` / ``guide(*batch)``: Pyro programs over a batch, data under
+  ``pyro.plate("data", N)``; ``batch`` is what ``prepare(data).batch(index)`` gives.
+- ``prepare(data)``: ImageData -> the dataset it trains on, in the units its likelihood scores.
+- ``inputs(data)``: the tensors its per-image methods take for these images, ``(x,)`` or
+  ``(x, y)``; ``to_images(x)``: model units -> pictures (N, C, H, W) in [0, 1].
+- ``data_kind``: what it scores ("continuous", "binary" or "levels"; the last two get bits/dim).
+- ``density``: how log p(x) is had: "exact" (``log_prob(*batch)`` in closed form), "importance"
+  (importance-sampled with its guide), or None (no density, e.g. autoencoders).
+- Declared abilities, each with its method: ``can_sample`` (``sample_images(n)``),
+  ``can_complete`` (``complete(x, known, *extra)``), ``can_reconstruct`` (``reconstruct(x)``),
+  ``can_encode`` (``encode(x)``: a distribution over the code), ``gaussian_code`` (p(z) = N(0, I)
+  at site "z", ``encode(x)`` a diagonal Normal, ``decode_mean(z)``: what k-hat, KL per dimension,
+  mutual information, the amortization gap and traversals need), ``closed_form_em``.
+- ``default_elbo`` / ``default_samples``: the objective ``lvmkit fit`` trains it with.
+
+To add one: subclass, fill in the above, and ``lvmkit.models.register_model(name, cls, ...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lvmkit import data as lvdata
+from lvmkit.distributions import observation_class
+
+
+class BuiltinModel(nn.Module):
+    """Base class of the built-in models; the defaults suit an image model with an ``obs``."""
+
+    config_class: type  # the dataclass this model is built from
+    can_sample = True
+    can_complete = True
+    can_reconstruct = False
+    can_encode = False
+    gaussian_code = False
+    closed_form_em = False
+    density: str | None = "importance"
+    default_elbo = "elbo"
+    default_samples = 1
+
+    @classmethod
+    def config_for_data(cls, image_shape, levels: int | None, settings: dict):
+        """The config for images of ``image_shape`` (C, H, W) with ``levels`` levels (None:
+        continuous), from ``settings`` (config fields). A likelihood that scores levels takes
+        the data's unless the settings name them."""
+        values = dict(settings)
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        if "image_shape" in names:
+            values["image_shape"] = tuple(image_shape)
+        likelihood = values.get("likelihood")
+        if "levels" in names and values.get("levels") is None and likelihood is not None:
+            if observation_class(likelihood).data_kind == "levels":
+                values["levels"] = levels
+        return cls.config_class(**values)
+
+    @property
+    def data_kind(self) -> str:
+        """What the likelihood scores: "continuous", "binary" (0/1) or "levels" (integers)."""
+        return self.obs.data_kind
+
+    def prepare(self, data: lvdata.ImageData):
+        """The dataset to train on: ImageData in the units this model's likelihood scores."""
+        return prepare_images(data, self.obs)
+
+    def inputs(self, data: lvdata.ImageData) -> tuple[Tensor, ...]:
+        """The tensors ``complete`` / ``reconstruct`` / ``encode`` take for these images."""
+        prepared = self.prepare(data)
+        if isinstance(prepared, tuple):
+            return prepared
+        return (getattr(prepared, "x", prepared),)
+
+    def initialize(self, data, *, seed: int = 0) -> BuiltinModel:
+        """Start from the (prepared) training data where the model can; by default nothing."""
+        return self
+
+    def model(self, *batch):
+        raise NotImplementedError
+
+    def guide(self, *batch):
+        raise NotImplementedError
+
+    def sample_images(self, n: int) -> Tensor:
+        """n samples as pictures (n, C, H, W) in [0, 1]."""
+        if not self.can_sample:
+            raise ValueError(f"{type(self).__name__} cannot sample")
+        return self.to_images(self.sample(n))
+
+    @property
+    def picture_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one datapoint as a picture; vector data make one row."""
+        shape = tuple(self.config.image_shape)
+        return shape if len(shape) == 3 else (1, 1, math.prod(shape))
+
+    def to_images(self, x: Tensor) -> Tensor:
+        """Data in model units (N, ...) -> (N, C, H, W) in [0, 1]."""
+        x = x.reshape(len(x), *self.picture_shape).float()
+        return x / (self.config.levels - 1) if self.data_kind == "levels" else x
+
+    def top_half_known(self, x: Tensor) -> Tensor:
+        """A mask shaped like x, True on the top half of each picture: what a completion is
+        given."""
+        known = torch.zeros(len(x), *self.picture_shape, dtype=torch.bool, device=x.device)
+        known[..., : self.picture_shape[1] // 2, :] = True
+        return known.reshape(x.shape)
+
+    def log_prob(self, *batch) -> Tensor:
+        """Exact log p(x) per datapoint (N,), for ``density = "exact"``."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form log p(x)")
+
+
+def prepare_images(data: lvdata.ImageData, obs) -> lvdata.ImageData:
+    """The data in the units the observation model ``obs`` scores: [0, 1] for continuous
+    likelihoods, {0, 1} for binary ones, integer levels for level likelihoods."""
+    if obs.data_kind == "continuous":
+        return lvdata.scale(data) if data.levels is not None else data
+    if obs.data_kind == "binary":
+        return data if data.levels == 2 else lvdata.binarize(data)
+    if data.levels is None:
+        raise ValueError(
+            f"the '{obs.name}' likelihood needs discrete data with declared levels; "
+            f"{data.name} is continuous: quantize it (lvmkit.data.quantize)"
+        )
+    return data

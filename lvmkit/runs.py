@@ -1,0 +1,144 @@
+"""Run directories: the settings of a run (``config.toml``), its fitted model (``model.pt``),
+and ``load_run``, which gives a finished run back as Python objects.
+
+A run directory holds config.toml ([data], [model], [fit] tables), model.pt (the built-in model's
+name, config and weights, and the data it was split from), summary.json, metrics.jsonl,
+checkpoint.pt and pictures; ``lvmkit evaluate`` and ``lvmkit diagnose`` add their files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvmkit import data as lvdata
+from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lvmkit.models import MODELS
+from lvmkit.models.registry import config_fields, rebuild
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DATA_DEFAULTS = {"name": "digits", "split_seed": 0}
+SPLIT = (0.8, 0.1, 0.1)  # train / validation / test fractions of every run
+FIT_DEFAULTS = {
+    "epochs": 100,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "elbo": "elbo",
+    "num_samples": 1,
+    "patience": None,
+    "seed": 0,
+    "device": "auto",
+    "jit": False,
+}
+RENAMED = {"num_particles": "num_samples"}  # keys older runs wrote -> their names now
+
+
+def default_config(model_name: str) -> dict:
+    """The defaults of a run of this model: {data, model, fit} tables."""
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
+    cls = MODELS[model_name].cls
+    fit = {**FIT_DEFAULTS, "elbo": cls.default_elbo, "num_samples": cls.default_samples}
+    return {"data": dict(DATA_DEFAULTS), "model": config_fields(model_name), "fit": fit}
+
+
+def read_config(path: Path | None, model_name: str) -> dict:
+    """The run's config: defaults, updated by the TOML file; unknown tables or keys are errors."""
+    config = default_config(model_name)
+    if path is None:
+        return config
+    try:
+        with open(path, "rb") as f:
+            loaded = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"no config file at {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path} is not valid TOML: {err}") from None
+    for table, values in loaded.items():
+        if table not in config or not isinstance(values, dict):
+            raise ValueError(f"{path}: unknown table [{table}]; valid tables are {list(config)}")
+        values = {RENAMED.get(k, k): v for k, v in values.items()}  # older runs' files read
+        unknown = sorted(set(values) - set(config[table]))
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown key(s) {unknown} in [{table}]; valid keys are "
+                f"{sorted(config[table])}"
+            )
+        config[table].update(values)
+    return config
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def write_config(config: dict, path: Path) -> None:
+    """Write the resolved config as TOML (None values are left out: TOML has no null)."""
+    lines = []
+    for table, values in config.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def save_model(model, model_name: str, data: dict, path: Path) -> Path:
+    """Write a fitted built-in model (name, config, weights) and ``data`` (name, split_seed,
+    image_shape) to ``path``, atomically."""
+    state = {
+        "kind": "model",
+        "model": model_name,
+        "config": dataclasses.asdict(model.config),
+        "state_dict": model.state_dict(),
+        "data": data,
+    }
+    return save_checkpoint(state, path)
+
+
+@dataclass
+class Run:
+    """A finished run: its fitted model (in eval mode, on the CPU), its settings and results."""
+
+    path: Path
+    name: str  # the built-in model's registered name
+    model: object
+    config: dict  # config.toml's tables (defaults where the file is missing)
+    summary: dict | None  # summary.json, if there is one
+    data: dict  # what the model was fitted on: name, split_seed, image_shape
+
+    def splits(self) -> tuple[lvdata.ImageData, lvdata.ImageData, lvdata.ImageData]:
+        """The train, validation and test parts of the data the run was fitted on."""
+        return lvdata.split(lvdata.load(self.data["name"]), SPLIT, seed=self.data["split_seed"])
+
+    def test_data(self) -> lvdata.ImageData:
+        return self.splits()[2]
+
+
+def load_run(path: str | Path) -> Run:
+    """Rebuild the built-in model of a run directory from its model.pt (config and weights)."""
+    path = Path(path)
+    state = load_checkpoint(path / "model.pt")
+    if state.get("kind") != "model" or state.get("model") not in MODELS:
+        raise CheckpointError(f"{path / 'model.pt'} does not hold a built-in lvmkit model")
+    name = state["model"]
+    model = rebuild(name, state["config"])
+    model.load_state_dict(state["state_dict"])
+    config_path = path / "config.toml"
+    config = read_config(config_path if config_path.exists() else None, name)
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return Run(path, name, model.eval(), config, summary, state["data"])
