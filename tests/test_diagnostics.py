@@ -1,3 +1,5 @@
+import math
+
 import matplotlib
 import pyro
 import pyro.distributions as dist
@@ -121,3 +123,47 @@ def test_posterior_is_inference_data_arviz_accepts(kind, tmp_path):
     idata.to_netcdf(tmp_path / "posterior.nc")
     back = az.from_netcdf(tmp_path / "posterior.nc")
     assert back.posterior["z"].shape == z.shape
+
+
+def test_diagnose_builds_a_report_that_reads_well(tmp_path):
+    """diagnose() of a fitted LVM: sections in order, traversals of the dims with the most KL,
+    the MI estimate flagged at its ceiling, advice when k-hat is high, files written by save."""
+    digits = lvmkit.data.load("digits")
+    train, test = digits[:1500], digits[1500:1540]
+    torch.manual_seed(0)
+    lvm = lvmkit.models.GaussianLVM(lvmkit.models.GaussianLVMConfig(z_dim=6, hidden=(64,)))
+    untrained = lvmkit.diagnostics.diagnose(lvm, test, num_samples=20)
+    lvmkit.fit(lvm.model, lvm.guide, lvm.prepare(train), epochs=30, lr=3e-3, progress=False)
+    lvm.eval()
+    report = lvmkit.diagnostics.diagnose(lvm, test, summary={"epochs": 30}, num_samples=20)
+    headings = [s.heading.split(" (")[0].split("?")[0] for s in report.sections]
+    assert headings == [
+        "Training",
+        "Can the guide be trusted",
+        "Did the code collapse",
+        "What does amortization cost",
+        "Posterior predictive check",
+    ]
+    kl = report.results["kl_per_dim"]
+    labels = [t.get_text() for t in report.figures["traversals.png"].axes[0].texts]
+    dims = [int(label.split()[0][1:]) for label in labels]
+    assert dims == sorted(range(6), key=lambda j: -kl[j])  # busiest first, every dim here
+    assert all(f"KL {kl[j]:.2f}" in label for j, label in zip(dims, labels, strict=True))
+
+    def reading(r, name):
+        rows = [row for s in r.sections for row in s.rows if row[0] == name]
+        return rows[0][2] if rows else None
+
+    ceiling = math.log(40)
+    assert report.results["mutual_information_ceiling"] == pytest.approx(ceiling)
+    assert report.results["mutual_information"] > 0.9 * ceiling
+    assert "at its ceiling" in reading(report, "I_q(x; z)")
+    assert untrained.results["mutual_information"] < 0.9 * ceiling
+    assert "at its ceiling" not in reading(untrained, "I_q(x; z)")
+    unreliable = report.results["khat_bands"]["unreliable (>0.7)"]
+    assert (reading(report, "what next") is not None) == (unreliable > 0.3)
+
+    path = report.save(tmp_path)
+    assert path == tmp_path / "report.html"
+    for name in ("diagnostics.json", "posterior.nc", "traversals.png", "khat.png"):
+        assert (tmp_path / name).is_file(), name

@@ -97,7 +97,8 @@ def test_generic_em_with_exact_e_step_equals_closed_form_em():
     fit_em(closed, x, tol=1e-9, max_iter=500)
     generic = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
     result = lvmkit.em(generic.model, x, iterations=15, m_steps=20, lr=0.05)
-    assert result.e_step == "enum"
+    assert result.e_step == "enum" and result.method == "em" and result.epochs == 15
+    assert result.losses[-1] == pytest.approx(-float(generic.log_prob(x).mean()), abs=0.05)
     assert abs(float(generic.log_prob(x).mean() - closed.log_prob(x).mean())) < 1e-4
     hard = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
     lvmkit.em(hard.model, x, iterations=10, m_steps=20, lr=0.05, hard=True)
@@ -143,3 +144,21 @@ def test_generic_em_with_importance_e_step_reaches_the_ppca_maximum_likelihood()
 def test_generic_em_rejects_unknown_e_steps():
     with pytest.raises(ValueError, match="unknown e_step 'gibbs'"):
         lvmkit.em(lambda x: None, torch.zeros(3, 2), e_step="gibbs")
+
+
+def test_one_em_entry_point_returns_what_fit_returns(blobs):
+    """lvmkit.em(gmm, x) runs the closed-form EM and gives a FitResult shaped like fit's."""
+    x = torch.as_tensor(blobs[0])
+    gmm = GaussianMixture(GaussianMixtureConfig(dim=4, components=4))
+    result = lvmkit.em(gmm, x, device="cpu", seed=0)
+    assert isinstance(result, lvmkit.FitResult)
+    assert result.method == "em" and result.e_step == "closed-form" and result.converged
+    assert result.losses[-1] == pytest.approx(-float(gmm.log_prob(x).mean()), abs=1e-3)
+    assert all(b <= a + 1e-9 for a, b in zip(result.losses, result.losses[1:], strict=False))
+    assert torch.equal(result.params["gmm$$$means"], gmm.means.detach())
+    sklearn_face = GaussianMixtureEM(4, covariance_type="diag", random_state=0).fit(x)
+    assert sklearn_face.n_iter_ == result.epochs  # the same EM behind both faces
+    with result.scope():  # the store fit(gmm.model, ...) would leave
+        import pyro
+
+        assert torch.equal(pyro.param("gmm$$$means"), gmm.means)

@@ -154,3 +154,33 @@ def test_modules_behind_finds_owners_closures_and_globals():
     found = modules_behind(model, guide, lvm.model, model)
     assert [id(m) for m in found] == [id(closed_over), id(GLOBAL_NET), id(lvm)]
     assert modules_behind(lambda x: x) == []
+
+
+def test_evaluate_is_exact_where_the_model_says_so_and_sampled_otherwise():
+    import pytest
+
+    import lvmkit
+    from lvmkit.models import build_model
+
+    digits = lvmkit.data.load("digits")
+    data = digits[:40]
+    torch.manual_seed(0)
+    gmm = build_model("gmm", digits.image_shape, digits.levels, {"components": 3})
+    gmm.initialize(gmm.prepare(data))
+    ll = lvmkit.evaluate(gmm, data, device="cpu")
+    assert ll.exact and ll.bits_per_dim is None  # continuous data: no bits per dimension
+    assert torch.allclose(ll.values, gmm.log_prob(gmm.prepare(data)).double())
+
+    pixelcnn = build_model("pixelcnn", digits.image_shape, digits.levels, {"layers": 2})
+    ll = lvmkit.evaluate(pixelcnn, data, batch_size=16)
+    sampled = log_likelihood(pixelcnn.model, pixelcnn.guide, data.x, num_samples=1)
+    assert ll.exact and torch.allclose(ll.values, sampled.values, atol=1e-4)
+    assert ll.bits_per_dim == pytest.approx(-ll.mean / (64 * math.log(2)))
+
+    lvm = build_model("lvm", digits.image_shape, digits.levels, {"likelihood": "bernoulli"})
+    ll = lvmkit.evaluate(lvm, data, num_samples=10)
+    assert not ll.exact and ll.num_samples == 10 and 0 < ll.bits_per_dim < 1
+
+    ae = build_model("ae", digits.image_shape, digits.levels)
+    with pytest.raises(ValueError, match="no density p\\(x\\)"):
+        lvmkit.evaluate(ae, data)

@@ -416,3 +416,43 @@ def test_jit_updates_module_buffers_as_the_model_does(xs):
     assert float(b_eager["calls"]) == 15  # one per step: the first run and tracing leave no mark
     assert equal_params(b_traced, b_eager)
     assert allclose_params(traced.params, eager.params)
+
+
+def test_an_optimizer_factory_is_used_and_recorded(xs, tmp_path):
+    built = []
+
+    def rmsprop(params, lr):
+        built.append(torch.optim.RMSprop(params, lr=lr))
+        return built[-1]
+
+    kw = dict(epochs=2, lr=0.01, progress=False, checkpoint_dir=tmp_path)
+    r = lvmkit.fit(*user_pair(), xs, optimizer=rmsprop, **kw)
+    assert len(built) == 1 and r.losses[-1] < r.losses[0]
+    ckpt = lvmkit.inference.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["config"]["optimizer"].endswith("rmsprop")
+    assert "square_avg" in ckpt["trainer"]["optimizer"]["state"][0]  # RMSprop's own state
+    plain = lvmkit.fit(
+        *user_pair(), xs, optimizer=torch.optim.RMSprop, epochs=2, lr=0.01, progress=False
+    )
+    assert plain.losses == pytest.approx(r.losses)  # a torch.optim class works as the factory
+
+
+def test_objectives_plug_into_pyro_svi(xs):
+    """lvmkit's objectives subclass Pyro's ELBO, so pyro.infer.SVI takes them as its loss."""
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import Adam
+
+    from lvmkit.inference import IWAELoss, ReparamELBO
+
+    model, guide = user_pair()
+    for loss in (ReparamELBO(), IWAELoss(4)):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        expected = Trace_ELBO().loss(model, guide, xs) if isinstance(loss, ReparamELBO) else None
+        torch.manual_seed(0)
+        svi = SVI(model, guide, Adam({"lr": 0.01}), loss=loss)
+        first = svi.step(xs)
+        if expected is not None:  # the same estimate from the same draws
+            assert first == pytest.approx(expected, rel=1e-5)
+        losses = [svi.step(xs) for _ in range(30)]
+        assert sum(losses[-5:]) < sum(losses[:5])

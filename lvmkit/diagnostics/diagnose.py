@@ -30,6 +30,8 @@ from lvmkit.diagnostics.representation import active_units, encode
 
 UNRELIABLE_SHARE = 0.3  # above this share of k-hat > 0.7 the report says what to do next
 TRAVERSED_DIMS = 6  # rows of the traversal picture: the dimensions with the most KL
+# An MI estimate within this share of its ceiling log N is reported as saturated.
+MI_SATURATED = 0.9
 
 
 @dataclass
@@ -101,10 +103,10 @@ def _collapse(ctx: Context) -> Section:
     ctx.results["mutual_information_ceiling"] = ceiling
     z_dim = model.config.z_dim
     mi_reading = f"nats, at most log {len(xs)} = {ceiling:.2f}"
-    if mi >= 0.95 * ceiling:
+    if mi >= MI_SATURATED * ceiling:
         mi_reading += (
-            "; at its ceiling: the codes tell every one of these images apart, and the "
-            "estimate cannot say by how much more"
+            "; at its ceiling: the codes tell these images apart, and with N images the "
+            "estimate cannot say by how much more (diagnose more images for a finer figure)"
         )
     rows = [
         ("active units", f"{units} / {z_dim}", "dims with Cov_x E[z|x] > 0.01"),

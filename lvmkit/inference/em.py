@@ -112,7 +112,8 @@ class ExpectedLogJoint(Objective):
 
 
 def _pick_e_step(model, first_batch) -> str:
-    """"enum" when every latent site has enumerable support, else "importance"."""
+    """The E-step "auto" means: "enum" when every latent site has enumerable support, else
+    "importance"."""
     with torch.no_grad(), poutine.block():
         tr = poutine.trace(model).get_trace(*first_batch)
     latent = [s for s in tr.nodes.values() if is_latent(s)]

@@ -107,7 +107,7 @@ def fit_em(
     mixture's, under the names ``fit(gmm.model, gmm.guide, ...)`` gives them.
     """
     t0 = time.perf_counter()
-    gmm._check(x)
+    gmm.check_data(x)
     for start in range(0, len(x), chunk_size):
         if not torch.isfinite(x[start : start + chunk_size]).all():
             raise ValueError("x holds NaN/inf values; remove or impute them before fitting")

@@ -106,6 +106,11 @@ class AutoregressiveDensity(BuiltinModel):
             return data.x, data.y
         return data.x
 
+    def inputs(self, data: lvdata.ImageData) -> tuple[Tensor, ...]:
+        """(x,), or (x, y) for a class-conditional model."""
+        prepared = self.prepare(data)
+        return prepared if self.config.num_classes else (prepared,)
+
     def _context(self, y: Tensor | None, n: int) -> Tensor | None:
         if not self.config.num_classes:
             return None

@@ -73,11 +73,9 @@ class BuiltinModel(nn.Module):
         return prepare_images(data, self.obs)
 
     def inputs(self, data: lvdata.ImageData) -> tuple[Tensor, ...]:
-        """The tensors ``complete`` / ``reconstruct`` / ``encode`` take for these images."""
-        prepared = self.prepare(data)
-        if isinstance(prepared, tuple):
-            return prepared
-        return (getattr(prepared, "x", prepared),)
+        """The tensors ``complete`` / ``reconstruct`` / ``encode`` take for these images, in
+        model units: ``(x,)`` here, where ``prepare`` gives ImageData."""
+        return (self.prepare(data).x,)
 
     def initialize(self, data, *, seed: int = 0) -> BuiltinModel:
         """Start from the (prepared) training data where the model can; by default nothing."""

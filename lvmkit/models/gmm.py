@@ -112,7 +112,7 @@ class GaussianMixture(BuiltinModel):
     def initialize(self, x: Tensor, *, method: str = "kmeans++", seed: int = 0) -> GaussianMixture:
         """Start from the data: means from ``method`` ("kmeans++" or "random_from_data"),
         every covariance the data's (diagonal) variance, equal weights."""
-        self._check(x)
+        self.check_data(x)
         g = torch.Generator().manual_seed(seed)
         k = self.config.components
         if len(x) < k:
@@ -138,7 +138,8 @@ class GaussianMixture(BuiltinModel):
         return self
 
     # ---- the probabilistic program ---------------------------------------------------------
-    def _check(self, x: Tensor) -> None:
+    def check_data(self, x: Tensor) -> None:
+        """ValueError unless x is a batch of vectors (N, dim)."""
         if x.dim() != 2 or x.shape[1] != self.config.dim:
             raise ValueError(
                 f"GaussianMixture was built for vectors of dim {self.config.dim}, got a batch of "
@@ -175,7 +176,7 @@ class GaussianMixture(BuiltinModel):
         if x is None and n is None:
             raise ValueError("pass a batch x, or n to sample n datapoints")
         if x is not None:
-            self._check(x)
+            self.check_data(x)
             n = len(x)
         pyro.module("gmm", self)
         if self.config.prior:
@@ -194,7 +195,7 @@ class GaussianMixture(BuiltinModel):
         c = self.config
         if c.covariance != "diag":
             raise ValueError("bayesian_model supports covariance='diag' only")
-        self._check(x)
+        self.check_data(x)
         k, d = c.components, c.dim
         ones = torch.ones(k, d, dtype=x.dtype, device=x.device)
         weights = pyro.sample("weights", dist.Dirichlet(c.weight_concentration * ones[:, 0]))
@@ -210,6 +211,9 @@ class GaussianMixture(BuiltinModel):
     def guide(self, x: Tensor | None = None, n: int | None = None) -> None:
         """Nothing to guess: z is summed out exactly by the "enum" ELBO."""
 
+    def inputs(self, data: lvdata.ImageData) -> tuple[Tensor]:
+        return (self.prepare(data),)
+
     def prepare(self, data: lvdata.ImageData) -> Tensor:
         """Images as vectors in [0, 1]: (N, C*H*W)."""
         return lvdata.scale(data).x.flatten(1) if data.levels is not None else data.x.flatten(1)
@@ -218,7 +222,7 @@ class GaussianMixture(BuiltinModel):
     @torch.no_grad()
     def component_log_probs(self, x: Tensor) -> Tensor:
         """log w_k + log N(x_n | mu_k, Sigma_k): (N, K)."""
-        self._check(x)
+        self.check_data(x)
         return self.weight_logits.log_softmax(-1) + self.component(
             torch.arange(self.config.components)
         ).log_prob(x.unsqueeze(-2))
