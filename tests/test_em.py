@@ -162,3 +162,5 @@ def test_one_em_entry_point_returns_what_fit_returns(blobs):
         import pyro
 
         assert torch.equal(pyro.param("gmm$$$means"), gmm.means)
+    with pytest.raises(ValueError, match=r"closed-form EM.*lvmkit.em\(gmm.model, x\)"):
+        lvmkit.em(gmm, x, e_step="importance")

@@ -156,6 +156,11 @@ def em(
     mixture and for enumeration, an importance-sampled estimate otherwise).
     """
     if isinstance(model, GaussianMixture):
+        if guide is not None or e_step != "auto" or hard:
+            raise ValueError(
+                "a GaussianMixture is fitted by closed-form EM, which takes no guide, e_step or "
+                "hard; for generic EM on the mixture pass its Pyro program, lvmkit.em(gmm.model, x)"
+            )
         x = torch.as_tensor(data, device=resolve_device(device))
         return fit_em(model, x, tol=tol, max_iter=iterations or 100, seed=seed)
     if e_step not in E_STEPS:
