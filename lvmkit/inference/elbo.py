@@ -3,14 +3,14 @@
 ``Objective`` subclasses Pyro's ``ELBO``: a subclass writes ``differentiable_loss`` and gets
 ``loss`` and ``loss_and_grads``. ``make_elbo(name, num_samples)`` builds one by name.
 
-``ReparamELBO``: the ELBO in one pass for reparameterized guides, falling back to Pyro's
-Trace_ELBO otherwise. Trace_ELBO records full traces of guide and model (a trace handler, a
-replay handler, node copies, a pruned copy of each trace) and then walks them. When every guide site can be
-reparameterized, none of that is needed: one handler can draw the guide's values, replay them in
-the model and add up scaled, masked log-densities as it goes. It computes the same estimate with
-the same random draws; on a 784-400-20 VAE step it saves a quarter of Pyro's overhead
-(benchmarks/svi_overhead.py). Anything else (a discrete or non-reparameterized guide site, a
-model latent the guide lacks, an enumerated site) is handed to Trace_ELBO, which is exact there.
+``ReparamELBO``: the ELBO in one pass for reparameterized guides, falling back to Pyro's Trace_ELBO
+otherwise. Trace_ELBO records full traces of guide and model (a trace handler, a replay handler,
+node copies, a pruned copy of each trace) and then walks them. When every guide site can be
+reparameterized, none of that is needed: one handler can draw the guide's values, replay them in the
+model and add up scaled, masked log-densities as it goes. It computes the same estimate with the
+same random draws; on a 784-400-20 VAE step it saves a quarter of Pyro's overhead
+(benchmarks/svi_overhead.py). Anything else (a discrete or non-reparameterized guide site, a model
+latent the guide lacks, an enumerated site) is handed to Trace_ELBO, which is exact there.
 """
 
 from __future__ import annotations
