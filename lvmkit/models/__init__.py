@@ -1,4 +1,5 @@
-"""Probabilistic programs: each model is an nn.Module with ``model`` and ``guide`` methods."""
+"""Probabilistic programs: each built-in model is a ``BuiltinModel`` (models/base.py), an nn.Module
+with ``model`` and ``guide`` methods and a written contract; ``register_model`` adds one by name."""
 
 from lvmkit.models.autoencoders import Autoencoder, AutoencoderConfig
 from lvmkit.models.autoregressive import AutoregressiveConfig, AutoregressiveDensity
