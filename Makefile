@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check lvmkit tests benchmarks tutorials
+	$(BIN)/ruff check lvmkit tests benchmarks $(wildcard tutorials)
 
 bench: setup
 	$(BIN)/python benchmarks/svi_overhead.py

@@ -104,7 +104,13 @@ def run_fit(
     write_config(config, out / "config.toml")
 
     if inference == "em":  # closed-form EM, in float64 as scikit-learn
-        result = em(model, train_data.double(), device=fcfg["device"], seed=fcfg["seed"])
+        result = em(
+            model,
+            train_data.double(),
+            iterations=fcfg["epochs"],  # at most; it stops when the log-likelihood settles
+            device=fcfg["device"],
+            seed=fcfg["seed"],
+        )
         model.float()
     else:
         result = fit(
@@ -206,7 +212,9 @@ def run_evaluate(path: Path, num_samples: int, seed: int, progress: bool = True)
     return 0
 
 
-def run_diagnose(path: Path, num_samples: int = 200, seed: int = 0, progress: bool = True) -> int:
+def run_diagnose(
+    path: Path, num_samples: int = 200, num_images: int = 100, seed: int = 0, progress: bool = True
+) -> int:
     """report.html, diagnostics.json and (for models with a Gaussian code) posterior.nc."""
     run = load_run(path)
     eval_path = path / "evaluation.json"
@@ -217,13 +225,20 @@ def run_diagnose(path: Path, num_samples: int = 200, seed: int = 0, progress: bo
         summary=run.summary,
         evaluation=evaluation,
         num_samples=num_samples,
+        num_images=num_images,
         seed=seed,
         title=f"lvmkit report: {path.name}",
         progress=progress,
     )
     pictures = ("losses.png", "samples.png", "reconstructions.png", "completions.png")
     report.figures = {n: path / n for n in pictures if (path / n).exists()} | report.figures
-    print(f"report: {report.save(path)}")
+    page = report.save(path)
+    written = [page, path / "diagnostics.json"]
+    written += [path / "posterior.nc"] if report.posterior is not None else []
+    written += [path / name for name, fig in report.figures.items() if not isinstance(fig, Path)]
+    print(f"report: {page}")
+    for p in written[1:]:
+        print(f"  {p}")
     return 0
 
 
@@ -265,6 +280,9 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("diagnose", help="report.html, diagnostics.json, posterior.nc for a run")
     g.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
     g.add_argument("--num-samples", type=int, default=200, help="draws of q(z|x) per image")
+    g.add_argument(
+        "--num-images", type=int, default=100, help="test images the posterior diagnostics use"
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="log p(x) and bits/dim on the test split")
@@ -295,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "complete":
             return run_complete(args.run, args.n, args.seed)
         if args.command == "diagnose":
-            return run_diagnose(args.run, args.num_samples, args.seed, progress)
+            return run_diagnose(args.run, args.num_samples, args.num_images, args.seed, progress)
         if args.command == "evaluate":
             return run_evaluate(args.run, args.num_samples, args.seed, progress)
         config = read_config(args.config, args.model)

@@ -131,10 +131,20 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """Rebuild the built-in model of a run directory from its model.pt (config and weights)."""
     path = Path(path)
+    if not (path / "model.pt").is_file():
+        raise ValueError(
+            f"{path} is not a finished run (no model.pt in it); give the --out folder of a "
+            "completed lvmkit fit"
+        )
     state = load_checkpoint(path / "model.pt")
-    if state.get("kind") != "model" or state.get("model") not in MODELS:
+    if state.get("kind") != "model":
         raise CheckpointError(f"{path / 'model.pt'} does not hold a built-in lvmkit model")
-    name = state["model"]
+    name = state.get("model")
+    if name not in MODELS:
+        raise CheckpointError(
+            f"{path / 'model.pt'} holds model {name!r}, which is not registered in this "
+            "process: import the module that calls lvmkit.models.register_model for it first"
+        )
     model = rebuild(name, state["config"])
     model.load_state_dict(state["state_dict"])
     config_path = path / "config.toml"

@@ -28,6 +28,8 @@ class PPCA(BuiltinModel):
     amortized diagonal Gaussian q(z | x). Its log p(x) is known in closed form."""
 
     config_class = PPCAConfig
+    can_sample = True
+    can_complete = True
     can_reconstruct = True
     can_encode = True
     gaussian_code = True
@@ -127,6 +129,31 @@ def test_register_model_wants_the_contract():
     class NotAModel(nn.Module):
         pass
 
+    class NoComplete(PPCA):
+        complete = None  # declares can_complete without the method
+
+    class NoLogProb(PPCA):
+        density = "exact"
+
     with pytest.raises(ValueError, match="not a BuiltinModel subclass"):
         register_model("bad", NotAModel, "no contract")
+    with pytest.raises(ValueError, match="can_complete = True but has no complete"):
+        register_model("bad", NoComplete, "an ability without its method")
+    with pytest.raises(ValueError, match="density = 'exact' but has no log_prob"):
+        register_model("bad", NoLogProb, "an exact density without log_prob")
     assert "bad" not in MODELS
+
+
+def test_runs_and_estimators_say_what_they_were_given(toy, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "is not a finished run (no model.pt" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="use lvmkit.log_likelihood"):
+        lvmkit.evaluate(PPCA().model, lvdata.load("digits"))
+    with pytest.raises(ValueError, match="takes ImageData"):
+        lvmkit.diagnose(PPCA(), torch.rand(4, 1, 8, 8))
+    run = tmp_path / "run"
+    assert main(["fit", toy, "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    MODELS.pop(toy)
+    with pytest.raises(ValueError, match="'ppca', which is not registered in this process"):
+        lvmkit.load_run(run)
+    register_model(toy, PPCA, "back again, for the fixture's clean-up")

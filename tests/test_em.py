@@ -145,6 +145,18 @@ def test_generic_em_rejects_unknown_e_steps():
     with pytest.raises(ValueError, match="unknown e_step 'gibbs'"):
         lvmkit.em(lambda x: None, torch.zeros(3, 2), e_step="gibbs")
 
+    def continuous(x):
+        import pyro
+        import pyro.distributions as dist
+
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(loc, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="e_step='enum' needs every latent site"):
+        lvmkit.em(continuous, torch.zeros(3), e_step="enum")
+
 
 def test_one_em_entry_point_returns_what_fit_returns(blobs):
     """lvmkit.em(gmm, x) runs the closed-form EM and gives a FitResult shaped like fit's."""

@@ -27,6 +27,7 @@ from lvmkit.diagnostics.posteriors import (
 )
 from lvmkit.diagnostics.report import Report, Section
 from lvmkit.diagnostics.representation import active_units, encode
+from lvmkit.models.base import BuiltinModel
 
 UNRELIABLE_SHARE = 0.3  # above this share of k-hat > 0.7 the report says what to do next
 TRAVERSED_DIMS = 6  # rows of the traversal picture: the dimensions with the most KL
@@ -41,6 +42,7 @@ class Context:
     model: object
     data: ImageData
     x: Tensor  # the data in model units
+    xs: Tensor  # the images the posterior diagnostics look at: the first num_images of x
     summary: dict
     evaluation: dict | None
     num_samples: int
@@ -64,16 +66,15 @@ def _likelihood(ctx: Context) -> Section | None:
 
 
 def _trust(ctx: Context) -> Section:
-    """PSIS k-hat of the guide's importance weights, on up to 100 images."""
-    xs = ctx.x[:100]
-    model = ctx.model
+    """PSIS k-hat of the guide's importance weights."""
+    xs, model = ctx.xs, ctx.model
     idata = posterior(model.model, model.guide, xs, num_samples=ctx.num_samples, seed=ctx.seed)
     ctx.found["posterior"] = idata
     khat = psis_khat(idata)
     bands = khat_bands(khat)
     ctx.results["khat_bands"] = bands
     ctx.figures["khat.png"] = histogram(khat, xlabel="PSIS k-hat", lines=(0.5, 0.7))
-    rows = [(band, share, "share of test images") for band, share in bands.items()]
+    rows = [(band, share, f"share of the {len(xs)} images") for band, share in bands.items()]
     if bands["unreliable (>0.7)"] > UNRELIABLE_SHARE:
         rows.append(
             (
@@ -94,7 +95,7 @@ def _trust(ctx: Context) -> Section:
 
 def _collapse(ctx: Context) -> Section:
     """KL per dimension, active units, mutual information; traversals of the busiest dims."""
-    model, xs = ctx.model, ctx.x[:100]
+    model, xs = ctx.model, ctx.xs
     kl = kl_per_dimension(model, xs)
     units, _ = active_units(model, ctx.x)
     mi = mutual_information(model, xs, seed=ctx.seed)
@@ -106,7 +107,8 @@ def _collapse(ctx: Context) -> Section:
     if mi >= MI_SATURATED * ceiling:
         mi_reading += (
             "; at its ceiling: the codes tell these images apart, and with N images the "
-            "estimate cannot say by how much more (diagnose more images for a finer figure)"
+            "estimate cannot say by how much more (diagnose more images: num_images, "
+            "--num-images)"
         )
     rows = [
         ("active units", f"{units} / {z_dim}", "dims with Cov_x E[z|x] > 0.01"),
@@ -139,7 +141,8 @@ def _traversals(model, kl: Tensor, seed: int):
 
 
 def _amortization(ctx: Context) -> Section:
-    gap = amortization_gap(ctx.model, ctx.x[:50], steps=100, seed=ctx.seed)
+    xs = ctx.xs[:50]  # refining q per image costs 100 gradient steps each
+    gap = amortization_gap(ctx.model, xs, steps=100, seed=ctx.seed)
     ctx.results["amortization"] = dataclasses.asdict(gap)
     rows = [
         ("amortized ELBO", gap.amortized_elbo, "the encoder's q"),
@@ -149,7 +152,7 @@ def _amortization(ctx: Context) -> Section:
         ("approximation gap", gap.approximation_gap, "nats lost to a Gaussian q"),
     ]
     return Section(
-        "What does amortization cost? (Cremer et al. 2018)", rows, "per test image, on 50 images"
+        "What does amortization cost? (Cremer et al. 2018)", rows, f"per image, on {len(xs)} images"
     )
 
 
@@ -173,7 +176,11 @@ def _ppc(ctx: Context) -> Section:
             ppc["mean_p"],
             "mean intensity of replicated vs observed images; near 0.5 is a match",
         ),
-        ("extreme share", ppc["extreme_share"], "images with p < 0.05 or > 0.95"),
+        (
+            "extreme share",
+            ppc["extreme_share"],
+            "images with p < 0.05 or > 0.95; about 0.10 when the model is calibrated",
+        ),
     ]
     return Section("Posterior predictive check", rows)
 
@@ -217,6 +224,7 @@ def diagnose(
     summary: dict | None = None,
     evaluation: dict | None = None,
     num_samples: int = 200,
+    num_images: int = 100,
     seed: int = 0,
     title: str = "lvmkit report",
     progress: bool = False,
@@ -227,9 +235,24 @@ def diagnose(
 
     summary, evaluation: the fit's summary and ``evaluate``'s figures, shown first.
     num_samples: draws of q(z|x) per image for k-hat and the posterior.
+    num_images: how many of the images (the first) k-hat, KL, mutual information (whose
+        estimate cannot exceed log num_images) and the posterior check look at; the
+        amortization gap looks at up to 50 of them, active units and the latent space at all.
     """
+    if not isinstance(model, BuiltinModel):
+        raise ValueError(
+            f"diagnose takes a built-in model (lvmkit.models.BuiltinModel), got "
+            f"{type(model).__name__}; for your own model and guide use lvmkit.posterior, "
+            "psis_khat and the other functions of lvmkit.diagnostics"
+        )
+    if not isinstance(data, ImageData):
+        raise ValueError(
+            f"diagnose takes ImageData, got {type(data).__name__}; wrap images as "
+            "lvmkit.data.ImageData(x, levels=...)"
+        )
     x = model.inputs(data)[0]
-    ctx = Context(model, data, x, summary or {}, evaluation, num_samples, seed)
+    xs = x[:num_images]
+    ctx = Context(model, data, x, xs, summary or {}, evaluation, num_samples, seed)
     sections = []
     for section in tqdm(SECTIONS, desc="diagnose", unit="section", disable=not progress):
         found = section(ctx)

@@ -53,6 +53,8 @@ def posterior(model, guide, *args, num_samples: int = 100, seed: int = 0, device
     draws from p(z | x). Built on ``arviz.from_dict``. device: where to compute (None: where
     the modules behind model and guide are).
     """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     az = _arviz()
     device = place(model, guide, device=device)
     args = _on(device, args)

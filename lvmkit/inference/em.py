@@ -170,8 +170,14 @@ def em(
     dataset = as_dataset(data, "data").to(device)
     pyro.set_rng_seed(seed)
     first = dataset.batch(torch.arange(min(len(dataset), batch_size or len(dataset))))
-    if e_step == "auto":
-        e_step = _pick_e_step(model, first)
+    if e_step != "importance":  # "auto" picks; an explicit "enum" must be possible
+        picked = _pick_e_step(model, first)
+        if e_step == "enum" and picked != "enum":
+            raise ValueError(
+                "e_step='enum' needs every latent site to have enumerable (discrete, finite) "
+                "support; this model has a continuous one: use e_step='importance' or 'auto'"
+            )
+        e_step = picked
     objective = ExpectedLogJoint(e_step, num_samples, hard, guide)
     trainer = Trainer(model, guide or (lambda *a: None), elbo=objective, lr=lr, device=device)
     batch_size = batch_size or len(dataset)

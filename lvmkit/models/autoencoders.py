@@ -53,7 +53,7 @@ class Autoencoder(BuiltinModel):
     """x -> z = f(x) -> p(x | z). ``kind`` picks the bottleneck, sparse or denoising variant."""
 
     config_class = AutoencoderConfig
-    can_sample = False  # no generative prior over codes
+    can_complete = True  # by iterated reconstruction; no sampling: no prior over codes
     can_reconstruct = True
     can_encode = True
     density = None  # the code has no (proper) prior: no p(x)

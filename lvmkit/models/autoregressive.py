@@ -67,6 +67,8 @@ class AutoregressiveDensity(BuiltinModel):
     """p(x) = prod_i p(x_i | x_<i) over pixels and channels (or p(x | y) for a class y)."""
 
     config_class = AutoregressiveConfig
+    can_sample = True
+    can_complete = True
     density = "exact"  # no latent variable: log p(x) in one pass
 
     @classmethod

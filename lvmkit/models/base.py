@@ -7,19 +7,26 @@ weights) and:
 - ``model(*batch)`` / ``guide(*batch)``: Pyro programs over a batch, data under
   ``pyro.plate("data", N)``; ``batch`` is what ``prepare(data).batch(index)`` gives.
 - ``prepare(data)``: ImageData -> the dataset it trains on, in the units its likelihood scores.
+  The default reads ImageData for ``self.obs`` (an observation model) and returns ImageData.
 - ``inputs(data)``: the tensors its per-image methods take for these images, ``(x,)`` or
-  ``(x, y)``; ``to_images(x)``: model units -> pictures (N, C, H, W) in [0, 1].
-- ``data_kind``: what it scores ("continuous", "binary" or "levels"; the last two get bits/dim).
+  ``(x, y)``, in model units (default: ``(prepare(data).x,)``); ``to_images(x)``: model units ->
+  pictures (N, C, H, W) in [0, 1].
+- ``data_kind``: what it scores ("continuous", "binary" or "levels"; the last two get bits/dim);
+  by default ``self.obs.data_kind``.
 - ``density``: how log p(x) is had: "exact" (``log_prob(*batch)`` in closed form), "importance"
   (importance-sampled with its guide), or None (no density, e.g. autoencoders).
-- Declared abilities, each with its method: ``can_sample`` (``sample_images(n)``),
-  ``can_complete`` (``complete(x, known, *extra)``), ``can_reconstruct`` (``reconstruct(x)``),
-  ``can_encode`` (``encode(x)``: a distribution over the code), ``gaussian_code`` (p(z) = N(0, I)
-  at site "z", ``encode(x)`` a diagonal Normal, ``decode_mean(z)``: what k-hat, KL per dimension,
+- Declared abilities, each off unless the class turns it on, each with its method:
+  ``can_sample`` (``sample(n)`` in model units; ``sample_images(n)`` turns it into pictures),
+  ``can_complete`` (``complete(x, known, *extra)``: x with the unknown elements filled in, in
+  x's shape), ``can_reconstruct`` (``reconstruct(x)``, in x's shape), ``can_encode``
+  (``encode(x)``: a torch Distribution over the code, its ``mean``, or a Categorical's
+  ``probs``, is the representation), ``gaussian_code`` (p(z) = N(0, I) at site "z", ``encode(x)``
+  an Independent diagonal Normal, ``decode_mean(z)`` in x's units: what k-hat, KL per dimension,
   mutual information, the amortization gap and traversals need), ``closed_form_em``.
 - ``default_elbo`` / ``default_samples``: the objective ``lvmkit fit`` trains it with.
 
-To add one: subclass, fill in the above, and ``lvmkit.models.register_model(name, cls, ...)``.
+To add one: subclass, fill in the above, and ``lvmkit.models.register_model(name, cls, ...)``,
+which checks that every declared ability has its method.
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ class BuiltinModel(nn.Module):
     """Base class of the built-in models; the defaults suit an image model with an ``obs``."""
 
     config_class: type  # the dataclass this model is built from
-    can_sample = True
-    can_complete = True
+    can_sample = False
+    can_complete = False
     can_reconstruct = False
     can_encode = False
     gaussian_code = False
@@ -66,7 +73,13 @@ class BuiltinModel(nn.Module):
     @property
     def data_kind(self) -> str:
         """What the likelihood scores: "continuous", "binary" (0/1) or "levels" (integers)."""
-        return self.obs.data_kind
+        obs = getattr(self, "obs", None)
+        if obs is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no observation model 'obs': set data_kind = "
+                '"continuous", "binary" or "levels" on the class'
+            )
+        return obs.data_kind
 
     def prepare(self, data: lvdata.ImageData):
         """The dataset to train on: ImageData in the units this model's likelihood scores."""

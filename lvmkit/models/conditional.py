@@ -97,7 +97,7 @@ class ConditionalLVM(BuiltinModel):
     """
 
     config_class = ConditionalLVMConfig
-    can_sample = False  # it generates the rest of an image given a part: complete
+    can_complete = True  # it generates the rest of an image given a part; no samples
     can_encode = True
     default_elbo = "iwae"
     default_samples = 8

@@ -45,6 +45,8 @@ class GaussianMixture(BuiltinModel):
     """
 
     config_class = GaussianMixtureConfig
+    can_sample = True
+    can_complete = True  # the exact Gaussian conditional
     can_encode = True  # encode(x): the responsibilities p(z | x)
     closed_form_em = True  # lvmkit.em(gmm, x)
     density = "exact"

@@ -59,6 +59,8 @@ class GaussianLVM(BuiltinModel):
     """
 
     config_class = GaussianLVMConfig
+    can_sample = True
+    can_complete = True
     can_reconstruct = True
     can_encode = True
     gaussian_code = True

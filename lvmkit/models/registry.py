@@ -13,6 +13,13 @@ from lvmkit.models.gmm import GaussianMixture
 from lvmkit.models.lvm import GaussianLVM
 
 DERIVED = ("image_shape", "dim")  # config fields set from the data, never by a user
+ABILITIES = {  # declared ability -> the method it promises
+    "can_sample": "sample",
+    "can_complete": "complete",
+    "can_reconstruct": "reconstruct",
+    "can_encode": "encode",
+    "gaussian_code": "decode_mean",
+}
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,22 @@ def register_model(
     fixed: dict | None = None,
     defaults: dict | None = None,
 ) -> None:
-    """Make a ``BuiltinModel`` subclass available by name (``lvmkit fit NAME``, load_run)."""
+    """Make a ``BuiltinModel`` subclass available by name (``lvmkit fit NAME``, load_run).
+    ValueError if it is not one, or declares an ability without its method."""
     if not (isinstance(cls, type) and issubclass(cls, BuiltinModel)):
         raise ValueError(f"{cls!r} is not a BuiltinModel subclass (lvmkit.models.base)")
+    for ability, method in ABILITIES.items():
+        if getattr(cls, ability) and not callable(getattr(cls, method, None)):
+            raise ValueError(
+                f"{cls.__name__} declares {ability} = True but has no {method}(...); write it, "
+                f"or set {ability} = False"
+            )
+    if cls.density not in ("exact", "importance", None):
+        raise ValueError(f"{cls.__name__}.density must be 'exact', 'importance' or None")
+    if cls.density == "exact" and cls.log_prob is BuiltinModel.log_prob:
+        raise ValueError(f"{cls.__name__} declares density = 'exact' but has no log_prob(...)")
+    if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
+        raise ValueError(f"{cls.__name__} needs config_class, the dataclass it is built from")
     MODELS[name] = ModelEntry(cls, description, dict(fixed or {}), dict(defaults or {}))
 
 
