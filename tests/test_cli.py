@@ -164,7 +164,7 @@ def test_every_model_fits_from_the_cli_and_completes(tmp_path, name, capsys):
 
 def test_sample_from_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nope")]) == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    assert "is not a finished run (no model.pt" in capsys.readouterr().err
 
 
 def test_gmm_by_em_and_evaluate(tmp_path, capsys):
