@@ -27,7 +27,7 @@ from lvmkit.diagnostics.posteriors import (
 )
 from lvmkit.diagnostics.report import Report, Section
 from lvmkit.diagnostics.representation import active_units, encode
-from lvmkit.models.base import BuiltinModel
+from lvmkit.models.base import check_builtin
 
 UNRELIABLE_SHARE = 0.3  # above this share of k-hat > 0.7 the report says what to do next
 TRAVERSED_DIMS = 6  # rows of the traversal picture: the dimensions with the most KL
@@ -239,17 +239,8 @@ def diagnose(
         estimate cannot exceed log num_images) and the posterior check look at; the
         amortization gap looks at up to 50 of them, active units and the latent space at all.
     """
-    if not isinstance(model, BuiltinModel):
-        raise ValueError(
-            f"diagnose takes a built-in model (lvmkit.models.BuiltinModel), got "
-            f"{type(model).__name__}; for your own model and guide use lvmkit.posterior, "
-            "psis_khat and the other functions of lvmkit.diagnostics"
-        )
-    if not isinstance(data, ImageData):
-        raise ValueError(
-            f"diagnose takes ImageData, got {type(data).__name__}; wrap images as "
-            "lvmkit.data.ImageData(x, levels=...)"
-        )
+    instead = "lvmkit.posterior, psis_khat and the other functions of lvmkit.diagnostics"
+    check_builtin(model, data, "diagnose", instead)
     x = model.inputs(data)[0]
     xs = x[:num_images]
     ctx = Context(model, data, x, xs, summary or {}, evaluation, num_samples, seed)

@@ -38,7 +38,7 @@ class FitResult:
     param_state: dict = field(repr=False)  # the fit's Pyro param store state
     method: str = "svi"  # "svi" or "em"
     e_step: str | None = None  # EM: "closed-form", "enum" or "importance"
-    converged: bool | None = None  # EM: whether the change fell below tol
+    converged: bool | None = None  # closed-form EM: whether the change fell below tol
     stopped_early: bool = False
     interrupted: bool = False  # stopped by SIGINT/SIGTERM after writing a checkpoint
     checkpoint: Path | None = None

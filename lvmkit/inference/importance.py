@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lvmkit.data import ImageData, as_dataset
+from lvmkit.data import as_dataset
 from lvmkit.inference.programs import (
     evaluating,
     max_plate_nesting,
@@ -22,7 +22,7 @@ from lvmkit.inference.programs import (
     per_datapoint,
     place,
 )
-from lvmkit.models.base import BuiltinModel
+from lvmkit.models.base import check_builtin
 
 
 def log_weights(model, guide, *args, num_samples: int = 1, plate_nesting: int) -> Tensor:
@@ -126,17 +126,7 @@ def evaluate(
     which ``model.prepare`` turns into the model's units): exact where the model declares
     ``density = "exact"`` (mixtures, autoregressive models), importance-sampled with its guide
     otherwise. Returns a LogLikelihood with ``exact`` set accordingly."""
-    if not isinstance(model, BuiltinModel):
-        raise ValueError(
-            f"evaluate takes a built-in model (lvmkit.models.BuiltinModel), got "
-            f"{type(model).__name__}; for your own model and guide use "
-            "lvmkit.log_likelihood(model, guide, data)"
-        )
-    if not isinstance(data, ImageData):
-        raise ValueError(
-            f"evaluate takes ImageData, got {type(data).__name__}; wrap images as "
-            "lvmkit.data.ImageData(x, levels=...)"
-        )
+    check_builtin(model, data, "evaluate", "lvmkit.log_likelihood(model, guide, data)")
     if model.density is None:
         raise ValueError(
             f"{type(model).__name__} defines no density p(x) to evaluate (an autoencoder's code "

@@ -129,6 +129,21 @@ class BuiltinModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no closed-form log p(x)")
 
 
+def check_builtin(model, data, what: str, instead: str) -> None:
+    """ValueError unless ``model`` is a BuiltinModel and ``data`` ImageData, as ``what`` (a
+    function's name) needs; ``instead`` says what serves a user's own model and guide."""
+    if not isinstance(model, BuiltinModel):
+        raise ValueError(
+            f"{what} takes a built-in model (lvmkit.models.BuiltinModel), got "
+            f"{type(model).__name__}; for your own model and guide use {instead}"
+        )
+    if not isinstance(data, lvdata.ImageData):
+        raise ValueError(
+            f"{what} takes ImageData, got {type(data).__name__}; wrap images as "
+            "lvmkit.data.ImageData(x, levels=...)"
+        )
+
+
 def prepare_images(data: lvdata.ImageData, obs) -> lvdata.ImageData:
     """The data in the units the observation model ``obs`` scores: [0, 1] for continuous
     likelihoods, {0, 1} for binary ones, integer levels for level likelihoods."""
