@@ -257,3 +257,11 @@ def test_diagnose_writes_a_self_contained_report(tmp_path, capsys):
     assert main(["fit", "gmm", "--epochs", "1", "--out", str(gmm), "--no-progress"]) == 0
     assert main(["diagnose", str(gmm)]) == 0
     assert "posterior diagnostics need" in (gmm / "report.html").read_text()
+
+
+def test_config_files_of_older_runs_are_read(tmp_path):
+    from lvmkit.runs import read_config
+
+    old = tmp_path / "config.toml"
+    old.write_text("[fit]\nnum_particles = 4\n")  # the name num_samples had before
+    assert read_config(old, "lvm")["fit"]["num_samples"] == 4

@@ -456,3 +456,15 @@ def test_objectives_plug_into_pyro_svi(xs):
             assert first == pytest.approx(expected, rel=1e-5)
         losses = [svi.step(xs) for _ in range(30)]
         assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_a_checkpoint_from_before_the_num_samples_rename_resumes(xs, tmp_path):
+    kw = dict(epochs=2, batch_size=50, lr=0.02, progress=False, checkpoint_dir=tmp_path)
+    full = lvmkit.fit(*user_pair(), xs, **{**kw, "checkpoint_dir": tmp_path / "full"})
+    lvmkit.fit(*user_pair(), xs, **{**kw, "epochs": 1})
+    path = tmp_path / "checkpoint.pt"
+    state = lvmkit.inference.load_checkpoint(path)
+    state["config"]["num_particles"] = state["config"].pop("num_samples")  # the old name
+    lvmkit.inference.save_checkpoint(state, path)
+    rest = lvmkit.fit(*user_pair(), xs, resume=True, **kw)
+    assert rest.losses == full.losses

@@ -77,7 +77,9 @@ def load_resumable(path: Path, settings: dict) -> dict:
             f"{path} lacks {sorted(missing)}: it was not written by lvmkit.fit; "
             "delete it or pass resume=False"
         )
-    saved = ckpt["config"]
+    saved = dict(ckpt["config"])
+    if "num_particles" in saved:  # checkpoints written before num_samples had this name
+        saved["num_samples"] = saved.pop("num_particles")
     diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
