@@ -27,6 +27,7 @@ from lvmkit.inference.programs import (
     particle_traces,
     per_datapoint,
     place,
+    sum_out_enumerated,
 )
 
 
@@ -43,15 +44,30 @@ def _on(device: torch.device, args: tuple) -> tuple:
 
 
 @torch.no_grad()
-def posterior(model, guide, *args, num_samples: int = 100, seed: int = 0, device=None):
-    """Draws from q(z | x) for every datapoint, as ``arviz.InferenceData``.
+def posterior(
+    model,
+    guide,
+    *args,
+    num_samples: int = 100,
+    resample: bool = False,
+    seed: int = 0,
+    device=None,
+):
+    """Draws of the latents for every datapoint, as ``arviz.InferenceData``.
+
+    By default the draws are q(z | x)'s, the guide's: weighting them by
+    exp(log_importance_weight) turns them into draws from p(z | x). ``resample=True`` does that
+    here: each datapoint's draws are resampled in proportion to their weights (with
+    replacement), so they are (approximately) p(z | x)'s. ``idata.posterior.attrs["draws"]``
+    says which. Latents the guide leaves to enumeration (``infer={"enumerate": "parallel"}``)
+    are drawn from their exact conditional p(c | z, x), as Pyro's ``infer_discrete`` does.
 
     Groups: ``posterior`` (each latent site, dims chain, draw, datapoint, <site>_dim),
-    ``sample_stats`` (``log_importance_weight``: log p(x, z) - log q(z | x)), ``log_likelihood``
-    and ``posterior_predictive`` (each observed site: log p(x | z), and x replicated from
-    p(x | z)), ``observed_data``. Weighting draws by exp(log_importance_weight) turns them into
-    draws from p(z | x). Built on ``arviz.from_dict``. device: where to compute (None: where
-    the modules behind model and guide are).
+    ``sample_stats`` (``log_importance_weight``: log p(x, z) - log q(z | x) of the K proposals,
+    enumerated latents summed out), ``log_likelihood`` and ``posterior_predictive`` (each
+    observed site: log p(x | z), and x replicated from p(x | z)), ``observed_data``. Built on
+    ``arviz.from_dict``. device: where to compute (None: where the modules behind model and
+    guide are). Every sample site must sit in ``pyro.plate("data", N)``.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -65,27 +81,42 @@ def posterior(model, guide, *args, num_samples: int = 100, seed: int = 0, device
         guide_tr, model_tr = particle_traces(
             model, guide, args, num_samples=num_samples, plate_nesting=nesting
         )
+        log_joint = per_datapoint(model_tr, nesting)  # (E..., K, N)
+        log_w = sum_out_enumerated(log_joint) - per_datapoint(guide_tr, nesting)
+        log_w = log_w.expand(num_samples, -1)
+        discrete = _draw_enumerated(model_tr, log_joint, nesting)  # name -> (K, N, ...)
         with pyro.plate("particles", num_samples, dim=-nesting - 1):
-            replicate = poutine.trace(poutine.uncondition(poutine.replay(model, trace=guide_tr)))
-            rep_tr = replicate.get_trace(*args)
-    log_w = (per_datapoint(model_tr, nesting) - per_datapoint(guide_tr, nesting)).expand(
-        num_samples, -1
-    )
+            replayed = poutine.replay(model, trace=guide_tr)
+            given_tr = model_tr  # log p(x | z); with enumerated c, at the c drawn above
+            if discrete:
+                given_tr = poutine.trace(poutine.condition(replayed, data=discrete)).get_trace(
+                    *args
+                )
+            unconditioned = poutine.condition(poutine.uncondition(replayed), data=discrete)
+            rep_tr = poutine.trace(unconditioned).get_trace(*args)
+        pick = None
+        if resample:  # (K, N): which proposal each resampled draw is
+            pick = dist.Categorical(logits=log_w.T).sample((num_samples,))
 
     def draws(value: Tensor) -> np.ndarray:  # (K, N, ...) -> (chain 1, draw K, N, ...)
+        if pick is not None:
+            index = pick.reshape(pick.shape + (1,) * (value.dim() - 2)).expand(value.shape)
+            value = value.gather(0, index)
         return value.detach().cpu().numpy()[None]
 
     def dims_of(name: str, value: Tensor, lead: int) -> list[str]:
         return ["datapoint"] + [f"{name}_dim_{i}" for i in range(value.dim() - lead)]
 
     post, dims = {}, {}
-    for name, site in guide_tr.nodes.items():
-        if is_latent(site):
-            value = site["value"].expand(num_samples, *site["value"].shape[1:])
-            post[name], dims[name] = draws(value), dims_of(name, value, 2)
+    latents = {n: s["value"] for n, s in guide_tr.nodes.items() if is_latent(s)} | discrete
+    for name, value in latents.items():
+        value = value.expand(num_samples, *value.shape[1:])
+        post[name], dims[name] = draws(value), dims_of(name, value, 2)
     observed, log_lik, predictive = {}, {}, {}
-    for name, site in model_tr.nodes.items():
+    for name, site in given_tr.nodes.items():
         if site["type"] == "sample" and site["is_observed"] and name in rep_tr.nodes:
+            if name in discrete:
+                continue
             lp = site["fn"].log_prob(site["value"])
             lp = lp.reshape((1,) * (nesting + 1 - lp.dim()) + lp.shape)
             lp = lp.reshape(lp.shape[0], lp.shape[-1]).expand(num_samples, -1)  # (K, N)
@@ -95,14 +126,46 @@ def posterior(model, guide, *args, num_samples: int = 100, seed: int = 0, device
             predictive[name] = draws(
                 rep_tr.nodes[name]["value"].expand(num_samples, *site["value"].shape)
             )
-    return az.from_dict(
+    which = (
+        "p(z|x): the guide's draws resampled in proportion to exp(log_importance_weight), the "
+        "weights of the proposals they were drawn from"
+        if resample
+        else "q(z|x): the guide's draws; weight each by exp(log_importance_weight) for p(z|x)"
+    )
+    idata = az.from_dict(
         posterior=post,
         posterior_predictive=predictive,
         log_likelihood=log_lik,
         observed_data=observed,
-        sample_stats={"log_importance_weight": draws(log_w)},
+        sample_stats={"log_importance_weight": log_w.detach().cpu().numpy()[None]},
         dims={**dims, "log_importance_weight": ["datapoint"]},
     )
+    idata.posterior.attrs["draws"] = which
+    return idata
+
+
+def _draw_enumerated(model_tr, log_joint: Tensor, nesting: int) -> dict[str, Tensor]:
+    """Draws (K, N, ...) of the enumerated sites of ``model_tr`` from their exact joint
+    conditional given each particle and datapoint, from the per-datapoint joint (E..., K, N)."""
+    names = [
+        n
+        for n, s in model_tr.nodes.items()
+        if s["type"] == "sample" and s["infer"].get("_enumerate_dim") is not None
+    ]
+    if not names:
+        return {}
+    lead = log_joint.shape[:-2]  # one dim per enumerated site
+    flat = log_joint.reshape(-1, *log_joint.shape[-2:]).movedim(0, -1)  # (K, N, E)
+    index = dist.Categorical(logits=flat).sample()  # (K, N) into the flattened E dims
+    out = {}
+    for name in names:
+        site = model_tr.nodes[name]
+        axis = len(lead) + site["infer"]["_enumerate_dim"] + nesting + 1  # its dim in lead
+        coord = (index // math.prod(lead[axis + 1 :])) % lead[axis]
+        support = site["fn"].enumerate_support(expand=False)
+        support = support.reshape(support.shape[0], *site["fn"].event_shape)
+        out[name] = support[coord]
+    return out
 
 
 def psis_khat(log_weights) -> Tensor:

@@ -80,7 +80,7 @@ class ExpectedLogJoint(Objective):
             log_px = torch.logsumexp(lj, 0)
         else:
             k = self.num_samples
-            if self.proposal is not None:
+            if self.proposal is not None:  # latents it leaves to enumeration are summed
                 q_tr, m_tr = particle_traces(
                     model, self.proposal, args, num_samples=k, plate_nesting=self.nesting
                 )
@@ -89,7 +89,7 @@ class ExpectedLogJoint(Objective):
                 with pyro.plate("particles", k, dim=-self.nesting - 1):
                     m_tr = q_tr = poutine.trace(model).get_trace(*args)
                 log_q = per_datapoint(q_tr, self.nesting, latent_only=True)
-            lj = (per_datapoint(m_tr, self.nesting) - log_q).expand(k, -1)  # log weights (K, N)
+            lj = self._flat(per_datapoint(m_tr, self.nesting) - log_q)  # log weights (E*K, N)
             self.values = {
                 name: site["value"] for name, site in q_tr.nodes.items() if is_latent(site)
             }
@@ -105,10 +105,19 @@ class ExpectedLogJoint(Objective):
             lj = self._enumerated_log_joint(model, args)
         else:
             conditioned = poutine.condition(model, data=self.values)
+            if self.proposal is not None:  # as in the E-step: what the guide left, enumerated
+                conditioned = poutine.enum(conditioned, first_available_dim=-self.nesting - 2)
             with pyro.plate("particles", self.num_samples, dim=-self.nesting - 1):
                 tr = poutine.trace(conditioned).get_trace(*args)
-            lj = per_datapoint(tr, self.nesting)
+            lj = self._flat(per_datapoint(tr, self.nesting))
         return -(self.weights * lj).sum()
+
+    def _flat(self, log_joint: Tensor) -> Tensor:
+        """(E..., K or 1, N) -> (E * K, N): every (enumerated value, particle) a weighted z."""
+        lead = log_joint.shape[:-2]
+        return log_joint.expand(*lead, self.num_samples, log_joint.shape[-1]).reshape(
+            -1, log_joint.shape[-1]
+        )
 
 
 def _pick_e_step(model, first_batch) -> str:

@@ -21,6 +21,7 @@ from lvmkit.inference.programs import (
     particle_traces,
     per_datapoint,
     place,
+    sum_out_enumerated,
 )
 from lvmkit.models.base import check_builtin
 
@@ -34,7 +35,8 @@ def log_weights(model, guide, *args, num_samples: int = 1, plate_nesting: int) -
     guide_tr, model_tr = particle_traces(
         model, guide, args, num_samples=num_samples, plate_nesting=plate_nesting
     )
-    lw = per_datapoint(model_tr, plate_nesting) - per_datapoint(guide_tr, plate_nesting)
+    log_p = sum_out_enumerated(per_datapoint(model_tr, plate_nesting))  # enumerated c summed out
+    lw = log_p - per_datapoint(guide_tr, plate_nesting)
     return lw.expand(num_samples, -1)
 
 

@@ -95,11 +95,26 @@ def on_device(device: torch.device):
     return device if device.type != "cpu" else nullcontext()
 
 
+def _outside_data_plate(name: str) -> ValueError:
+    return ValueError(
+        f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N): importance weights per "
+        "datapoint need every sample site in the data plate. A global latent (one value for "
+        "all datapoints, e.g. a regression weight) has no per-datapoint posterior here: sample "
+        "it with lvmkit.nuts, or make it a pyro.param"
+    )
+
+
 def max_plate_nesting(model, guide, *args) -> int:
-    """How many plate dims model and guide use (they are run once, blocked, without gradients)."""
+    """How many plate dims model and guide use (they are run once, blocked, without gradients).
+    ValueError naming the first sample site that is not inside the data plate."""
     with torch.no_grad(), poutine.block():
         guide_tr = poutine.trace(guide).get_trace(*args)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+    for tr in (model_tr, guide_tr):  # the model's names first: they are the user's own
+        for name, site in tr.nodes.items():
+            in_data = any(f.name == DATA_PLATE for f in site.get("cond_indep_stack", ()))
+            if site["type"] == "sample" and not is_plate_site(site) and not in_data:
+                raise _outside_data_plate(name)
     dims = [
         -frame.dim
         for tr in (guide_tr, model_tr)
@@ -113,34 +128,82 @@ def max_plate_nesting(model, guide, *args) -> int:
 
 def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int):
     """Guide and replayed-model traces of ``num_samples`` particles, vectorized in a plate
-    ("particles") left of the model's plates: (guide_trace, model_trace)."""
+    ("particles") left of the model's plates: (guide_trace, model_trace).
+
+    Model latents the guide does not sample are enumerated where they are marked
+    ``infer={"enumerate": "parallel"}`` (each in a dim left of the particles); any other latent
+    the guide misses is a ValueError that names it, since drawing it from the prior would count
+    its log p without its log q.
+    """
     with pyro.plate("particles", num_samples, dim=-plate_nesting - 1):
         guide_tr = poutine.trace(guide).get_trace(*args)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+        replayed = poutine.replay(model, trace=guide_tr)
+        enumerated = poutine.enum(replayed, first_available_dim=-plate_nesting - 2)
+        model_tr = poutine.trace(enumerated).get_trace(*args)
+    check_unguided(model_tr, guide_tr)
     return guide_tr, model_tr
 
 
-def per_datapoint(trace, plate_nesting: int, *, latent_only: bool = False) -> Tensor:
-    """Sum of a trace's scaled log-probs per (particle, datapoint): (K or 1, N or 1).
+def check_unguided(model_tr, guide_tr) -> None:
+    """ValueError naming a model latent that the guide neither samples nor leaves to
+    enumeration, or an enumerated latent in a plate other than the data plate."""
+    for name, site in model_tr.nodes.items():
+        if not is_latent(site) or name in guide_tr.nodes:
+            continue
+        if site["infer"].get("_enumerate_dim") is None:
+            raise ValueError(
+                f"latent site {name!r} is in the model but the guide does not sample it: add it "
+                "to the guide, or, if it is discrete, mark it "
+                "infer={'enumerate': 'parallel'} so that it is summed out exactly"
+            )
+        plates = [f.name for f in site["cond_indep_stack"] if f.vectorized]
+        if set(plates) - {DATA_PLATE, "particles"}:
+            raise ValueError(
+                f"enumerated site {name!r} sits in plates {plates}: lvmkit sums enumerated "
+                f"latents out per datapoint, so it may sit in pyro.plate({DATA_PLATE!r}) only"
+            )
 
-    Sites' batch shapes are right-aligned against (K, ..., N, ...), with the particle dim at
-    -plate_nesting-1; every dim but those two is summed. ``latent_only`` skips observed sites.
+
+def per_datapoint(trace, plate_nesting: int, *, latent_only: bool = False) -> Tensor:
+    """Sum of a trace's scaled log-probs per (particle, datapoint): (K or 1, N or 1), or, for a
+    trace with enumerated sites, (E_m, ..., E_1, K or 1, N or 1): one dim per enumerated site,
+    left of the particles, for the caller to sum out (``logsumexp``).
+
+    Sites' batch shapes are right-aligned against (E..., K, ..., N, ...), with the particle dim
+    at -plate_nesting-1; every plate dim but the data plate's is summed. ``latent_only`` skips
+    observed sites.
     """
     trace = prune_subsample_sites(trace)  # drop the plates' own bookkeeping sites
     trace.compute_log_prob()
-    total = torch.zeros(1, 1)
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or (latent_only and site["is_observed"]):
-            continue
+    sites = [
+        (name, site)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not (latent_only and site["is_observed"])
+    ]
+    rank = max([plate_nesting + 1] + [s["log_prob"].dim() for _, s in sites])
+    enumerated = sum(s["infer"].get("_enumerate_dim") is not None for _, s in sites)
+    if rank > plate_nesting + 1 + enumerated:
+        name = next(n for n, s in sites if s["log_prob"].dim() == rank)
+        raise ValueError(
+            f"site {name!r} has batch dims that no pyro.plate declares (log-prob shape "
+            f"{tuple(trace.nodes[name]['log_prob'].shape)}): put every batch dim in a plate, "
+            "or fold event dims with .to_event(...)"
+        )
+    total = torch.zeros((1,) * (rank - plate_nesting + 1))
+    for name, site in sites:
         frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
         if not frames:
-            raise ValueError(
-                f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N): importance "
-                "weights per datapoint need every sample site in the data plate"
-            )
+            raise _outside_data_plate(name)
         lp = site["log_prob"]
-        lp = lp.reshape((1,) * (plate_nesting + 1 - lp.dim()) + lp.shape)
-        keep = {0, plate_nesting + 1 + frames[0].dim}  # particle axis, data axis
-        other = [d for d in range(lp.dim()) if d not in keep]
+        lp = lp.reshape((1,) * (rank - lp.dim()) + lp.shape)
+        data_axis = rank + frames[0].dim
+        other = [d for d in range(rank - plate_nesting, rank) if d != data_axis]
         total = total.to(lp) + (lp.sum(other) if other else lp)
     return total
+
+
+def sum_out_enumerated(log_joint: Tensor) -> Tensor:
+    """(E..., K, N) -> (K, N): the enumerated latents summed out of a per-datapoint joint."""
+    if log_joint.dim() <= 2:
+        return log_joint
+    return log_joint.flatten(0, -3).logsumexp(0)
