@@ -21,7 +21,8 @@ def test_nuts_samples_the_exact_ppca_posterior_with_parameters_fixed():
     m = w.T @ w + s**2 * torch.eye(q)
     exact_mean = torch.linalg.solve(m, w.T @ x.T).T  # (2, q)
     exact_std = (s**2 * torch.linalg.inv(m)).diagonal().sqrt()
-    z = lvmkit.nuts(model, x, num_samples=400, warmup_steps=200).get_samples()["z"]
+    pyro.param("w", w)  # fitted into Pyro's global store, as by pyro.infer.SVI
+    z = lvmkit.nuts(model, x, num_samples=400, warmup_steps=200, num_chains=1).get_samples()["z"]
     assert z.shape == (400, 2, q)
     assert torch.allclose(z.mean(0), exact_mean, atol=0.1)
     assert torch.allclose(z.std(0), exact_std.expand(2, q), rtol=0.25)
@@ -35,7 +36,8 @@ def test_nuts_over_the_parameters_of_a_small_mixture():
     )
     x, _ = truth.sample(60)
     gmm = GaussianMixture(GaussianMixtureConfig(dim=1, components=2, covariance_prior_rate=1.0))
-    samples = lvmkit.nuts(gmm.bayesian_model, x, num_samples=100, warmup_steps=100).get_samples()
+    run = lvmkit.nuts(gmm.bayesian_model, x, num_samples=100, warmup_steps=100, num_chains=1)
+    samples = run.get_samples()
     means = samples["means"].mean(0).squeeze(-1).sort().values
     assert torch.allclose(means, torch.tensor([-3.0, 3.0]), atol=0.4)
     assert set(samples) == {"weights", "means", "variances"}
@@ -51,8 +53,15 @@ def test_nuts_runs_become_inference_data_with_rhat_and_ess():
         with pyro.plate("data", len(x)):
             pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
 
+    import math
+    import warnings
+
     x = torch.randn(50) + 2.0
-    idata = mcmc_inference_data(lvmkit.nuts(model, x, num_samples=200, warmup_steps=100))
-    table = az.summary(idata, var_names=["loc"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # quiet by default
+        idata = mcmc_inference_data(lvmkit.nuts(model, x, num_samples=100, warmup_steps=50))
+        table = az.summary(idata, var_names=["loc"])
+    assert idata.posterior.sizes["chain"] == 4  # several chains by default: R-hat is defined
     assert {"r_hat", "ess_bulk", "ess_tail"} <= set(table.columns)
+    assert math.isfinite(table.loc["loc", "r_hat"]) and table.loc["loc", "r_hat"] < 1.1
     assert abs(table.loc["loc", "mean"] - float(x.mean())) < 0.3

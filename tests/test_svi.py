@@ -468,3 +468,28 @@ def test_a_checkpoint_from_before_the_num_samples_rename_resumes(xs, tmp_path):
     lvmkit.inference.save_checkpoint(state, path)
     rest = lvmkit.fit(*user_pair(), xs, resume=True, **kw)
     assert rest.losses == full.losses
+
+
+def test_estimators_use_the_fitted_parameters_or_say_they_did_not(xs):
+    """After fit, log_likelihood and posterior take the fit (params=result) and use its values;
+    without it, a pyro.param site with no value is initialised afresh, with a warning."""
+    import warnings
+
+    model, guide = user_pair()
+    r = lvmkit.fit(model, guide, xs, epochs=5, lr=0.05, progress=False)
+    fitted_noise = float(r.params["noise"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = lvmkit.log_likelihood(model, guide, xs, num_samples=50, params=r)
+        idata = lvmkit.posterior(model, guide, xs, num_samples=10, params=r)
+    with r.scope():
+        scoped = lvmkit.log_likelihood(model, guide, xs, num_samples=50)
+    assert torch.equal(ours.values, scoped.values)
+    assert idata.posterior["z"].shape[:3] == (1, 10, len(xs))
+    with pytest.warns(UserWarning, match=r"\['noise'\] had no value here.*params=result"):
+        fresh = lvmkit.log_likelihood(model, guide, xs, num_samples=50)
+    assert fresh.mean != ours.mean  # computed with noise = 1.0, not the fitted value
+    assert fitted_noise != pytest.approx(1.0)
+    pyro.clear_param_store()  # the fresh value stays in Pyro's global store, as Pyro keeps it
+    with pytest.warns(UserWarning, match=r"\['noise'\] had no value here"):
+        lvmkit.posterior(model, guide, xs, num_samples=10)

@@ -21,6 +21,7 @@ from torch import Tensor
 from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.programs import (
     evaluating,
+    fitted_params,
     is_latent,
     max_plate_nesting,
     on_device,
@@ -52,6 +53,7 @@ def posterior(
     resample: bool = False,
     seed: int = 0,
     device=None,
+    params=None,
 ):
     """Draws of the latents for every datapoint, as ``arviz.InferenceData``.
 
@@ -67,7 +69,9 @@ def posterior(
     enumerated latents summed out), ``log_likelihood`` and ``posterior_predictive`` (each
     observed site: log p(x | z), and x replicated from p(x | z)), ``observed_data``. Built on
     ``arviz.from_dict``. device: where to compute (None: where the modules behind model and
-    guide are). Every sample site must sit in ``pyro.plate("data", N)``.
+    guide are). params: the fit whose parameters to use (what ``lvmkit.fit`` returned); None
+    uses Pyro's global store and warns about ``pyro.param`` sites that had no value there.
+    Every sample site must sit in ``pyro.plate("data", N)``.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -75,7 +79,7 @@ def posterior(
     device = place(model, guide, device=device)
     args = _on(device, args)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), on_device(device):
+    with torch.random.fork_rng(devices=devices), on_device(device), fitted_params(params):
         nesting = max_plate_nesting(model, guide, *args)
         torch.manual_seed(seed)
         guide_tr, model_tr = particle_traces(

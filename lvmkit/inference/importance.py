@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from lvmkit.data import as_dataset
 from lvmkit.inference.programs import (
     evaluating,
+    fitted_params,
     max_plate_nesting,
     on_device,
     particle_traces,
@@ -79,6 +80,7 @@ def log_likelihood(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
+    params=None,
 ) -> LogLikelihood:
     """log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per datapoint.
 
@@ -87,6 +89,9 @@ def log_likelihood(
     stays bounded for K in the thousands. ``discrete`` (default: ImageData with levels) adds
     bits per dimension. The modules behind model and guide are put in eval mode while
     estimating. device: where to compute (None: where the modules' parameters are).
+    params: the fit whose parameters to use (what ``lvmkit.fit`` returned); None uses Pyro's
+    global parameter store, and warns about ``pyro.param`` sites that had no value there.
+    Latents the guide does not sample are summed out where marked for enumeration.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -97,7 +102,12 @@ def log_likelihood(
     chunk = particle_chunk or max(1, min(num_samples, 65536 // batch_size))
     values, nesting = [], None
     devices = [device] if device.type == "cuda" else []
-    with evaluating(model, guide), torch.random.fork_rng(devices=devices), torch.no_grad():
+    with (
+        evaluating(model, guide),
+        torch.random.fork_rng(devices=devices),
+        torch.no_grad(),
+        fitted_params(params),
+    ):
         torch.manual_seed(seed)
         with on_device(device):
             for batch in _batches(dataset, batch_size, progress, "log p(x)"):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
+
+from lvmkit.inference.programs import fitted_params
 
 
 def nuts(
@@ -12,28 +16,39 @@ def nuts(
     *args,
     num_samples: int = 500,
     warmup_steps: int = 500,
-    num_chains: int = 1,
+    num_chains: int = 4,
     seed: int = 0,
     max_plate_nesting: int | None = None,
+    params=None,
     progress: bool = False,
 ) -> MCMC:
     """Run NUTS on ``model(*args)`` and return Pyro's MCMC object (``get_samples()``,
-    ``summary()``; ArviZ reads it). Parameters (pyro.param / pyro.module) stay fixed: only
-    sample sites are sampled, discrete ones marked for enumeration are summed out.
+    ``summary()``; ``lvmkit.diagnostics.mcmc_inference_data`` makes it ArviZ's). Parameters
+    (pyro.param / pyro.module) stay fixed: only sample sites are sampled, discrete ones marked
+    for enumeration are summed out.
+
+    num_chains: 4 by default, so that R-hat (which compares chains) is defined; Pyro runs them
+    in parallel processes where there are spare CPU cores, one after another otherwise.
+    params: the fit whose parameters to hold (what ``lvmkit.fit`` returned); None uses Pyro's
+    global store, with a warning for ``pyro.param`` sites that had no value there.
+    progress: Pyro's progress bars and its notes (e.g. that chains run one after another).
 
     For a fitted LVM, ``nuts(lvm.model, x[:3])`` samples p(z | x) for three datapoints; for a
     mixture's parameters, ``nuts(gmm.bayesian_model, x)``.
     """
     pyro.set_rng_seed(seed)
     kernel = NUTS(model, max_plate_nesting=max_plate_nesting, jit_compile=False)
-    mcmc = MCMC(
-        kernel,
-        num_samples=num_samples,
-        warmup_steps=warmup_steps,
-        num_chains=num_chains,
-        disable_progbar=not progress,
-    )
-    with torch.random.fork_rng():
+    with warnings.catch_warnings():
+        if not progress:  # "num_chains=4 is more than available_cpu=1 ..." and the like
+            warnings.filterwarnings("ignore", message="num_chains=", category=UserWarning)
+        mcmc = MCMC(
+            kernel,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            num_chains=num_chains,
+            disable_progbar=not progress,
+        )
+    with torch.random.fork_rng(), fitted_params(params):
         torch.manual_seed(seed)
         mcmc.run(*args)
     return mcmc

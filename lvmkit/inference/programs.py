@@ -4,6 +4,7 @@ the modules behind a model, eval mode, and devices. Every other inference module
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager, nullcontext
 
 import pyro
@@ -60,6 +61,28 @@ def evaluating(*fns):
     finally:
         for module, was_training in modes:
             module.train(was_training)
+
+
+@contextmanager
+def fitted_params(params=None):
+    """Run model and guide against fitted parameters: those of ``params`` (a FitResult, or a
+    parameter-store state like ``FitResult.param_state``), or the global store when None. A
+    ``pyro.param`` site with no value there is initialised afresh, which after a fit is almost
+    always a mistake: warn about it, naming the sites."""
+    state = getattr(params, "param_state", params)  # a FitResult, or its state
+    store = pyro.get_param_store()
+    with store.scope(state) if state is not None else nullcontext():
+        before = set(store.keys())
+        yield
+        # a module's parameters (pyro.module, "name$$$...") keep the module's own values
+        fresh = sorted(n for n in store.keys() if n not in before and "$$$" not in n)
+    if fresh:
+        warnings.warn(
+            f"pyro.param site(s) {fresh} had no value here and were initialised "
+            "afresh: to use fitted values pass params=result (what lvmkit.fit returned), or run "
+            "inside result.scope()",
+            stacklevel=3,
+        )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
