@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import numpy as np
@@ -176,3 +177,17 @@ def test_one_em_entry_point_returns_what_fit_returns(blobs):
         assert torch.equal(pyro.param("gmm$$$means"), gmm.means)
     with pytest.raises(ValueError, match=r"closed-form EM.*lvmkit.em\(gmm.model, x\)"):
         lvmkit.em(gmm, x, e_step="importance")
+
+
+def test_svi_cannot_shrink_a_mixture_component_below_the_variance_floor():
+    """A dim that is constant in the data lets SVI drive a variance to 0 and the likelihood up
+    without bound; the built-in mixture holds it at min_variance (as EM's reg_covar) and says so."""
+    x, _ = make_blobs(n_samples=600, n_features=2, centers=2, random_state=0)
+    x = torch.as_tensor(np.c_[x, np.ones(len(x))], dtype=torch.float32)  # dim 2 is constant
+    gmm = GaussianMixture(GaussianMixtureConfig(dim=3, components=2)).initialize(x)
+    lvmkit.fit(gmm.model, gmm.guide, x, elbo="enum", epochs=40, lr=0.05, progress=False)
+    assert float(gmm.covariances.detach().min()) >= 1e-6 * (1 - 1e-5)
+    with pytest.warns(UserWarning, match=r"variances at the floor min_variance=1e-06"):
+        bounded = float(gmm.log_prob(x).mean())
+    # the constant dim adds at most log N(0 | 0, 1e-6) = 6.0 nats; unbounded it gave ~40
+    assert bounded < 0.5 * math.log(1 / (2 * math.pi * 1e-6)) + 2

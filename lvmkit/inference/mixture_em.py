@@ -225,6 +225,7 @@ class GaussianMixtureEM:
                 dim=x.shape[1],
                 components=self.n_components,
                 covariance=self.covariance_type,
+                min_variance=self.reg_covar,  # the floor EM itself keeps
             )
         ).to(device=x.device, dtype=x.dtype)
         given = self.means_init is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import pyro
@@ -35,6 +36,10 @@ class GaussianMixtureConfig:
     # The data's shape as pictures (C, H, W), when the vectors are flattened images; None draws
     # each vector as one row.
     image_shape: tuple[int, ...] | None = None
+    # Floor on the variances (diag) or on the squared diagonal of the Cholesky factors (full),
+    # as EM's reg_covar: without one, SVI can shrink a component onto a single point (or a dim
+    # that is constant in the data) and drive its density, and the likelihood, without bound.
+    min_variance: float = 1e-6
 
 
 class GaussianMixture(BuiltinModel):
@@ -75,27 +80,57 @@ class GaussianMixture(BuiltinModel):
             self.log_scales = nn.Parameter(torch.zeros(k, d))
         else:
             self.tril_raw = nn.Parameter(torch.zeros(k, d, d))  # diag holds log of L's diagonal
+        self._warned_collapse = False
 
     # ---- parameters in natural form -------------------------------------------------------
     @property
     def weights(self) -> Tensor:
         return self.weight_logits.softmax(-1)
 
+    def _log_scales(self) -> Tensor:
+        """Log std devs (diag, (K, D)) or log diagonal of the Cholesky factors (full, (K, D)),
+        held at or above the floor ``min_variance`` (a clamp: below it, no gradient)."""
+        if self.config.covariance == "diag":
+            raw = self.log_scales
+        else:
+            raw = self.tril_raw.diagonal(dim1=-2, dim2=-1)
+        floor = self.config.min_variance
+        return raw.clamp(min=0.5 * math.log(floor)) if floor > 0 else raw
+
     @property
     def scale_tril(self) -> Tensor:
         """Cholesky factors of the covariances: (K, D, D)."""
         if self.config.covariance == "diag":
-            return torch.diag_embed(self.log_scales.exp())
-        raw = self.tril_raw
-        return raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+            return torch.diag_embed(self._log_scales().exp())
+        return self.tril_raw.tril(-1) + torch.diag_embed(self._log_scales().exp())
 
     @property
     def covariances(self) -> Tensor:
         """(K, D, D) for full covariance, (K, D) variances for diag (scikit-learn's shapes)."""
         if self.config.covariance == "diag":
-            return (2 * self.log_scales).exp()
+            return (2 * self._log_scales()).exp()
         tril = self.scale_tril
         return tril @ tril.transpose(-1, -2)
+
+    def _warn_if_collapsed(self) -> None:
+        """Once per mixture: say so when variances sit at the floor ``min_variance``."""
+        floor = self.config.min_variance
+        if floor <= 0 or self._warned_collapse:
+            return
+        with torch.no_grad():
+            raw = self.log_scales if self.config.covariance == "diag" else self.tril_raw
+            raw = raw if self.config.covariance == "diag" else raw.diagonal(dim1=-2, dim2=-1)
+            at_floor = raw <= 0.5 * math.log(floor) + 1e-6  # (K, D)
+        if at_floor.any():
+            self._warned_collapse = True
+            components = at_floor.any(1).nonzero().flatten().tolist()
+            warnings.warn(
+                f"GaussianMixture: components {components} have variances at the floor "
+                f"min_variance={floor:g} in {int(at_floor.sum())} (component, dim) pairs: the "
+                "data are constant there, or the fit shrank components onto points to drive "
+                "the likelihood up. Raise min_variance, or fit by EM (lvmkit.em(gmm, x))",
+                stacklevel=3,
+            )
 
     @torch.no_grad()
     def set_params(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
@@ -151,7 +186,7 @@ class GaussianMixture(BuiltinModel):
     def component(self, z: Tensor) -> dist.Distribution:
         """p(x | z) for component indices z (any shape)."""
         if self.config.covariance == "diag":
-            return dist.Normal(self.means[z], self.log_scales[z].exp()).to_event(1)
+            return dist.Normal(self.means[z], self._log_scales()[z].exp()).to_event(1)
         return dist.MultivariateNormal(self.means[z], scale_tril=self.scale_tril[z])
 
     def log_prior(self) -> Tensor:
@@ -225,6 +260,7 @@ class GaussianMixture(BuiltinModel):
     def component_log_probs(self, x: Tensor) -> Tensor:
         """log w_k + log N(x_n | mu_k, Sigma_k): (N, K)."""
         self.check_data(x)
+        self._warn_if_collapsed()
         return self.weight_logits.log_softmax(-1) + self.component(
             torch.arange(self.config.components)
         ).log_prob(x.unsqueeze(-2))
