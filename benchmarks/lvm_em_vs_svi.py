@@ -47,7 +47,7 @@ def main():
         x,
         e_step="importance",
         num_samples=64,
-        iterations=passes,
+        max_iter=passes,
         m_steps=5,
         lr=1e-3,
         batch_size=256,

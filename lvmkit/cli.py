@@ -107,7 +107,7 @@ def run_fit(
         result = em(
             model,
             train_data.double(),
-            iterations=fcfg["epochs"],  # at most; it stops when the log-likelihood settles
+            max_iter=fcfg["epochs"],  # at most; it stops when the log-likelihood settles
             device=fcfg["device"],
             seed=fcfg["seed"],
         )

@@ -97,12 +97,12 @@ def test_generic_em_with_exact_e_step_equals_closed_form_em():
     closed = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
     fit_em(closed, x, tol=1e-9, max_iter=500)
     generic = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
-    result = lvmkit.em(generic.model, x, iterations=15, m_steps=20, lr=0.05)
-    assert result.e_step == "enum" and result.method == "em" and result.epochs == 15
+    result = lvmkit.em(generic.model, x, max_iter=15, m_steps=20, lr=0.05)
+    assert result.e_step == "enum" and result.method == "em" and result.epochs <= 15
     assert result.losses[-1] == pytest.approx(-float(generic.log_prob(x).mean()), abs=0.05)
     assert abs(float(generic.log_prob(x).mean() - closed.log_prob(x).mean())) < 1e-4
     hard = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
-    lvmkit.em(hard.model, x, iterations=10, m_steps=20, lr=0.05, hard=True)
+    lvmkit.em(hard.model, x, max_iter=10, m_steps=20, lr=0.05, hard=True)
     assert float(hard.log_prob(x).mean()) <= float(closed.log_prob(x).mean()) + 1e-6
 
 
@@ -134,7 +134,7 @@ def test_generic_em_with_importance_e_step_reaches_the_ppca_maximum_likelihood()
     w_ml = evecs[:, -q:] * (evals[-q:] - s2).sqrt()
     best = exact_log_lik(w_ml, x.mean(0), s2.sqrt())
     torch.manual_seed(0)
-    fit = lvmkit.em(model, x, num_samples=200, iterations=25, m_steps=10, lr=0.05)
+    fit = lvmkit.em(model, x, num_samples=200, max_iter=25, m_steps=10, lr=0.05)
     assert fit.e_step == "importance"
     p = fit.params
     reached = exact_log_lik(p["w"], p["mu"], p["s"])
@@ -191,3 +191,41 @@ def test_svi_cannot_shrink_a_mixture_component_below_the_variance_floor():
         bounded = float(gmm.log_prob(x).mean())
     # the constant dim adds at most log N(0 | 0, 1e-6) = 6.0 nats; unbounded it gave ~40
     assert bounded < 0.5 * math.log(1 / (2 * math.pi * 1e-6)) + 2
+
+
+def test_a_gmm_written_as_a_plain_pyro_model_reaches_the_closed_form_optimum():
+    """Generic EM (exact E-step, gradient M-step) on a user's own mixture, from the start the
+    closed-form EM takes, stops converged at the closed-form optimum; cut short, it warns."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.distributions import constraints
+
+    torch.manual_seed(0)
+    truth = GaussianMixture(GaussianMixtureConfig(dim=2, components=3))
+    truth.set_params(
+        torch.tensor([0.2, 0.3, 0.5]),
+        torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]]),
+        torch.full((3, 2), 0.5),
+    )
+    x, _ = truth.sample(600)
+    closed = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
+    start = [t.detach().clone() for t in (closed.weights, closed.means, closed.covariances)]
+    fit_em(closed, x, init=None, tol=1e-9, max_iter=1000)
+    optimum = float(closed.log_prob(x).mean())
+
+    def model(x):
+        w = pyro.param("weights", start[0], constraint=constraints.simplex)
+        locs = pyro.param("locs", start[1])
+        scales = pyro.param("scales", start[2].sqrt(), constraint=constraints.positive)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(w), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(locs[z], scales[z]).to_event(1), obs=x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = lvmkit.em(model, x, tol=1e-5)
+    assert result.converged and result.e_step == "enum"
+    assert -result.losses[-1] == pytest.approx(optimum, abs=1e-4)
+    with pytest.warns(ConvergenceWarning, match="did not converge in 2 iterations"):
+        short = lvmkit.em(model, x, max_iter=2)
+    assert short.converged is False and short.epochs == 2

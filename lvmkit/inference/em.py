@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 from pyro.poutine.util import prune_subsample_sites
+from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
 from lvmkit.data import as_dataset
@@ -139,7 +141,7 @@ def em(
     e_step: str = "auto",
     num_samples: int = 64,
     hard: bool = False,
-    iterations: int | None = None,
+    max_iter: int = 100,
     tol: float = 1e-3,
     m_steps: int = 10,
     lr: float = 1e-2,
@@ -149,20 +151,29 @@ def em(
 ) -> FitResult:
     """EM: theta = argmax (1/N) sum_n E_{z ~ p(z|x_n)}[log p_theta(x_n, z)].
 
+    Both stop once the mean log-likelihood changes by less than ``tol`` between iterations, or
+    after ``max_iter`` iterations with a ConvergenceWarning (``result.converged`` says which).
+
     model: a :class:`~lvmkit.models.GaussianMixture` (the module itself) for closed-form EM on
-        x (N, D), in x's dtype (``iterations`` default 100; it stops once the mean
-        log-likelihood changes by less than ``tol``; kmeans++ start from ``seed``; more
-        options in ``mixture_em.fit_em``); or any Pyro model function (``gmm.model`` too) for
-        generic EM, which runs all its ``iterations``.
+        x (N, D), in x's dtype (kmeans++ start from ``seed``; more options in
+        ``mixture_em.fit_em``); or any Pyro model function (``gmm.model`` too) for generic EM.
     Generic EM: ``e_step="enum"`` sums over every value of the (discrete) latents, exactly;
-    "importance" draws ``num_samples`` z per datapoint from ``guide`` (or, without one, from the
-    prior) and self-normalises the weights p(x, z) / q(z | x); "auto" picks "enum" when every
-    latent site has enumerable support. ``hard=True`` keeps only the most probable z (hard EM).
-    Each of ``iterations`` (default 20) runs one E-step per batch, then ``m_steps`` gradient
-    steps (Adam, ``lr``) on the expected complete-data log-likelihood with that posterior held
-    fixed. Every sample site must sit in ``pyro.plate("data", N)``.
-    Returns a FitResult whose ``losses`` are -log p(x) per datapoint, per iteration (exact for a
-    mixture and for enumeration, an importance-sampled estimate otherwise).
+    "importance" draws ``num_samples`` z per datapoint from ``guide`` (a fixed proposal: EM does
+    not train it) or, without one, from the prior, and self-normalises the weights
+    p(x, z) / q(z | x); "auto" picks "enum" when every latent site has enumerable support.
+    ``hard=True`` keeps only the most probable z (hard EM). Each iteration runs one E-step per
+    batch, then ``m_steps`` gradient steps (Adam, ``lr``) on the expected complete-data
+    log-likelihood with that posterior held fixed. Every sample site must sit in
+    ``pyro.plate("data", N)``.
+
+    When to prefer it: when the E-step is exact (enumerable discrete latents of moderate
+    cardinality) EM needs no guide and every iteration raises the likelihood. With continuous
+    latents the importance E-step is only as good as its proposal, and the prior proposes poorly
+    beyond a few latent dims (its log p(x) estimate then converges to a biased value); prefer
+    ``fit`` with an amortized guide there, or pass a good ``guide``.
+
+    Returns a FitResult whose ``losses`` are -log p(x) per datapoint at each iteration's E-step
+    (exact for a mixture and for enumeration, an importance-sampled estimate otherwise).
     """
     if isinstance(model, GaussianMixture):
         if guide is not None or e_step != "auto" or hard:
@@ -171,7 +182,7 @@ def em(
                 "hard; for generic EM on the mixture pass its Pyro program, lvmkit.em(gmm.model, x)"
             )
         x = torch.as_tensor(data, device=resolve_device(device))
-        return fit_em(model, x, tol=tol, max_iter=iterations or 100, seed=seed)
+        return fit_em(model, x, tol=tol, max_iter=max_iter, seed=seed)
     if e_step not in E_STEPS:
         raise ValueError(f"unknown e_step {e_step!r}; choose one of {list(E_STEPS)}")
     t0 = time.perf_counter()
@@ -190,11 +201,11 @@ def em(
     objective = ExpectedLogJoint(e_step, num_samples, hard, guide)
     trainer = Trainer(model, guide or (lambda *a: None), elbo=objective, lr=lr, device=device)
     batch_size = batch_size or len(dataset)
-    losses = []
+    losses, converged = [], False
     with trainer.scope():
         with torch.no_grad():  # parameters must exist before the first E-step
             objective.e_step(model, *first)
-        for _ in range(iterations or 20):
+        for _ in range(max_iter):
             total = 0.0
             perm = torch.randperm(len(dataset))
             for start in range(0, len(dataset), batch_size):
@@ -204,6 +215,18 @@ def em(
                 for _ in range(m_steps):
                     trainer.step(*batch)
             losses.append(-total / len(dataset))
+            if len(losses) > 1 and abs(losses[-1] - losses[-2]) < tol:
+                converged = True
+                break
+    if not converged:
+        change = abs(losses[-1] - losses[-2]) if len(losses) > 1 else "n/a"
+        warnings.warn(
+            f"EM did not converge in {max_iter} iterations (last change in mean log p(x) "
+            f"{change} >= tol={tol}); raise max_iter or lr, loosen tol, or, for an importance "
+            "E-step, raise num_samples (its estimate is noisy)",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return FitResult(
         losses=losses,
         val_losses=[],
@@ -214,4 +237,5 @@ def em(
         param_state=trainer.param_state,
         method="em",
         e_step=e_step,
+        converged=converged,
     )
