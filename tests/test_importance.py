@@ -2,6 +2,7 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
 from lvmkit.inference.elbo import IWAELoss
