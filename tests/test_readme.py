@@ -28,3 +28,33 @@ def test_readme_em_and_svi_snippet_runs_and_agrees():
     exec(compile(code, str(README), "exec"), namespace)
     em, svi, x = namespace["em"], namespace["svi"], namespace["x"]
     assert abs(float(em.log_prob(x).mean() - svi.log_prob(x).mean())) < 0.05
+
+
+def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
+    """Every `lvmkit ...` line of the README's shell blocks, run as written but for fewer epochs.
+    (The Quickstart's `make test` is what CI runs; `make demo` runs `lvmkit demo`, which
+    test_cli runs.)"""
+    import shlex
+
+    import pytest
+
+    from lvmkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith("lvmkit ")]
+    assert len(commands) >= 3
+    for args in commands:
+        fewer = {"50": "2", "100": "3"}  # epochs: the resume line still continues the run
+        args = [
+            fewer.get(a, a) if p == "--epochs" else a
+            for p, a in zip([""] + args[:-1], args, strict=True)
+        ]
+        if args == ["--help"]:
+            with pytest.raises(SystemExit) as done:
+                main(args)
+            assert done.value.code == 0
+        else:
+            assert main(args + ["--no-progress"]) == 0, args
+    assert (tmp_path / "runs" / "lvm" / "model.pt").is_file()
