@@ -107,12 +107,14 @@ def test_generic_em_with_exact_e_step_equals_closed_form_em():
 
 
 def test_generic_em_with_importance_e_step_reaches_the_ppca_maximum_likelihood():
-    """Probabilistic PCA has a closed-form ML solution (Tipping & Bishop 1999) to aim at."""
+    """Probabilistic PCA has a closed-form ML solution (Tipping & Bishop 1999) to aim at. With
+    4 latent dims the prior is a poor proposal (EM on it stalled at -13.62 against -10.87, its
+    log p(x) estimate at -15.14); reusing each E-step's draws as the next proposal reaches it."""
     import pyro
     import pyro.distributions as dist
 
     g = torch.Generator().manual_seed(0)
-    d, q, n = 4, 1, 400
+    d, q, n = 10, 4, 400
     w_true = torch.randn(d, q, generator=g)
     x = torch.randn(n, q, generator=g) @ w_true.T + 0.3 * torch.randn(n, d, generator=g)
 
@@ -135,11 +137,12 @@ def test_generic_em_with_importance_e_step_reaches_the_ppca_maximum_likelihood()
     best = exact_log_lik(w_ml, x.mean(0), s2.sqrt())
     torch.manual_seed(0)
     fit = lvmkit.em(model, x, num_samples=200, max_iter=25, m_steps=10, lr=0.05)
-    assert fit.e_step == "importance"
+    assert fit.e_step == "importance" and fit.converged
     p = fit.params
     reached = exact_log_lik(p["w"], p["mu"], p["s"])
     assert reached > exact_log_lik(0.1 * torch.ones(d, q), torch.zeros(d), torch.tensor(1.0))
-    assert best - 0.02 < reached <= best + 1e-6, (reached, best)
+    assert best - 0.05 < reached <= best + 1e-6, (reached, best)
+    assert abs(-fit.losses[-1] - reached) < 0.05  # its own log p(x) estimate is not biased
 
 
 def test_generic_em_rejects_unknown_e_steps():

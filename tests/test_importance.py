@@ -252,6 +252,7 @@ def test_a_mixture_of_ppca_with_enumerated_c_and_amortized_z():
     )
     cov = w @ w.transpose(-1, -2) + s**2 * torch.eye(d)
     exact = (pi.log() + dist.MultivariateNormal(mu, cov).log_prob(x[:, None])).logsumexp(-1)
+    pyro.param("mu", mu)  # the value the closed form uses, as a fit would leave it
     ll = log_likelihood(model, guide, x, num_samples=4000)
     assert abs(ll.mean - float(exact.mean())) < 0.02  # was off by about log 2
 
@@ -292,3 +293,21 @@ def test_posterior_refuses_a_global_latent_by_name():
 
     with pytest.raises(ValueError, match="site 'w' is not inside pyro.plate\\('data', N\\).*nuts"):
         lvmkit.posterior(regression, AutoNormal(regression), x, y)
+
+
+def test_posterior_resampled_draws_are_the_posterior_not_the_proposal():
+    """With the prior as proposal, q's draws ignore x; resampled in proportion to p/q they
+    follow p(z | x), and the InferenceData says which draws it holds."""
+    import lvmkit
+
+    ppca = PPCA()
+    x = ppca.sample(8)
+    exact = ppca.posterior(x).mean  # (8, q)
+    raw = lvmkit.posterior(ppca.model, ppca.prior_guide, x, num_samples=4000)
+    fixed = lvmkit.posterior(ppca.model, ppca.prior_guide, x, num_samples=4000, resample=True)
+    raw_mean = torch.as_tensor(raw.posterior["z"].values[0]).mean(0)
+    resampled_mean = torch.as_tensor(fixed.posterior["z"].values[0]).mean(0)
+    assert (raw_mean - exact).abs().max() > 0.3  # the prior's draws are not p(z|x)'s
+    assert (resampled_mean - exact).abs().max() < 0.1
+    assert raw.posterior.attrs["draws"].startswith("q(z|x)")
+    assert fixed.posterior.attrs["draws"].startswith("p(z|x)")

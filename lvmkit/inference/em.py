@@ -13,8 +13,10 @@ import time
 import warnings
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 from pyro.poutine.util import prune_subsample_sites
 from sklearn.exceptions import ConvergenceWarning
@@ -40,14 +42,24 @@ E_STEPS = ("auto", "enum", "importance")
 
 class ExpectedLogJoint(Objective):
     """Q(theta) = sum_n sum_k w_nk log p_theta(x_n, z_nk) with the E-step's (z, w) held fixed;
-    ``differentiable_loss`` returns -Q, so a Trainer's gradient steps are the M-step."""
+    ``differentiable_loss`` returns -Q, so a Trainer's gradient steps are the M-step.
 
-    def __init__(self, e_step: str, num_samples: int, hard: bool, proposal):
+    Without a guide the first importance E-step proposes from the prior, which in more than a
+    few latent dims puts almost no draw where p(z | x) is. Each later one reuses what the last
+    found: a diagonal Gaussian per datapoint, moment-matched to its weighted draws and widened
+    1.5x (adaptive importance sampling), for real-valued latents in the data plate alone.
+    """
+
+    WIDEN = 1.5  # the adapted proposal's scale over the posterior's: heavier tails are safer
+
+    def __init__(self, e_step: str, num_samples: int, hard: bool, proposal, size: int = 0):
         super().__init__(num_samples)
         self.kind, self.hard = e_step, hard
         self.proposal = proposal  # a guide, or None to propose from the model's prior
         self.nesting: int | None = None
         self.values, self.weights = None, None
+        self.adapted: dict[str, tuple[Tensor, Tensor]] = {}  # site -> loc, scale (size, ...)
+        self.seen = torch.zeros(size, dtype=torch.bool)  # datapoints with an adapted proposal
 
     def _enumerated_log_joint(self, model, args) -> Tensor:
         """log p(x_n, z = e) for every joint value e of the discrete latents: (E, N)."""
@@ -72,8 +84,9 @@ class ExpectedLogJoint(Objective):
             total = total.sum(other, keepdim=True)
         return total.reshape(-1, total.shape[data_axis])  # (E, N)
 
-    def e_step(self, model, *args) -> float:
-        """Fix the posterior weights for this batch; return the mean log p(x) estimate."""
+    def e_step(self, model, *args, index: Tensor | None = None) -> float:
+        """Fix the posterior weights for this batch (datapoints ``index`` of the dataset);
+        return the mean log p(x) estimate."""
         if self.nesting is None:
             self.nesting = max_plate_nesting(model, self.proposal or (lambda *a: None), *args)
         if self.kind == "enum":
@@ -87,6 +100,11 @@ class ExpectedLogJoint(Objective):
                     model, self.proposal, args, num_samples=k, plate_nesting=self.nesting
                 )
                 log_q = per_datapoint(q_tr, self.nesting)
+            elif index is not None and bool(self.seen[index.cpu()].all()):  # reuse: adapted q
+                q_tr, m_tr = particle_traces(
+                    model, self._adapted_guide(index), args, num_samples=k, plate_nesting=1
+                )
+                log_q = per_datapoint(q_tr, self.nesting)
             else:  # the prior proposes: the weights are the likelihood alone
                 with pyro.plate("particles", k, dim=-self.nesting - 1):
                     m_tr = q_tr = poutine.trace(model).get_trace(*args)
@@ -96,6 +114,8 @@ class ExpectedLogJoint(Objective):
                 name: site["value"] for name, site in q_tr.nodes.items() if is_latent(site)
             }
             log_px = torch.logsumexp(lj, 0) - math.log(k)
+            if self.proposal is None and index is not None:
+                self._adapt(q_tr, (lj - torch.logsumexp(lj, 0)).exp(), index)
         w = (lj - torch.logsumexp(lj, 0)).exp()  # posterior weights, each column sums to 1
         if self.hard:  # hard EM: all weight on the most probable z
             w = torch.nn.functional.one_hot(w.argmax(0), len(w)).T.to(w)
@@ -114,12 +134,47 @@ class ExpectedLogJoint(Objective):
             lj = self._flat(per_datapoint(tr, self.nesting))
         return -(self.weights * lj).sum()
 
+    def _adapt(self, q_tr, w: Tensor, index: Tensor) -> None:
+        """Moment-match next iteration's proposal to these weighted draws (K, N)."""
+        latents = {n: s for n, s in q_tr.nodes.items() if is_latent(s)}
+        if self.nesting != 1 or not all(_real_in_data_plate(s) for s in latents.values()):
+            return  # the prior keeps proposing
+        for name, site in latents.items():
+            value = site["value"]  # (K, N, *event)
+            wk = w.reshape(w.shape + (1,) * (value.dim() - 2))
+            loc = (wk * value).sum(0)
+            scale = ((wk * (value - loc) ** 2).sum(0).sqrt() * self.WIDEN).clamp_min(1e-3)
+            if name not in self.adapted:
+                size = (len(self.seen), *loc.shape[1:])
+                self.adapted[name] = (loc.new_zeros(size), loc.new_ones(size))
+            self.adapted[name][0][index], self.adapted[name][1][index] = loc, scale
+        self.seen[index.cpu()] = True
+
+    def _adapted_guide(self, index: Tensor):
+        """The proposal the last E-step left for datapoints ``index``, as a guide."""
+
+        def guide(*args):
+            with pyro.plate(DATA_PLATE, len(index), dim=-1):
+                for name, (loc, scale) in self.adapted.items():
+                    d = dist.Normal(loc[index], scale[index])
+                    pyro.sample(name, d.to_event(loc.dim() - 1))
+
+        return guide
+
     def _flat(self, log_joint: Tensor) -> Tensor:
         """(E..., K or 1, N) -> (E * K, N): every (enumerated value, particle) a weighted z."""
         lead = log_joint.shape[:-2]
         return log_joint.expand(*lead, self.num_samples, log_joint.shape[-1]).reshape(
             -1, log_joint.shape[-1]
         )
+
+
+def _real_in_data_plate(site) -> bool:
+    """A real-valued latent whose only plate is the data plate (and the particles')."""
+    support = site["fn"].support
+    real = getattr(support, "base_constraint", support) is constraints.real
+    plates = {f.name for f in site["cond_indep_stack"] if f.vectorized}
+    return real and plates <= {DATA_PLATE, "particles"}
 
 
 def _pick_e_step(model, first_batch) -> str:
@@ -198,7 +253,7 @@ def em(
                 "support; this model has a continuous one: use e_step='importance' or 'auto'"
             )
         e_step = picked
-    objective = ExpectedLogJoint(e_step, num_samples, hard, guide)
+    objective = ExpectedLogJoint(e_step, num_samples, hard, guide, size=len(dataset))
     trainer = Trainer(model, guide or (lambda *a: None), elbo=objective, lr=lr, device=device)
     batch_size = batch_size or len(dataset)
     losses, converged = [], False
@@ -209,9 +264,10 @@ def em(
             total = 0.0
             perm = torch.randperm(len(dataset))
             for start in range(0, len(dataset), batch_size):
-                batch = dataset.batch(perm[start : start + batch_size].to(device))
+                index = perm[start : start + batch_size].to(device)
+                batch = dataset.batch(index)
                 with torch.no_grad():
-                    total += objective.e_step(model, *batch) * len(batch[0])
+                    total += objective.e_step(model, *batch, index=index) * len(batch[0])
                 for _ in range(m_steps):
                     trainer.step(*batch)
             losses.append(-total / len(dataset))

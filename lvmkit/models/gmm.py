@@ -127,8 +127,9 @@ class GaussianMixture(BuiltinModel):
             warnings.warn(
                 f"GaussianMixture: components {components} have variances at the floor "
                 f"min_variance={floor:g} in {int(at_floor.sum())} (component, dim) pairs: the "
-                "data are constant there, or the fit shrank components onto points to drive "
-                "the likelihood up. Raise min_variance, or fit by EM (lvmkit.em(gmm, x))",
+                "data are constant there (EM's reg_covar stops there too), or an SVI fit shrank "
+                "components onto points to drive the likelihood up; raise min_variance if the "
+                "likelihood matters to you",
                 stacklevel=3,
             )
 
