@@ -3,6 +3,7 @@ parameter they create, in a parameter store private to the trainer."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -23,6 +24,18 @@ OPTIMIZERS = {
     "adamw": lambda p, lr: torch.optim.AdamW(p, lr=lr, foreach=True),
     "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, foreach=True),
 }
+
+
+@contextmanager
+def _quiet(logger: str):
+    """Hold a library's logger at WARNING inside."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -123,8 +136,9 @@ class Trainer:
         for owner in modules_behind(self.model, self.guide):
             owner.to(self.device)
         batch = self.to_device(batch)
-        # with gradients: TraceEnum_ELBO refuses a loss without a graph
-        with self.scope(), self._buffers_kept():
+        # with gradients: TraceEnum_ELBO refuses a loss without a graph; Pyro logs its guess
+        # of the plate nesting at INFO, which is noise here
+        with self.scope(), self._buffers_kept(), _quiet("pyro"):
             self.loss.differentiable_loss(self.model, self.guide, *batch)
             self._collect_params()
         if not self.param_names:
