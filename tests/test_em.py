@@ -136,7 +136,7 @@ def test_generic_em_with_importance_e_step_reaches_the_ppca_maximum_likelihood()
     w_ml = evecs[:, -q:] * (evals[-q:] - s2).sqrt()
     best = exact_log_lik(w_ml, x.mean(0), s2.sqrt())
     torch.manual_seed(0)
-    fit = lvmkit.em(model, x, num_samples=200, max_iter=25, m_steps=10, lr=0.05)
+    fit = lvmkit.em(model, x, num_samples=200, m_steps=10, lr=0.05)
     assert fit.e_step == "importance" and fit.converged
     p = fit.params
     reached = exact_log_lik(p["w"], p["mu"], p["s"])
@@ -232,3 +232,20 @@ def test_a_gmm_written_as_a_plain_pyro_model_reaches_the_closed_form_optimum():
     with pytest.warns(ConvergenceWarning, match="did not converge in 2 iterations"):
         short = lvmkit.em(model, x, max_iter=2)
     assert short.converged is False and short.epochs == 2
+
+
+def test_a_tight_cluster_far_from_the_mean_fits_from_float32_data():
+    """E[x^2] - mean^2 cancels in float32 (NaN variances, or a non-positive-definite covariance
+    before); lvmkit.em computes in float64, and fit_em in float32 says what to do."""
+    x, _ = make_blobs(n_samples=600, n_features=3, centers=3, random_state=0)
+    tight = 100 + 1e-2 * np.random.default_rng(0).standard_normal((30, 3))
+    x = torch.as_tensor(np.r_[x, tight], dtype=torch.float32)
+    for covariance in ("diag", "full"):
+        config = GaussianMixtureConfig(dim=3, components=4, covariance=covariance)
+        gmm, gmm64 = GaussianMixture(config), GaussianMixture(config)
+        result, result64 = lvmkit.em(gmm, x), lvmkit.em(gmm64, x.double())
+        assert torch.isfinite(gmm.means).all() and gmm.means.dtype == torch.float32
+        assert result.losses == pytest.approx(result64.losses, abs=1e-9)  # float64's answer
+    gmm = GaussianMixture(GaussianMixtureConfig(dim=3, components=4, covariance="full"))
+    with pytest.raises(ValueError, match="not positive definite in torch.float32.*float64"):
+        fit_em(gmm, x - 100, seed=0)  # here float32 cannot resolve the cluster's covariance

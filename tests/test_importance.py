@@ -218,12 +218,14 @@ def test_an_enumerated_latent_with_an_empty_guide_is_summed_out_exactly():
     exact, resp = gmm_exact(x)
     ll = log_likelihood(gmm_model, empty_guide, x, num_samples=3)
     assert torch.allclose(ll.values, exact.double(), atol=1e-5)  # was off by about log 3
+    assert ll.exact  # nothing was sampled: every latent was enumerated
     assert IWAELoss(1).loss(gmm_model, empty_guide, x) == pytest.approx(-float(exact.sum()))
     # the posterior draws c from p(c | x), as infer_discrete would
     idata = lvmkit.posterior(gmm_model, empty_guide, x, num_samples=4000)
     c = torch.as_tensor(idata.posterior["c"].values[0])  # (K, N)
     freq = torch.stack([(c == k).double().mean(0) for k in range(3)], -1)
     assert torch.allclose(freq, resp.double(), atol=0.04)
+    assert idata.posterior.attrs["draws"].startswith("p(c|x)")
     lw = torch.as_tensor(idata.sample_stats["log_importance_weight"].values[0])
     assert torch.allclose(lw, exact.expand_as(lw), atol=1e-5)
 

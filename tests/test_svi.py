@@ -108,7 +108,7 @@ def test_nan_loss_names_epoch_and_step_and_keeps_checkpoint(xs, tmp_path):
     def model_with_blowup(x):
         calls["n"] += 1
         model(x)
-        if calls["n"] == 1 + 4 + 3:  # init + 4 steps of epoch 1 + 3rd step of epoch 2
+        if calls["n"] == 2 + 4 + 3:  # init (guide check, loss) + 4 steps + 3rd step of epoch 2
             pyro.factor("blowup", torch.tensor(float("nan")))
 
     model, guide = user_pair()
@@ -322,12 +322,12 @@ def test_jit_fits_the_same_and_runs_the_python_once_per_batch_shape(xs):
         calls["n"] += 1
 
     eager = lvmkit.fit(*user_pair(hook=count), xs, **kw)
-    assert calls["n"] == 1 + 15 + 3  # init, 3 epochs x 5 steps, one validation batch per epoch
+    assert calls["n"] == 2 + 15 + 3  # init (guide check, loss), 3 x 5 steps, 3 validations
     calls["n"] = 0
     traced = lvmkit.fit(*user_pair(hook=count), xs, jit=True, **kw)
     # init, a trace for batches of 48 and one for the last batch of 8, each epoch's validated
     # first step (checked against the trace), validation
-    assert calls["n"] == 1 + 2 + 3 + 3
+    assert calls["n"] == 2 + 2 + 3 + 3
     assert traced.losses == pytest.approx(eager.losses, rel=1e-6)
     assert traced.val_losses == pytest.approx(eager.val_losses, rel=1e-6)
     assert allclose_params(traced.params, eager.params)
@@ -490,6 +490,41 @@ def test_estimators_use_the_fitted_parameters_or_say_they_did_not(xs):
         fresh = lvmkit.log_likelihood(model, guide, xs, num_samples=50)
     assert fresh.mean != ours.mean  # computed with noise = 1.0, not the fitted value
     assert fitted_noise != pytest.approx(1.0)
-    pyro.clear_param_store()  # the fresh value stays in Pyro's global store, as Pyro keeps it
-    with pytest.warns(UserWarning, match=r"\['noise'\] had no value here"):
+    assert "noise" not in pyro.get_param_store()  # the global store is left as it was
+    with pytest.warns(UserWarning, match=r"\['noise'\] had no value here"):  # every time
         lvmkit.posterior(model, guide, xs, num_samples=10)
+
+
+def test_fit_names_a_latent_its_objective_cannot_score(xs):
+    """With c enumerated in the model and a z-only guide, "elbo" would draw c from its prior and
+    count log p(c) with no log q: a wrong objective, refused by name; "enum" sums c out."""
+    locs = torch.tensor([-1.0, 1.0])
+
+    def model(x):
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+        with pyro.plate("data", len(x)):
+            c = pyro.sample(
+                "c", dist.Categorical(torch.ones(2) / 2), infer={"enumerate": "parallel"}
+            )
+            z = pyro.sample("z", dist.Normal(locs[c], 1.0))
+            pyro.sample("x", dist.Normal(z, scale), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x, 0.5))
+
+    x = xs[:, 0]
+    for elbo in ("elbo", "meanfield"):
+        with pytest.raises(
+            ValueError, match=f"latent site 'c'.*elbo='{elbo}' cannot score.*'enum'"
+        ):
+            lvmkit.fit(model, guide, x, elbo=elbo, epochs=1, progress=False)
+    r = lvmkit.fit(model, guide, x, elbo="enum", epochs=2, progress=False)
+    assert len(r.losses) == 2
+
+    def no_params(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="create no parameters"):  # not Pyro's own words
+        lvmkit.fit(no_params, lambda x: None, x, elbo="enum", epochs=1, progress=False)

@@ -136,6 +136,8 @@ def posterior(
         if resample
         else "q(z|x): the guide's draws; weight each by exp(log_importance_weight) for p(z|x)"
     )
+    if not any(is_latent(s) for s in guide_tr.nodes.values()):
+        which = "p(c|x): every latent is enumerated and drawn from its exact conditional"
     idata = az.from_dict(
         posterior=post,
         posterior_predictive=predictive,

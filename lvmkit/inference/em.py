@@ -38,6 +38,17 @@ from lvmkit.inference.trainer import Trainer
 from lvmkit.models.gmm import GaussianMixture
 
 E_STEPS = ("auto", "enum", "importance")
+# An importance E-step's log p(x) estimate is noisy: it has settled when the mean of its last
+# IMPORTANCE_WINDOW iterations is within tol of the mean of the ones before (an exact E-step:
+# the last iteration against the one before).
+IMPORTANCE_WINDOW = 5
+
+
+def _settled(losses: list[float], window: int, tol: float) -> bool:
+    if len(losses) < 2 * window:
+        return False
+    last, before = losses[-window:], losses[-2 * window : -window]
+    return abs(sum(last) - sum(before)) / window < tol
 
 
 class ExpectedLogJoint(Objective):
@@ -88,7 +99,9 @@ class ExpectedLogJoint(Objective):
         """Fix the posterior weights for this batch (datapoints ``index`` of the dataset);
         return the mean log p(x) estimate."""
         if self.nesting is None:
-            self.nesting = max_plate_nesting(model, self.proposal or (lambda *a: None), *args)
+            self.nesting = max_plate_nesting(
+                model, self.proposal or (lambda *a: None), *args, check_guide=bool(self.proposal)
+            )
         if self.kind == "enum":
             lj = self._enumerated_log_joint(model, args)  # (E, N)
             self.values = None
@@ -206,8 +219,12 @@ def em(
 ) -> FitResult:
     """EM: theta = argmax (1/N) sum_n E_{z ~ p(z|x_n)}[log p_theta(x_n, z)].
 
-    Both stop once the mean log-likelihood changes by less than ``tol`` between iterations, or
-    after ``max_iter`` iterations with a ConvergenceWarning (``result.converged`` says which).
+    Both stop once the mean log-likelihood changes by less than ``tol`` between iterations (for
+    an importance E-step, whose estimates are noisy, between the means of the last 5 iterations
+    and the 5 before), or after ``max_iter`` iterations with a ConvergenceWarning
+    (``result.converged`` says which). Generic EM's M-step is partial (``m_steps`` gradient
+    steps), so a small change can also mean a slow M-step: raise ``lr`` or ``m_steps``, or lower
+    ``tol``, to be sure.
 
     model: a :class:`~lvmkit.models.GaussianMixture` (the module itself) for closed-form EM on
         x (N, D), in x's dtype (kmeans++ start from ``seed``; more options in
@@ -237,7 +254,10 @@ def em(
                 "hard; for generic EM on the mixture pass its Pyro program, lvmkit.em(gmm.model, x)"
             )
         x = torch.as_tensor(data, device=resolve_device(device))
-        return fit_em(model, x, tol=tol, max_iter=max_iter, seed=seed)
+        # in float64, as scikit-learn: float32 statistics lose tight clusters far from the mean
+        result = fit_em(model, x.double(), tol=tol, max_iter=max_iter, seed=seed)
+        model.to(dtype=x.dtype)
+        return result
     if e_step not in E_STEPS:
         raise ValueError(f"unknown e_step {e_step!r}; choose one of {list(E_STEPS)}")
     t0 = time.perf_counter()
@@ -257,12 +277,15 @@ def em(
     trainer = Trainer(model, guide or (lambda *a: None), elbo=objective, lr=lr, device=device)
     batch_size = batch_size or len(dataset)
     losses, converged = [], False
+    window = 1 if e_step == "enum" else IMPORTANCE_WINDOW
     with trainer.scope():
         with torch.no_grad():  # parameters must exist before the first E-step
             objective.e_step(model, *first)
         for _ in range(max_iter):
             total = 0.0
-            perm = torch.randperm(len(dataset))
+            # one batch keeps the data's order: a per-datapoint guide may rely on it
+            single = batch_size >= len(dataset)
+            perm = torch.arange(len(dataset)) if single else torch.randperm(len(dataset))
             for start in range(0, len(dataset), batch_size):
                 index = perm[start : start + batch_size].to(device)
                 batch = dataset.batch(index)
@@ -271,7 +294,7 @@ def em(
                 for _ in range(m_steps):
                     trainer.step(*batch)
             losses.append(-total / len(dataset))
-            if len(losses) > 1 and abs(losses[-1] - losses[-2]) < tol:
+            if _settled(losses, window, tol):
                 converged = True
                 break
     if not converged:

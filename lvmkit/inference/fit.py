@@ -186,7 +186,9 @@ def fit(
         while s.epoch < epochs and not stopped_early:
             t0 = time.perf_counter()
             if s.perm is None:
-                s.perm = torch.randperm(n, generator=shuffle)
+                # one batch per epoch keeps the data's order: a per-datapoint guide may rely on it
+                single = steps_per_epoch == 1
+                s.perm = torch.arange(n) if single else torch.randperm(n, generator=shuffle)
             while s.step < steps_per_epoch and stop.signum is None:
                 idx = s.perm[s.step * batch_size : (s.step + 1) * batch_size]
                 batch = train.batch(idx.to(trainer.device))

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from pyro import poutine
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -17,6 +18,7 @@ from lvmkit.data import as_dataset
 from lvmkit.inference.programs import (
     evaluating,
     fitted_params,
+    is_latent,
     max_plate_nesting,
     on_device,
     particle_traces,
@@ -113,6 +115,10 @@ def log_likelihood(
             for batch in _batches(dataset, batch_size, progress, "log p(x)"):
                 if nesting is None:
                     nesting = max_plate_nesting(model, guide, *batch)
+                    with torch.random.fork_rng(devices=devices):  # draws left as they were
+                        guide_tr = poutine.trace(guide).get_trace(*batch)
+                    # a guide with no latent leaves every latent to exact enumeration
+                    exact = not any(is_latent(site) for site in guide_tr.nodes.values())
                 total = None
                 for k0 in range(0, num_samples, chunk):
                     k = min(chunk, num_samples - k0)
@@ -121,7 +127,7 @@ def log_likelihood(
                     total = lse if total is None else torch.logaddexp(total, lse)
                 values.append(total - math.log(num_samples))
     dims = dataset.batch(torch.arange(1))[0][0].numel()
-    return LogLikelihood.of(torch.cat(values), dims, discrete, num_samples, exact=False)
+    return LogLikelihood.of(torch.cat(values), dims, discrete, num_samples, exact=exact)
 
 
 def evaluate(

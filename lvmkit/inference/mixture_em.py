@@ -40,7 +40,13 @@ def _coefficients(weights: Tensor, means: Tensor, cov: Tensor, diag: bool) -> Te
         quad, lin = -0.5 * prec, prec * means
         const = -0.5 * (means * lin).sum(1) - 0.5 * cov.log().sum(1)
     else:
-        tril = torch.linalg.cholesky(cov)
+        tril, info = torch.linalg.cholesky_ex(cov)
+        if info.any():
+            raise ValueError(
+                f"EM: the covariance of component {int(info.nonzero()[0])} is not positive "
+                f"definite in {cov.dtype}, which cannot resolve a cluster this tight: fit in "
+                "float64 (x.double()), or raise reg_covar"
+            )
         prec = torch.cholesky_inverse(tril)  # (K, D, D)
         quad, lin = -0.5 * prec.flatten(1), (prec @ means[:, :, None]).squeeze(-1)
         const = -0.5 * (means * lin).sum(1) - tril.diagonal(dim1=-2, dim2=-1).log().sum(1)
@@ -76,7 +82,8 @@ def _m_step(n: int, stats: Tensor, d: int, diag: bool, reg_covar: float):
     nk = nk + 10 * torch.finfo(nk.dtype).eps  # as scikit-learn: no empty component divides by 0
     means = sx / nk[:, None]
     if diag:
-        cov = sxx / nk[:, None] - means**2 + reg_covar
+        # E[x^2] - mean^2 cancels: in float32 it can fall below 0 for a tight cluster
+        cov = (sxx / nk[:, None] - means**2).clamp_min(0) + reg_covar
     else:
         eye = torch.eye(d, dtype=means.dtype, device=means.device)
         cov = sxx.reshape(-1, d, d) / nk[:, None, None] - means[:, :, None] * means[:, None, :]

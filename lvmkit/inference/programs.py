@@ -68,14 +68,20 @@ def fitted_params(params=None):
     """Run model and guide against fitted parameters: those of ``params`` (a FitResult, or a
     parameter-store state like ``FitResult.param_state``), or the global store when None. A
     ``pyro.param`` site with no value there is initialised afresh, which after a fit is almost
-    always a mistake: warn about it, naming the sites."""
+    always a mistake: warn about it, naming the sites, and take such values out of the store
+    again afterwards, so that every call says so and the store stays as it was."""
     state = getattr(params, "param_state", params)  # a FitResult, or its state
     store = pyro.get_param_store()
     with store.scope(state) if state is not None else nullcontext():
         before = set(store.keys())
-        yield
-        # a module's parameters (pyro.module, "name$$$...") keep the module's own values
-        fresh = sorted(n for n in store.keys() if n not in before and "$$$" not in n)
+        try:
+            yield
+        finally:
+            created = [n for n in store.keys() if n not in before]
+            for name in created:  # the store (the user's, or the fit's) stays as it was
+                del store[name]
+    # a module's parameters (pyro.module, "name$$$...") keep the module's own values
+    fresh = sorted(n for n in created if "$$$" not in n)
     if fresh:
         warnings.warn(
             f"pyro.param site(s) {fresh} had no value here and were initialised "
@@ -127,9 +133,10 @@ def _outside_data_plate(name: str) -> ValueError:
     )
 
 
-def max_plate_nesting(model, guide, *args) -> int:
+def max_plate_nesting(model, guide, *args, check_guide: bool = True) -> int:
     """How many plate dims model and guide use (they are run once, blocked, without gradients).
-    ValueError naming the first sample site that is not inside the data plate."""
+    ValueError naming the first sample site that is not inside the data plate, and, with
+    ``check_guide``, a model latent the guide neither samples nor leaves to enumeration."""
     with torch.no_grad(), poutine.block():
         guide_tr = poutine.trace(guide).get_trace(*args)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
@@ -138,6 +145,8 @@ def max_plate_nesting(model, guide, *args) -> int:
             in_data = any(f.name == DATA_PLATE for f in site.get("cond_indep_stack", ()))
             if site["type"] == "sample" and not is_plate_site(site) and not in_data:
                 raise _outside_data_plate(name)
+    if check_guide:  # before any vectorized run, whose errors say less
+        check_unguided(model_tr, guide_tr)
     dims = [
         -frame.dim
         for tr in (guide_tr, model_tr)
@@ -167,13 +176,26 @@ def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int)
     return guide_tr, model_tr
 
 
+def unguided_latents(model, guide, *args) -> dict[str, bool]:
+    """The model's latent sites the guide does not sample -> whether each is marked
+    ``infer={"enumerate": "parallel"}`` (both run once, blocked, without gradients)."""
+    with torch.no_grad(), poutine.block():
+        guide_tr = poutine.trace(guide).get_trace(*args)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+    return {
+        name: site["infer"].get("enumerate") == "parallel"
+        for name, site in model_tr.nodes.items()
+        if is_latent(site) and name not in guide_tr.nodes
+    }
+
+
 def check_unguided(model_tr, guide_tr) -> None:
     """ValueError naming a model latent that the guide neither samples nor leaves to
     enumeration, or an enumerated latent in a plate other than the data plate."""
     for name, site in model_tr.nodes.items():
         if not is_latent(site) or name in guide_tr.nodes:
             continue
-        if site["infer"].get("_enumerate_dim") is None:
+        if site["infer"].get("enumerate") != "parallel":
             raise ValueError(
                 f"latent site {name!r} is in the model but the guide does not sample it: add it "
                 "to the guide, or, if it is discrete, mark it "

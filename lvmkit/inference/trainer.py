@@ -16,7 +16,12 @@ from lvmkit.data import as_dataset
 from lvmkit.inference.checkpoint import CheckpointError
 from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.jit import TracedLoss
-from lvmkit.inference.programs import modules_behind, on_device, resolve_device
+from lvmkit.inference.programs import (
+    modules_behind,
+    on_device,
+    resolve_device,
+    unguided_latents,
+)
 
 OPTIMIZERS = {
     # foreach: one multi-tensor kernel per update instead of one per parameter tensor.
@@ -100,6 +105,7 @@ class Trainer:
             raise ValueError(f"jit must be True or False, got {jit!r}")
         self.model, self.guide = model, guide
         self.loss = make_elbo(elbo, num_samples) if isinstance(elbo, str) else elbo
+        self.elbo_name = elbo if isinstance(elbo, str) else None
         self.optimizer_choice, self.lr = optimizer, lr
         self.device = resolve_device(device)
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
@@ -139,12 +145,36 @@ class Trainer:
         # with gradients: TraceEnum_ELBO refuses a loss without a graph; Pyro logs its guess
         # of the plate nesting at INFO, which is noise here
         with self.scope(), self._buffers_kept(), _quiet("pyro"):
-            self.loss.differentiable_loss(self.model, self.guide, *batch)
+            self._check_guide_covers(batch)
+            try:
+                self.loss.differentiable_loss(self.model, self.guide, *batch)
+            except ValueError as err:  # TraceEnum_ELBO's words for a loss with no parameters
+                if "cannot be differentiated" not in str(err):
+                    raise
             self._collect_params()
         if not self.param_names:
             raise ValueError(
                 "the model and guide create no parameters: register nets with pyro.module or "
                 "create pyro.param sites, otherwise there is nothing to fit"
+            )
+
+    def _check_guide_covers(self, batch: tuple) -> None:
+        """A model latent the guide does not sample is summed out by "enum" (if marked for
+        enumeration) and "iwae"; "elbo" and "meanfield" would draw it from its prior and count
+        its log-prior with no log q against it, a wrong objective: refuse, naming it."""
+        if self.elbo_name not in ("elbo", "meanfield", "enum"):
+            return  # "iwae" checks for itself; other objectives know their own rules
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # a check: the fit's draws stay the same
+            unguided = unguided_latents(self.model, self.guide, *batch)
+        for name, marked in unguided.items():
+            if self.elbo_name == "enum" and marked:
+                continue
+            raise ValueError(
+                f"latent site {name!r} is in the model but the guide does not sample it, which "
+                f"elbo={self.elbo_name!r} cannot score: add it to the guide, or, if it is "
+                "discrete, mark it infer={'enumerate': 'parallel'} and use elbo='enum' (or "
+                "'iwae')"
             )
 
     def _collect_params(self) -> None:
