@@ -85,7 +85,8 @@ def test_em_warns_when_it_stops_early_and_rejects_bad_input(blobs):
         GaussianMixtureEM(2).fit(np.zeros((0, 3)))
 
 
-def test_generic_em_with_exact_e_step_equals_closed_form_em():
+def three_clusters() -> torch.Tensor:
+    """600 points (600, 2) from a known 3-component mixture, seeded."""
     torch.manual_seed(0)
     truth = GaussianMixture(GaussianMixtureConfig(dim=2, components=3))
     truth.set_params(
@@ -93,7 +94,11 @@ def test_generic_em_with_exact_e_step_equals_closed_form_em():
         torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]]),
         torch.full((3, 2), 0.5),
     )
-    x, _ = truth.sample(600)
+    return truth.sample(600)[0]
+
+
+def test_generic_em_with_exact_e_step_equals_closed_form_em():
+    x = three_clusters()
     closed = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
     fit_em(closed, x, tol=1e-9, max_iter=500)
     generic = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
@@ -203,14 +208,7 @@ def test_a_gmm_written_as_a_plain_pyro_model_reaches_the_closed_form_optimum():
     import pyro.distributions as dist
     from pyro.distributions import constraints
 
-    torch.manual_seed(0)
-    truth = GaussianMixture(GaussianMixtureConfig(dim=2, components=3))
-    truth.set_params(
-        torch.tensor([0.2, 0.3, 0.5]),
-        torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]]),
-        torch.full((3, 2), 0.5),
-    )
-    x, _ = truth.sample(600)
+    x = three_clusters()
     closed = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x, seed=1)
     start = [t.detach().clone() for t in (closed.weights, closed.means, closed.covariances)]
     fit_em(closed, x, init=None, tol=1e-9, max_iter=1000)
