@@ -21,6 +21,7 @@ from lvmkit.diagnostics import (
     save_figure,
 )
 from lvmkit.inference import NonFiniteLossError, em, evaluate, fit
+from lvmkit.inference.checkpoint import run_lock, write_text
 from lvmkit.models import MODELS, build_model
 from lvmkit.runs import SPLIT, default_config, load_run, read_config, save_model, write_config
 
@@ -100,7 +101,24 @@ def run_fit(
         )
     train_data, val_data = model.prepare(train), model.prepare(val)
     model.initialize(train_data, seed=fcfg["seed"])
-    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):  # a second process fitting into ``out`` is refused, naming this one
+        return _fit_into(
+            model_name,
+            model,
+            config,
+            out,
+            dataset,
+            (train_data, val_data, test),
+            resume=resume,
+            progress=progress,
+            inference=inference,
+        )
+
+
+def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progress, inference):
+    """run_fit's second half: fit and write the run directory, holding its lock."""
+    dcfg, fcfg = config["data"], config["fit"]
+    train_data, val_data, test = splits
     write_config(config, out / "config.toml")
 
     if inference == "em":  # closed-form EM, in float64 as scikit-learn
@@ -123,12 +141,13 @@ def run_fit(
             progress=progress,
             **fcfg,
         )
-    with open(out / "metrics.jsonl", "w") as f:
-        for i, loss in enumerate(result.losses):
-            row = {"epoch": i + 1, "loss": loss}
-            if i < len(result.val_losses):
-                row["val_loss"] = result.val_losses[i]
-            f.write(json.dumps(row) + "\n")
+    rows = []
+    for i, loss in enumerate(result.losses):
+        row = {"epoch": i + 1, "loss": loss}
+        if i < len(result.val_losses):
+            row["val_loss"] = result.val_losses[i]
+        rows.append(json.dumps(row) + "\n")
+    write_text(out / "metrics.jsonl", "".join(rows))
     if result.interrupted:
         print(
             f"interrupted after {result.epochs} epochs; checkpoint: {result.checkpoint}\n"
@@ -158,7 +177,7 @@ def run_fit(
         summary["best_epoch"] = result.best_epoch
     if dataset.y is not None and model.can_encode:
         summary["linear_probe_accuracy"] = linear_probe(encode(model, dataset), dataset.y)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     paths = [
         out / "config.toml",
         out / "metrics.jsonl",
@@ -207,7 +226,7 @@ def run_evaluate(path: Path, num_samples: int, seed: int, progress: bool = True)
         est["bits_per_dim"] = ll.bits_per_dim
     est["split"] = "test"
     out = path / "evaluation.json"
-    out.write_text(json.dumps(est, indent=2) + "\n")
+    write_text(out, json.dumps(est, indent=2) + "\n")
     print(f"{json.dumps(est)}\nwrote {out}")
     return 0
 
@@ -261,7 +280,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, help="run directory (default runs/MODEL)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in OUT with its own settings"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     p.add_argument(
         "--jit", action="store_true", default=None, help="run the steps from a trace of the loss"
     )
@@ -297,6 +319,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt")  # a folder holding one holds a run
+
+
+def _fit_config(args, out: Path) -> dict:
+    """The settings of ``lvmkit fit``: a resumed run's own config.toml, else the defaults and
+    --config; the flags on top. Refuses to replace a run unless --resume or --overwrite."""
+    held = [n for n in RUN_FILES if (out / n).exists()]
+    if held and not (args.resume or args.overwrite):
+        raise ValueError(
+            f"{out} holds a run already ({', '.join(held)}): continue it with --resume, "
+            "replace it with --overwrite, or give another --out"
+        )
+    run_config = out / "config.toml"
+    resumed = args.resume and run_config.exists() and args.config is None
+    config = read_config(run_config if resumed else args.config, args.model)
+    if args.data:
+        if resumed and args.data != config["data"]["name"]:
+            raise ValueError(
+                f"{out} was fitted on {config['data']['name']!r}, not {args.data!r}: resume it "
+                "without --data, or start a new run in another folder"
+            )
+        config["data"]["name"] = args.data
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``lvmkit`` command; returns its exit code (2 for bad input, 130 if interrupted)."""
     args = _parser().parse_args(argv)
@@ -316,13 +363,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_diagnose(args.run, args.num_samples, args.num_images, args.seed, progress)
         if args.command == "evaluate":
             return run_evaluate(args.run, args.num_samples, args.seed, progress)
-        config = read_config(args.config, args.model)
-        if args.data:
-            config["data"]["name"] = args.data
+        out = args.out or Path("runs") / args.model
+        config = _fit_config(args, out)
         for key in ("epochs", "batch_size", "lr", "seed", "device", "jit"):
             if getattr(args, key) is not None:
                 config["fit"][key] = getattr(args, key)
-        out = args.out or Path("runs") / args.model
         return run_fit(
             args.model,
             config,

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvmkit import data as lvdata
-from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lvmkit.inference.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    write_text,
+)
 from lvmkit.models import MODELS
 from lvmkit.models.registry import config_fields, rebuild
 
@@ -93,7 +98,7 @@ def write_config(config: dict, path: Path) -> None:
         lines.append(f"[{table}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
         lines.append("")
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
 
 
 def save_model(model, model_name: str, data: dict, path: Path) -> Path:

@@ -10,10 +10,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from lvmkit.inference.checkpoint import atomic_path
+
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG."""
-    fig.savefig(path, dpi=120)
+    """Write ``fig`` to ``path`` as a PNG, atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     return Path(path)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from lvmkit.diagnostics.plots import save_figure
+from lvmkit.inference.checkpoint import write_text
 
 
 @dataclass
@@ -43,10 +44,8 @@ class Report:
         ]
         if self.posterior is not None:
             self.posterior.to_netcdf(folder / "posterior.nc")
-        (folder / "diagnostics.json").write_text(json.dumps(self.results, indent=2) + "\n")
-        path = folder / "report.html"
-        path.write_text(self.html(pictures))
-        return path
+        write_text(folder / "diagnostics.json", json.dumps(self.results, indent=2) + "\n")
+        return write_text(folder / "report.html", self.html(pictures))
 
     def html(self, pictures: list[Path]) -> str:
         """The page, with the PNG files ``pictures`` embedded."""

@@ -1,46 +1,119 @@
-"""Checkpoints: written atomically, read with ``weights_only=True`` so loading never runs code."""
+"""Checkpoints and other files a run writes: atomic (a temporary file of the writer's own, then
+a rename), checksummed, read with ``weights_only=True`` so loading never runs code; and a lock
+that keeps two processes out of one run directory."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
-import pickle
-import zipfile
+import uuid
 from pathlib import Path
 
 import torch
 
 FORMAT = "lvmkit-checkpoint"
 VERSION = 1
+LOCK_NAME = ".lvmkit.lock"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is corrupt, foreign, or does not fit the model being trained."""
 
 
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write ``state`` to ``path`` via a temp file + rename, so a crash never leaves half a file."""
+def _digest(value, h) -> None:
+    """Feed a nested structure of containers, tensors and plain values into the hash ``h``."""
+    if isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            h.update(repr(key).encode())
+            _digest(value[key], h)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _digest(item, h)
+    elif isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(repr(value).encode())
+
+
+def checksum(state: dict) -> str:
+    """SHA-256 of a state's contents (tensors by their bytes), whatever the file layout."""
+    h = hashlib.sha256()
+    _digest(state, h)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path``, unique to this writer; on success it replaces
+    ``path`` in one step, on failure it is removed: ``path`` is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (summary.json, evaluation.json, config.toml, ...)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically, with a checksum of its contents that
+    ``load_checkpoint`` verifies. Refuses non-finite tensors: a checkpoint is a good state."""
+    for name, value in _tensors(state):
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(
+                f"not writing {path}: {name} holds NaN/inf values; the last good checkpoint "
+                "stays as it was"
+            )
+    full = {"format": FORMAT, "version": VERSION, **state}
+    full["sha256"] = checksum(full)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(full, f)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def _tensors(value, name: str = "state"):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{name}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{name}[{i}]")
+    elif isinstance(value, torch.Tensor):
+        yield name, value
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError if it is not one."""
+    """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError if it is not one,
+    or if its contents do not match their checksum."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train without resume first")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except Exception as err:  # torch.load fails in many ways on a file that is not a checkpoint
+        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt, truncated, or holds objects other than "
-            f"tensors and plain containers): {str(err).splitlines()[0]}; delete it to start over"
+            f"tensors and plain containers; {type(err).__name__}: {first}); delete it to start "
+            "over"
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
@@ -49,6 +122,58 @@ def load_checkpoint(path: str | Path) -> dict:
         )
     if state.get("version") != VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint version {state.get('version')}, this lvmkit reads {VERSION}"
+            f"{path} has checkpoint version {state.get('version')!r}; this lvmkit reads "
+            f"version {VERSION} only"
+        )
+    stored = state.pop("sha256", None)
+    if stored is not None and stored != checksum(state):
+        raise CheckpointError(
+            f"{path} does not match its checksum: its contents changed after it was written "
+            "(disk or copy corruption); delete it to start over, or restore a copy"
         )
     return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path):
+    """Hold ``folder`` for this process: a second process gets a CheckpointError naming the pid
+    that holds it. A lock left by a dead process is taken over; re-entering is allowed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid == os.getpid():  # this process holds it already
+                yield
+                return
+            if pid and _alive(pid):
+                raise CheckpointError(
+                    f"{folder} is in use by another lvmkit process (pid {pid}); wait for it to "
+                    "finish, or give another output folder"
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a process that died
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    raise CheckpointError(f"could not take the lock {lock}; remove it if no lvmkit process runs")

@@ -8,6 +8,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lvmkit.data import as_dataset
-from lvmkit.inference.checkpoint import save_checkpoint
+from lvmkit.inference.checkpoint import run_lock, save_checkpoint
 from lvmkit.inference.resume import StopOnSignal, load_resumable, rng_state, set_rng_state
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer, optimizer_name
 
@@ -174,6 +175,7 @@ def fit(
             save_checkpoint(state, ckpt_path)
 
     stopped_early = interrupted = False
+    lock = run_lock(checkpoint_dir) if checkpoint_dir is not None else nullcontext()
     bar = tqdm(
         total=epochs * steps_per_epoch,
         initial=min(s.epoch, epochs) * steps_per_epoch + s.step,
@@ -182,7 +184,7 @@ def fit(
         desc="fit",
         dynamic_ncols=True,
     )
-    with StopOnSignal() as stop, trainer.scope(), bar:
+    with lock, StopOnSignal() as stop, trainer.scope(), bar:
         while s.epoch < epochs and not stopped_early:
             t0 = time.perf_counter()
             if s.perm is None:

@@ -215,9 +215,24 @@ class Trainer:
                 raise ValueError("the loss does not depend on any parameter; nothing to fit")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self._check_gradients()
             self.optimizer.step()
             self._collect_params()
         return value
+
+    def _check_gradients(self) -> None:
+        """NonFiniteLossError naming the first parameter with a NaN/inf gradient (a finite loss
+        can have one, e.g. sqrt at 0), before the optimizer writes it into the parameters."""
+        named = [(n, p.grad) for n, p in zip(self.param_names, self.leaves(), strict=True)]
+        named = [(n, g) for n, g in named if g is not None]
+        if not named:
+            return
+        norms = torch._foreach_norm([g for _, g in named])  # one fused pass, one sync below
+        if bool(torch.stack(norms).isfinite().all()):
+            return
+        bad = next(n for (n, _), norm in zip(named, norms, strict=True) if not norm.isfinite())
+        self.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(f"the gradient of parameter {bad!r} is not finite")
 
     def _loss(self, batch: tuple, validate: bool) -> Tensor:
         """The step's loss: from the trace, or from the model (checked against the trace)."""
