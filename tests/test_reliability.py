@@ -1,0 +1,183 @@
+"""Nothing lost, nothing torn: the cases of a reliability sweep, each with its exact outcome."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+import lvmkit
+from lvmkit.cli import main
+from lvmkit.inference import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
+from lvmkit.inference.checkpoint import run_lock, write_text
+
+
+def sqrt_pair():
+    """A model whose loss stays finite while its gradient is NaN (sqrt at 0) once w hits 0."""
+    lin = nn.Linear(1, 1)
+
+    def model(x):
+        pyro.module("lin", lin)
+        w = pyro.param("w", torch.tensor(1.0))
+        with pyro.plate("data", len(x)):
+            loc = lin(x[:, None]).squeeze(-1) + torch.sqrt(w * (x[0] > 100))  # sqrt(0): inf grad
+            pyro.sample("y", dist.Normal(loc, 1.0), obs=x)
+
+    return model, lambda x: None
+
+
+def test_a_nan_gradient_never_reaches_the_parameters_or_a_checkpoint(tmp_path):
+    model, guide = sqrt_pair()
+    x = torch.randn(64)
+    with pytest.raises(NonFiniteLossError, match=r"gradient of parameter 'w' is not finite"):
+        lvmkit.fit(model, guide, x, epochs=2, progress=False, checkpoint_dir=tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()  # nothing bad was saved
+
+
+def test_a_checkpoint_is_never_written_with_nan_values(tmp_path):
+    good = tmp_path / "checkpoint.pt"
+    save_checkpoint({"params": {"w": torch.ones(3)}}, good)
+    before = good.read_bytes()
+    with pytest.raises(CheckpointError, match=r"\['params'\]\['w'\] holds NaN/inf"):
+        save_checkpoint({"params": {"w": torch.tensor([1.0, float("nan")])}}, good)
+    assert good.read_bytes() == before  # the last good checkpoint stays
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+
+def test_bit_flips_and_foreign_files_are_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"params": {"w": torch.arange(4096.0)}}, path)
+    data = bytearray(path.read_bytes())
+    refused = 0
+    for i in range(0, len(data), max(1, len(data) // 60)):  # single-bit flips across the file
+        flipped = bytearray(data)
+        flipped[i] ^= 0x10
+        path.write_bytes(bytes(flipped))
+        try:
+            load_checkpoint(path)
+        except CheckpointError:
+            refused += 1
+            continue
+        # a flip that loads must have hit bytes that carry nothing (zip padding/metadata)
+        assert torch.equal(load_checkpoint(path)["params"]["w"], torch.arange(4096.0))
+    assert refused > 0
+    path.write_bytes(bytes(data))
+    payload = bytearray(data)
+    payload[len(payload) // 2] ^= 0x01  # in the tensor bytes
+    path.write_bytes(bytes(payload))
+    with pytest.raises(CheckpointError, match="does not match its checksum|not a readable"):
+        load_checkpoint(path)
+    for content in (b"", b"just some text\n", b"\x00" * 100):
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+            load_checkpoint(path)
+
+
+def test_a_second_process_is_refused_from_a_run_folder_in_use(tmp_path):
+    """Two processes fitting into one folder: one runs, the other is refused naming its pid."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from lvmkit.inference.checkpoint import run_lock\n"
+            f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            CheckpointError, match=f"in use by another lvmkit process \\(pid {holder.pid}\\)"
+        ):
+            with run_lock(tmp_path):
+                pass
+        code = main(["fit", "lvm", "--epochs", "1", "--out", str(tmp_path), "--no-progress"])
+        assert code == 2 and not (tmp_path / "config.toml").exists()  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(tmp_path):  # a lock left by a dead process is taken over
+        assert (tmp_path / ".lvmkit.lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".lvmkit.lock").exists()
+
+
+def test_two_cli_fits_into_one_folder_one_runs_one_is_refused(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lvmkit.cli", "fit", "lvm", "--out", str(run), "--no-progress"]
+    first = subprocess.Popen(
+        cmd + ["--epochs", "400", "--seed", "1"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        second = subprocess.run(
+            cmd + ["--epochs", "1", "--seed", "2", "--overwrite"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 2 and "in use by another lvmkit process" in second.stderr
+        assert "seed = 1" in (run / "config.toml").read_text()  # not replaced by the loser
+        load_checkpoint(run / "checkpoint.pt")  # whole, checksummed
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_the_cli_keeps_a_finished_run_and_resumes_with_its_own_settings(tmp_path, capsys):
+    run = tmp_path / "run"
+    (tmp_path / "run.toml").write_text("[fit]\nbatch_size = 100\n")
+    args = ["fit", "lvm", "--config", str(tmp_path / "run.toml"), "--out", str(run)]
+    assert main(args + ["--epochs", "1", "--no-progress"]) == 0
+    config, model = (run / "config.toml").read_text(), (run / "model.pt").read_bytes()
+    assert main(["fit", "lvm", "--epochs", "1", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run already" in err and "--resume" in err and "--overwrite" in err
+    assert (run / "config.toml").read_text() == config and (run / "model.pt").read_bytes() == model
+    # --resume without --config: the run's own settings (batch_size 100), not the defaults
+    assert (
+        main(["fit", "lvm", "--epochs", "2", "--out", str(run), "--resume", "--no-progress"]) == 0
+    )
+    assert "batch_size = 100" in (run / "config.toml").read_text()
+    assert (
+        main(
+            [
+                "fit",
+                "lvm",
+                "--epochs",
+                "3",
+                "--out",
+                str(run),
+                "--resume",
+                "--data",
+                str(tmp_path / "other.npy"),
+            ]
+        )
+        == 2
+    )
+    assert "was fitted on 'digits'" in capsys.readouterr().err
+    assert (
+        main(["fit", "lvm", "--epochs", "1", "--out", str(run), "--overwrite", "--no-progress"])
+        == 0
+    )
+
+
+def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "evaluation.json"
+    write_text(path, '{"log_likelihood": 1.0}\n')
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_text(path, '{"log_likelihood": 2.0}\n')
+    assert path.read_text() == '{"log_likelihood": 1.0}\n'  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluation.json"]  # no temporary left
