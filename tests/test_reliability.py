@@ -181,3 +181,20 @@ def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
         write_text(path, '{"log_likelihood": 2.0}\n')
     assert path.read_text() == '{"log_likelihood": 1.0}\n'  # the old file, whole
     assert [p.name for p in tmp_path.iterdir()] == ["evaluation.json"]  # no temporary left
+
+
+def test_resuming_with_other_data_is_refused(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, other = torch.randn(100, 6, generator=g), torch.randn(100, 6, generator=g)
+    from test_svi import user_pair
+
+    lvmkit.fit(*user_pair(), x, epochs=1, progress=False, checkpoint_dir=tmp_path)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    for data in (other, x[:80], torch.cat([x[:99], other[:1]])):  # values, size, one row
+        with pytest.raises(CheckpointError, match="was written fitting other data"):
+            lvmkit.fit(
+                *user_pair(), data, epochs=2, progress=False, checkpoint_dir=tmp_path, resume=True
+            )
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    r = lvmkit.fit(*user_pair(), x, epochs=2, progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert r.epochs == 2

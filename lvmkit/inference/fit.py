@@ -4,6 +4,7 @@ checkpoints and exact resume. ``FitResult`` is what every fitting function retur
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 import warnings
@@ -52,6 +53,22 @@ class FitResult:
     def scope(self):
         """``with result.scope(): ...`` runs Pyro code against the fitted parameters."""
         return pyro.get_param_store().scope(self.param_state)
+
+
+def fingerprint(dataset) -> str:
+    """What identifies a dataset for resuming: its size, the shape and dtype of a batch, and a
+    hash of up to 64 datapoints spread across it (batches drawn with a fixed seed, so that
+    random batches, e.g. dynamic binarization, give the same answer)."""
+    n = len(dataset)
+    index = torch.linspace(0, n - 1, min(n, 64)).long()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        batch = dataset.batch(index)  # a CPU index selects from data on any device
+    h = hashlib.sha256()
+    for t in batch:
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    shapes = ", ".join(f"{tuple(t.shape[1:])} {str(t.dtype).removeprefix('torch.')}" for t in batch)
+    return f"{n} datapoints of {shapes}, sha256 {h.hexdigest()[:16]}"
 
 
 @dataclass
@@ -146,6 +163,7 @@ def fit(
         lr=lr,
         optimizer=optimizer_name(optimizer),
         seed=seed,
+        data=fingerprint(train),
     )
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
 

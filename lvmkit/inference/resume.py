@@ -80,6 +80,12 @@ def load_resumable(path: Path, settings: dict) -> dict:
     saved = dict(ckpt["config"])
     if "num_particles" in saved:  # checkpoints written before num_samples had this name
         saved["num_samples"] = saved.pop("num_particles")
+    saved.setdefault("data", settings.get("data"))  # checkpoints written before data was kept
+    if saved.get("data") != settings.get("data"):
+        raise CheckpointError(
+            f"{path} was written fitting other data ({saved['data']}) than this fit's "
+            f"({settings['data']}); resume with the data it was fitted on, or resume=False"
+        )
     diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
