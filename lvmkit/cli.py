@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from lvmkit import data as lvdata
+from lvmkit.data.loaders import BUNDLED
 from lvmkit.diagnostics import (
     diagnose,
     encode,
@@ -261,6 +262,22 @@ def run_diagnose(
     return 0
 
 
+def _positive(kind):
+    """An argparse type: a number of ``kind`` above 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -269,14 +286,15 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=fmt,
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("fit", help="fit a built-in model", epilog=EXAMPLES, formatter_class=fmt)
     p.add_argument("model", help=f"one of {sorted(MODELS)}")
     p.add_argument("--data", help="'digits' or a path (IDX, .npy/.npz, PNG folder)")
     p.add_argument("--config", type=Path, help="a TOML file with [data], [model], [fit] tables")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=_positive(int))
+    p.add_argument("--batch-size", type=_positive(int))
+    p.add_argument("--lr", type=_positive(float))
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, help="run directory (default runs/MODEL)")
@@ -297,24 +315,31 @@ def _parser() -> argparse.ArgumentParser:
     ]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
-        s.add_argument("--n", type=int, default=64 if name == "sample" else 8)
+        s.add_argument("--n", type=_positive(int), default=64 if name == "sample" else 8)
         s.add_argument("--seed", type=int, default=0)
     g = sub.add_parser("diagnose", help="report.html, diagnostics.json, posterior.nc for a run")
     g.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
-    g.add_argument("--num-samples", type=int, default=200, help="draws of q(z|x) per image")
     g.add_argument(
-        "--num-images", type=int, default=100, help="test images the posterior diagnostics use"
+        "--num-samples", type=_positive(int), default=200, help="draws of q(z|x) per image"
+    )
+    g.add_argument(
+        "--num-images",
+        type=_positive(int),
+        default=100,
+        help="test images the posterior diagnostics use",
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="log p(x) and bits/dim on the test split")
     e.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
-    e.add_argument("--num-samples", type=int, default=1000, help="importance samples per image")
+    e.add_argument(
+        "--num-samples", type=_positive(int), default=1000, help="importance samples per image"
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("demo", help="the Gaussian-decoder LVM on digits, under a minute on CPU")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
-    d.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    d.add_argument("--epochs", type=_positive(int), default=DEMO_EPOCHS)
     d.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -341,6 +366,10 @@ def _fit_config(args, out: Path) -> dict:
                 "without --data, or start a new run in another folder"
             )
         config["data"]["name"] = args.data
+    name = config["data"]["name"]
+    if name not in BUNDLED and Path(name).expanduser().exists():
+        # a run is evaluated and resumed from anywhere: keep where its data are, absolutely
+        config["data"]["name"] = str(Path(name).expanduser().resolve())
     return config
 
 
@@ -377,9 +406,13 @@ def main(argv: list[str] | None = None) -> int:
             inference=args.inference,
         )
     except NonFiniteLossError as err:
+        if args.debug:
+            raise
         print(f"lvmkit: training diverged: {err}", file=sys.stderr)
         return 1
-    except ValueError as err:  # bad input of any kind, CheckpointError included
+    except (ValueError, OSError) as err:  # bad input of any kind, CheckpointError included;
+        if args.debug:  # files that cannot be read or written
+            raise
         print(f"lvmkit: error: {err}", file=sys.stderr)
         return 2
 

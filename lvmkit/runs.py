@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,25 @@ FIT_DEFAULTS = {
     "jit": False,
 }
 RENAMED = {"num_particles": "num_samples"}  # keys older runs wrote -> their names now
+# The types of the [data] and [fit] keys ([model] keys take their config dataclass's), and which
+# numbers must be above 0 (other numbers must be at least 0; seeds may be anything).
+TABLE_TYPES = {
+    "data": {"name": str, "split_seed": int},
+    "fit": {
+        "epochs": int,
+        "batch_size": int,
+        "lr": float,
+        "optimizer": str,
+        "elbo": str,
+        "num_samples": int,
+        "patience": int | None,
+        "seed": int,
+        "device": str,
+        "jit": bool,
+    },
+}
+POSITIVE = {"epochs", "batch_size", "lr", "num_samples", "patience"}
+ANY_SIGN = {"seed", "split_seed"}
 
 
 def default_config(model_name: str) -> dict:
@@ -78,7 +99,48 @@ def read_config(path: Path | None, model_name: str) -> dict:
                 f"{sorted(config[table])}"
             )
         config[table].update(values)
+    for table, values in config.items():
+        types = TABLE_TYPES.get(table) or typing.get_type_hints(MODELS[model_name].cls.config_class)
+        defaults = default_config(model_name)[table]
+        for key, value in values.items():
+            problem = _value_problem(key, value, types[key], defaults.get(key))
+            if problem:
+                raise ValueError(f"{path}: [{table}] {key} = {value!r}: {problem}")
     return config
+
+
+def _conforms(value, hint) -> bool:
+    """Whether a TOML value fits a type hint (int, float, str, bool, tuples, unions, None)."""
+    if hint is type(None):
+        return value is None
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_conforms(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_conforms(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _value_problem(key: str, value, hint, default) -> str | None:
+    """What is wrong with a config value, or None."""
+    if not _conforms(value, hint):
+        return f"expected {getattr(hint, '__name__', str(hint))}, got {type(value).__name__}"
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    numbers = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    positive = (
+        key in POSITIVE
+        or isinstance(value, (list, tuple))
+        or (isinstance(default, int) and not isinstance(default, bool) and default > 0)
+    )
+    if key not in ANY_SIGN and any(v < 0 or (positive and v == 0) for v in numbers):
+        return "must be above 0" if positive else "must be at least 0"
+    if isinstance(value, str) and not value:
+        return "must not be empty"
+    return None
 
 
 def _toml_value(v) -> str:

@@ -198,3 +198,65 @@ def test_resuming_with_other_data_is_refused(tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     r = lvmkit.fit(*user_pair(), x, epochs=2, progress=False, checkpoint_dir=tmp_path, resume=True)
     assert r.epochs == 2
+
+
+@pytest.mark.parametrize(
+    "table, line, problem",
+    [
+        ("fit", 'lr = "0.01"', "expected float, got str"),
+        ("fit", "seed = 1.5", "expected int, got float"),
+        ("fit", "epochs = true", "expected int, got bool"),
+        ("fit", "patience = 0", "must be above 0"),
+        ("model", "z_dim = -2", "must be above 0"),
+        ("model", "hidden = 256", "expected tuple, got int"),
+        ("model", "hidden = [0]", "must be above 0"),
+        ("model", "kl_warmup_steps = -5", "must be at least 0"),
+        ("data", 'name = ""', "must not be empty"),
+    ],
+)
+def test_config_values_are_checked_before_anything_runs(tmp_path, capsys, table, line, problem):
+    (tmp_path / "run.toml").write_text(f"[{table}]\n{line}\n")
+    out = tmp_path / "run"
+    assert main(["fit", "lvm", "--config", str(tmp_path / "run.toml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"[{table}] {line.split(' =')[0]} = " in err and problem in err
+    assert not out.exists()  # nothing was written
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sample", "RUN", "--n", "-1"], "--n: -1 must be above 0"),
+        (["diagnose", "RUN", "--num-samples", "0"], "--num-samples: 0 must be above 0"),
+        (["fit", "lvm", "--epochs", "two"], "--epochs: 'two' is not a int"),
+    ],
+)
+def test_numeric_options_are_checked_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_file_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = ["fit", "lvm", "--epochs", "1", "--out", str(blocker / "run"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lvmkit: error:") and len(err.strip().splitlines()) == 1
+    with pytest.raises(OSError):
+        main(["--debug", *args])
+
+
+def test_a_run_keeps_its_data_path_absolute(tmp_path, monkeypatch):
+    import numpy as np
+
+    data = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    (tmp_path / "work").mkdir()
+    np.save(tmp_path / "work" / "mine.npy", data)
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["fit", "ae", "--data", "mine.npy", "--epochs", "1", "--out", "run", "--no-progress"]
+    assert main(args) == 0
+    monkeypatch.chdir(tmp_path)  # elsewhere, the run still finds its data
+    assert lvmkit.load_run("work/run").data["name"] == str(tmp_path / "work" / "mine.npy")
+    assert main(["complete", "work/run", "--n", "2"]) == 0
