@@ -208,31 +208,32 @@ class Trainer:
         batch = self.to_device(batch)
         with self.scope():
             loss = self._loss(batch, validate)
-            value = loss.item() / len(batch[0])
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss is {value}")
             if not loss.requires_grad:
                 raise ValueError("the loss does not depend on any parameter; nothing to fit")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self._check_gradients()
+            value = self._check_finite(loss, len(batch[0]))
             self.optimizer.step()
             self._collect_params()
         return value
 
-    def _check_gradients(self) -> None:
-        """NonFiniteLossError naming the first parameter with a NaN/inf gradient (a finite loss
-        can have one, e.g. sqrt at 0), before the optimizer writes it into the parameters."""
-        named = [(n, p.grad) for n, p in zip(self.param_names, self.leaves(), strict=True)]
-        named = [(n, g) for n, g in named if g is not None]
-        if not named:
-            return
-        norms = torch._foreach_norm([g for _, g in named])  # one fused pass, one sync below
-        if bool(torch.stack(norms).isfinite().all()):
-            return
-        bad = next(n for (n, _), norm in zip(named, norms, strict=True) if not norm.isfinite())
-        self.optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLossError(f"the gradient of parameter {bad!r} is not finite")
+    def _check_finite(self, loss: Tensor, n: int) -> float:
+        """The loss per datapoint, after checking it and every gradient for NaN/inf (a finite
+        loss can have a NaN gradient, e.g. sqrt at 0) in one fused pass and one device sync.
+        The NonFiniteLossError names the loss or the first such parameter; nothing is updated."""
+        named = [(n_, p.grad) for n_, p in zip(self.param_names, self.leaves(), strict=True)]
+        named = [(name, g) for name, g in named if g is not None]
+        norms = torch._foreach_norm([g for _, g in named]) if named else []
+        total, *grad_norms = torch.stack([loss.detach().reshape(()), *norms]).tolist()
+        value = total / n
+        problem = None if math.isfinite(value) else f"loss is {value}"
+        for (name, _), norm in zip(named, grad_norms, strict=True):
+            if problem is None and not math.isfinite(norm):
+                problem = f"the gradient of parameter {name!r} is not finite"
+        if problem is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(problem)
+        return value
 
     def _loss(self, batch: tuple, validate: bool) -> Tensor:
         """The step's loss: from the trace, or from the model (checked against the trace)."""
