@@ -199,6 +199,11 @@ def load_run(path: str | Path) -> Run:
     """Rebuild the built-in model of a run directory from its model.pt (config and weights)."""
     path = Path(path)
     if not (path / "model.pt").is_file():
+        if (path / "checkpoint.pt").is_file():
+            raise ValueError(
+                f"{path} holds a run that did not finish (a checkpoint, no model.pt): continue "
+                f"it with lvmkit fit MODEL --out {path} --resume"
+            )
         raise ValueError(
             f"{path} is not a finished run (no model.pt in it); give the --out folder of a "
             "completed lvmkit fit"

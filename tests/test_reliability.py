@@ -260,3 +260,38 @@ def test_a_run_keeps_its_data_path_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # elsewhere, the run still finds its data
     assert lvmkit.load_run("work/run").data["name"] == str(tmp_path / "work" / "mine.npy")
     assert main(["complete", "work/run", "--n", "2"]) == 0
+
+
+def test_crafted_or_foreign_trainer_states_are_refused_on_resume(tmp_path):
+    from test_svi import user_pair
+
+    x = torch.randn(60, 6, generator=torch.Generator().manual_seed(0))
+    lvmkit.fit(*user_pair(), x, epochs=1, progress=False, checkpoint_dir=tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    good = load_checkpoint(path)
+    edits = {
+        "no param_names": lambda s: s["trainer"].pop("param_names"),
+        "a parameter gone": lambda s: s["trainer"]["params"].pop("noise"),
+        "no optimizer state": lambda s: s["trainer"].update(optimizer={}),
+        "a changed dtype": lambda s: s["trainer"]["params"].update(
+            noise=s["trainer"]["params"]["noise"].double()
+        ),
+    }
+    for edit in edits.values():
+        state = load_checkpoint(path)
+        edit(state)
+        save_checkpoint(state, path)
+        with pytest.raises(CheckpointError):
+            lvmkit.fit(
+                *user_pair(), x, epochs=2, progress=False, checkpoint_dir=tmp_path, resume=True
+            )
+        save_checkpoint(good, path)
+
+
+def test_a_half_written_run_says_how_to_continue_it(tmp_path, capsys):
+    from test_svi import user_pair
+
+    x = torch.randn(60, 6, generator=torch.Generator().manual_seed(0))
+    lvmkit.fit(*user_pair(), x, epochs=1, progress=False, checkpoint_dir=tmp_path)
+    assert main(["sample", str(tmp_path)]) == 2
+    assert "did not finish" in capsys.readouterr().err

@@ -315,6 +315,12 @@ class Trainer:
 
     def load_state_dict(self, state: dict, *, source: str = "checkpoint") -> None:
         """Copy saved parameters (in place) and optimizer state into this trainer."""
+        missing = {"param_names", "params", "optimizer", "buffers"} - set(state)
+        if missing or set(state["params"]) != set(state["param_names"]):
+            raise CheckpointError(
+                f"{source} holds an incomplete trainer state (missing {sorted(missing)} or "
+                "parameters); it was not written by lvmkit.fit: delete it or start over"
+            )
         if state["param_names"] != self.param_names:
             missing = sorted(set(self.param_names) - set(state["param_names"]))
             extra = sorted(set(state["param_names"]) - set(self.param_names))
@@ -323,7 +329,13 @@ class Trainer:
                 f"unknown ones {extra}; resume with the model that wrote it, or start over"
             )
         self.load_params(state["params"], source=source)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"{source}: its optimizer state does not fit this fit's optimizer ({err}); "
+                "resume with the settings that wrote it, or start over"
+            ) from err
         buffers = self._buffers()
         if set(state["buffers"]) != set(buffers):
             raise CheckpointError(f"{source} holds other module buffers than this model has")
@@ -336,9 +348,10 @@ class Trainer:
         current = self.param_state["params"]
         with torch.no_grad():
             for name, value in params.items():
-                if current[name].shape != value.shape:
+                if current[name].shape != value.shape or current[name].dtype != value.dtype:
                     raise CheckpointError(
-                        f"{source}: parameter {name!r} has shape {tuple(value.shape)}, the model's "
-                        f"has {tuple(current[name].shape)}; was it built with another config?"
+                        f"{source}: parameter {name!r} is {tuple(value.shape)} {value.dtype}, the "
+                        f"model's is {tuple(current[name].shape)} {current[name].dtype}; was it "
+                        "built with another config?"
                     )
                 current[name].copy_(value)
