@@ -39,10 +39,10 @@ def _digest(value, h) -> None:
         h.update(repr(value).encode())
 
 
-def checksum(state: dict) -> str:
-    """SHA-256 of a state's contents (tensors by their bytes), whatever the file layout."""
+def checksum(value) -> str:
+    """SHA-256 of nested containers of tensors (by their bytes) and plain values."""
     h = hashlib.sha256()
-    _digest(state, h)
+    _digest(value, h)
     return h.hexdigest()
 
 

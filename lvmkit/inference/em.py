@@ -18,7 +18,6 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
-from pyro.poutine.util import prune_subsample_sites
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
@@ -75,25 +74,10 @@ class ExpectedLogJoint(Objective):
     def _enumerated_log_joint(self, model, args) -> Tensor:
         """log p(x_n, z = e) for every joint value e of the discrete latents: (E, N)."""
         enum_model = poutine.enum(
-            config_enumerate(model, default="parallel"), first_available_dim=-self.nesting - 1
+            config_enumerate(model, default="parallel"), first_available_dim=-self.nesting - 2
         )
-        tr = prune_subsample_sites(poutine.trace(enum_model).get_trace(*args))
-        tr.compute_log_prob()
-        total, data_dim = 0.0, None
-        for name, site in tr.nodes.items():
-            if site["type"] == "sample":
-                frames = [f.dim for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
-                if not frames:
-                    raise ValueError(f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N)")
-                data_dim = frames[0]
-                total = total + site["log_prob"]
-        n_enum = max(total.dim() - self.nesting, 0)  # enumeration dims sit left of the plates
-        total = total.reshape((1,) * (n_enum + self.nesting - total.dim()) + total.shape)
-        data_axis = n_enum + self.nesting + data_dim
-        other = [a for a in range(n_enum, total.dim()) if a != data_axis]
-        if other:
-            total = total.sum(other, keepdim=True)
-        return total.reshape(-1, total.shape[data_axis])  # (E, N)
+        joint = per_datapoint(poutine.trace(enum_model).get_trace(*args), self.nesting)
+        return joint.reshape(-1, joint.shape[-1])  # (E..., 1, N) -> (E, N)
 
     def e_step(self, model, *args, index: Tensor | None = None) -> float:
         """Fix the posterior weights for this batch (datapoints ``index`` of the dataset);

@@ -4,7 +4,6 @@ checkpoints and exact resume. ``FitResult`` is what every fitting function retur
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 import warnings
@@ -19,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lvmkit.data import as_dataset
-from lvmkit.inference.checkpoint import run_lock, save_checkpoint
+from lvmkit.inference.checkpoint import checksum, run_lock, save_checkpoint
 from lvmkit.inference.resume import StopOnSignal, load_resumable, rng_state, set_rng_state
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer, optimizer_name
 
@@ -64,11 +63,8 @@ def fingerprint(dataset) -> str:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         batch = dataset.batch(index)  # a CPU index selects from data on any device
-    h = hashlib.sha256()
-    for t in batch:
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     shapes = ", ".join(f"{tuple(t.shape[1:])} {str(t.dtype).removeprefix('torch.')}" for t in batch)
-    return f"{n} datapoints of {shapes}, sha256 {h.hexdigest()[:16]}"
+    return f"{n} datapoints of {shapes}, sha256 {checksum(batch)[:16]}"
 
 
 @dataclass

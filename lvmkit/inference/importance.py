@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from pyro import poutine
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -19,12 +18,13 @@ from lvmkit.inference.programs import (
     evaluating,
     fitted_params,
     is_latent,
-    max_plate_nesting,
+    nesting_of,
     on_device,
     particle_traces,
     per_datapoint,
     place,
     sum_out_enumerated,
+    trace_once,
 )
 from lvmkit.models.base import check_builtin
 
@@ -55,8 +55,10 @@ class LogLikelihood:
     exact: bool = False  # computed in closed form, not estimated
 
     @classmethod
-    def of(cls, values: Tensor, dims: int, discrete: bool, num_samples: int, exact: bool):
-        """Summarise per-datapoint values (N,) of data with ``dims`` numbers per datapoint."""
+    def of(cls, values: Tensor, dataset, discrete: bool, num_samples: int, exact: bool):
+        """Summarise per-datapoint values (N,) of ``dataset`` (bits per dimension count the
+        numbers of one datapoint)."""
+        dims = dataset.batch(torch.arange(1))[0][0].numel()
         values = values.double().cpu()
         mean = float(values.mean())
         stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan
@@ -114,9 +116,8 @@ def log_likelihood(
         with on_device(device):
             for batch in _batches(dataset, batch_size, progress, "log p(x)"):
                 if nesting is None:
-                    nesting = max_plate_nesting(model, guide, *batch)
-                    with torch.random.fork_rng(devices=devices):  # draws left as they were
-                        guide_tr = poutine.trace(guide).get_trace(*batch)
+                    guide_tr, model_tr = trace_once(model, guide, *batch)
+                    nesting = nesting_of(guide_tr, model_tr)
                     # a guide with no latent leaves every latent to exact enumeration
                     exact = not any(is_latent(site) for site in guide_tr.nodes.values())
                 total = None
@@ -126,8 +127,7 @@ def log_likelihood(
                     lse = torch.logsumexp(lw, dim=0)
                     total = lse if total is None else torch.logaddexp(total, lse)
                 values.append(total - math.log(num_samples))
-    dims = dataset.batch(torch.arange(1))[0][0].numel()
-    return LogLikelihood.of(torch.cat(values), dims, discrete, num_samples, exact=exact)
+    return LogLikelihood.of(torch.cat(values), dataset, discrete, num_samples, exact=exact)
 
 
 def evaluate(
@@ -168,5 +168,4 @@ def evaluate(
     dataset = as_dataset(prepared, "data").to(device)
     with evaluating(model), torch.no_grad(), on_device(device):
         values = [model.log_prob(*b) for b in _batches(dataset, batch_size, progress, "log p(x)")]
-    dims = dataset.batch(torch.arange(1))[0][0].numel()
-    return LogLikelihood.of(torch.cat(values), dims, discrete, 1, exact=True)
+    return LogLikelihood.of(torch.cat(values), dataset, discrete, 1, exact=True)

@@ -133,13 +133,24 @@ def _outside_data_plate(name: str) -> ValueError:
     )
 
 
+def trace_once(model, guide, *args):
+    """The guide's trace and the model's replayed on it, run once, blocked, without gradients:
+    (guide_trace, model_trace)."""
+    with torch.no_grad(), poutine.block():
+        guide_tr = poutine.trace(guide).get_trace(*args)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+    return guide_tr, model_tr
+
+
 def max_plate_nesting(model, guide, *args, check_guide: bool = True) -> int:
     """How many plate dims model and guide use (they are run once, blocked, without gradients).
     ValueError naming the first sample site that is not inside the data plate, and, with
     ``check_guide``, a model latent the guide neither samples nor leaves to enumeration."""
-    with torch.no_grad(), poutine.block():
-        guide_tr = poutine.trace(guide).get_trace(*args)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+    return nesting_of(*trace_once(model, guide, *args), check_guide=check_guide)
+
+
+def nesting_of(guide_tr, model_tr, *, check_guide: bool = True) -> int:
+    """``max_plate_nesting`` from traces already taken (``trace_once``)."""
     for tr in (model_tr, guide_tr):  # the model's names first: they are the user's own
         for name, site in tr.nodes.items():
             in_data = any(f.name == DATA_PLATE for f in site.get("cond_indep_stack", ()))
@@ -163,25 +174,22 @@ def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int)
     ("particles") left of the model's plates: (guide_trace, model_trace).
 
     Model latents the guide does not sample are enumerated where they are marked
-    ``infer={"enumerate": "parallel"}`` (each in a dim left of the particles); any other latent
-    the guide misses is a ValueError that names it, since drawing it from the prior would count
-    its log p without its log q.
+    ``infer={"enumerate": "parallel"}`` (each in a dim left of the particles). ``plate_nesting``
+    comes from ``max_plate_nesting``, which has refused (by name) any other latent the guide
+    misses: drawing it from the prior would count its log p without its log q.
     """
     with pyro.plate("particles", num_samples, dim=-plate_nesting - 1):
         guide_tr = poutine.trace(guide).get_trace(*args)
         replayed = poutine.replay(model, trace=guide_tr)
         enumerated = poutine.enum(replayed, first_available_dim=-plate_nesting - 2)
         model_tr = poutine.trace(enumerated).get_trace(*args)
-    check_unguided(model_tr, guide_tr)
     return guide_tr, model_tr
 
 
 def unguided_latents(model, guide, *args) -> dict[str, bool]:
     """The model's latent sites the guide does not sample -> whether each is marked
-    ``infer={"enumerate": "parallel"}`` (both run once, blocked, without gradients)."""
-    with torch.no_grad(), poutine.block():
-        guide_tr = poutine.trace(guide).get_trace(*args)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+    ``infer={"enumerate": "parallel"}``."""
+    guide_tr, model_tr = trace_once(model, guide, *args)
     return {
         name: site["infer"].get("enumerate") == "parallel"
         for name, site in model_tr.nodes.items()
