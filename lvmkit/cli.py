@@ -13,18 +13,29 @@ import torch
 from lvmkit import data as lvdata
 from lvmkit.data.loaders import BUNDLED
 from lvmkit.diagnostics import (
+    MIN_PSIS_DRAWS,
     diagnose,
     encode,
     image_grid,
     linear_probe,
     loss_curve,
+    probe_problem,
     reconstructions,
     save_figure,
 )
 from lvmkit.inference import NonFiniteLossError, em, evaluate, fit
-from lvmkit.inference.checkpoint import run_lock, write_text
+from lvmkit.inference.checkpoint import check_writable, run_lock, write_text
+from lvmkit.inference.programs import resolve_device
 from lvmkit.models import MODELS, build_model
-from lvmkit.runs import SPLIT, default_config, load_run, read_config, save_model, write_config
+from lvmkit.runs import (
+    SPLIT,
+    default_config,
+    load_run,
+    read_config,
+    read_json,
+    save_model,
+    write_config,
+)
 
 MODEL_LINES = "\n".join(f"  {name:5} {entry.description}" for name, entry in MODELS.items())
 EXAMPLES = f"""\
@@ -90,6 +101,7 @@ def run_fit(
 ) -> int:
     """Fit a built-in model; write the run directory. Returns the exit code."""
     dcfg, fcfg = config["data"], config["fit"]
+    resolve_device(fcfg["device"])  # a device this machine lacks is refused before any file
     dataset = lvdata.load(dcfg["name"])
     train, val, test = lvdata.split(dataset, SPLIT, seed=dcfg["split_seed"])
     torch.manual_seed(fcfg["seed"])  # the nets' initial weights
@@ -100,6 +112,8 @@ def run_fit(
             f"--inference em is for {', '.join(with_em)} here (closed-form EM); for other "
             "models use lvmkit.em in Python"
         )
+    if dataset.y is not None and model.can_encode and probe_problem(dataset.y):
+        print(f"lvmkit: no linear probe: {probe_problem(dataset.y)}", file=sys.stderr)
     train_data, val_data = model.prepare(train), model.prepare(val)
     model.initialize(train_data, seed=fcfg["seed"])
     with run_lock(out):  # a second process fitting into ``out`` is refused, naming this one
@@ -176,7 +190,7 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
     if result.val_losses:
         summary["val_loss"] = result.val_losses[result.best_epoch - 1]
         summary["best_epoch"] = result.best_epoch
-    if dataset.y is not None and model.can_encode:
+    if dataset.y is not None and model.can_encode and not probe_problem(dataset.y):
         summary["linear_probe_accuracy"] = linear_probe(encode(model, dataset), dataset.y)
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     paths = [
@@ -199,6 +213,7 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
 def run_sample(path: Path, n: int, seed: int) -> int:
     """Write RUN/samples.png: n draws from a fitted model."""
     model = load_run(path).model
+    check_writable(path / "samples.png")
     torch.manual_seed(seed)
     out = save_figure(image_grid(model.sample_images(n), title="samples"), path / "samples.png")
     print(f"wrote {out}")
@@ -208,6 +223,7 @@ def run_sample(path: Path, n: int, seed: int) -> int:
 def run_complete(path: Path, n: int, seed: int) -> int:
     """Write RUN/completions.png: the bottom halves of n test images filled in."""
     run = load_run(path)
+    check_writable(path / "completions.png")
     torch.manual_seed(seed)
     x, *extra = run.model.inputs(run.test_data())
     out = save_completions(run.model, x[:n], path / "completions.png", [e[:n] for e in extra])
@@ -219,6 +235,8 @@ def run_evaluate(path: Path, num_samples: int, seed: int, progress: bool = True)
     """log p(x) on the test split into RUN/evaluation.json: exact where the model can say it,
     importance-sampled with the model's guide otherwise."""
     run = load_run(path)
+    out = path / "evaluation.json"
+    check_writable(out)
     ll = evaluate(run.model, run.test_data(), num_samples=num_samples, seed=seed, progress=progress)
     est = {"log_likelihood": ll.mean, "stderr": ll.stderr, "exact": ll.exact}
     if not ll.exact:
@@ -226,7 +244,6 @@ def run_evaluate(path: Path, num_samples: int, seed: int, progress: bool = True)
     if ll.bits_per_dim is not None:
         est["bits_per_dim"] = ll.bits_per_dim
     est["split"] = "test"
-    out = path / "evaluation.json"
     write_text(out, json.dumps(est, indent=2) + "\n")
     print(f"{json.dumps(est)}\nwrote {out}")
     return 0
@@ -237,8 +254,8 @@ def run_diagnose(
 ) -> int:
     """report.html, diagnostics.json and (for models with a Gaussian code) posterior.nc."""
     run = load_run(path)
-    eval_path = path / "evaluation.json"
-    evaluation = json.loads(eval_path.read_text()) if eval_path.exists() else None
+    evaluation = read_json(path / "evaluation.json")
+    check_writable(*(path / n for n in ("report.html", "diagnostics.json", "posterior.nc")))
     report = diagnose(
         run.model,
         run.test_data(),
@@ -262,8 +279,8 @@ def run_diagnose(
     return 0
 
 
-def _positive(kind):
-    """An argparse type: a number of ``kind`` above 0."""
+def _positive(kind, minimum=None):
+    """An argparse type: a number of ``kind`` above 0 (and at least ``minimum``)."""
 
     def parse(text: str):
         try:
@@ -272,6 +289,8 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
         return value
 
     parse.__name__ = f"positive {kind.__name__}"
@@ -320,7 +339,10 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("diagnose", help="report.html, diagnostics.json, posterior.nc for a run")
     g.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
     g.add_argument(
-        "--num-samples", type=_positive(int), default=200, help="draws of q(z|x) per image"
+        "--num-samples",
+        type=_positive(int, MIN_PSIS_DRAWS),
+        default=200,
+        help="draws of q(z|x) per image",
     )
     g.add_argument(
         "--num-images",
@@ -350,6 +372,8 @@ RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt")  # a folder holding one
 def _fit_config(args, out: Path) -> dict:
     """The settings of ``lvmkit fit``: a resumed run's own config.toml, else the defaults and
     --config; the flags on top. Refuses to replace a run unless --resume or --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
     held = [n for n in RUN_FILES if (out / n).exists()]
     if held and not (args.resume or args.overwrite):
         raise ValueError(
@@ -359,7 +383,9 @@ def _fit_config(args, out: Path) -> dict:
     run_config = out / "config.toml"
     resumed = args.resume and run_config.exists() and args.config is None
     config = read_config(run_config if resumed else args.config, args.model)
-    if args.data:
+    if args.data is not None:
+        if not args.data.strip():
+            raise ValueError("--data is empty; give 'digits' or a path to your data")
         if resumed and args.data != config["data"]["name"]:
             raise ValueError(
                 f"{out} was fitted on {config['data']['name']!r}, not {args.data!r}: resume it "

@@ -81,16 +81,23 @@ def read_config(path: Path | None, model_name: str) -> dict:
     config = default_config(model_name)
     if path is None:
         return config
+    if Path(path).is_dir():
+        raise ValueError(f"--config {path} is a folder; give a TOML file such as run.toml")
     try:
         with open(path, "rb") as f:
             loaded = tomllib.load(f)
     except FileNotFoundError:
         raise ValueError(f"no config file at {path}") from None
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid TOML: {err}") from None
     for table, values in loaded.items():
-        if table not in config or not isinstance(values, dict):
+        if table not in config:
             raise ValueError(f"{path}: unknown table [{table}]; valid tables are {list(config)}")
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{path}: {table} = {values!r} should be a table: a line [{table}] followed by "
+                "key = value lines"
+            )
         values = {RENAMED.get(k, k): v for k, v in values.items()}  # older runs' files read
         unknown = sorted(set(values) - set(config[table]))
         if unknown:
@@ -208,19 +215,38 @@ def load_run(path: str | Path) -> Run:
             f"{path} is not a finished run (no model.pt in it); give the --out folder of a "
             "completed lvmkit fit"
         )
-    state = load_checkpoint(path / "model.pt")
-    if state.get("kind") != "model":
-        raise CheckpointError(f"{path / 'model.pt'} does not hold a built-in lvmkit model")
+    file = path / "model.pt"
+    state = load_checkpoint(file)
+    if state.get("kind") != "model" or not {"config", "state_dict", "data"} <= set(state):
+        raise CheckpointError(f"{file} does not hold a built-in lvmkit model")
     name = state.get("model")
     if name not in MODELS:
         raise CheckpointError(
-            f"{path / 'model.pt'} holds model {name!r}, which is not registered in this "
+            f"{file} holds model {name!r}, which is not registered in this "
             "process: import the module that calls lvmkit.models.register_model for it first"
         )
-    model = rebuild(name, state["config"])
-    model.load_state_dict(state["state_dict"])
+    try:
+        model = rebuild(name, state["config"])
+        model.load_state_dict(state["state_dict"])
+    except (TypeError, RuntimeError, ValueError) as err:  # settings or weights of another model
+        raise CheckpointError(
+            f"{file}: its weights do not fit the {name!r} model its settings describe "
+            f"({str(err).splitlines()[0][:200]}); the file was written by other code or "
+            "edited: fit the run again"
+        ) from err
     config_path = path / "config.toml"
     config = read_config(config_path if config_path.exists() else None, name)
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return Run(path, name, model.eval(), config, summary, state["data"])
+    return Run(path, name, model.eval(), config, read_json(path / "summary.json"), state["data"])
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file a command wrote (summary.json, evaluation.json); None if there is none."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); delete it, or write it again with the "
+            "lvmkit command that made it"
+        ) from None

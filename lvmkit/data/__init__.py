@@ -1,7 +1,7 @@
 """Datasets, transforms and splits. ``load("digits")`` is the bundled default."""
 
-from lvmkit.data.dataset import Dataset, TensorData, as_dataset
-from lvmkit.data.images import ImageData, check_images
+from lvmkit.data.dataset import Dataset, TensorData, as_dataset, check_count
+from lvmkit.data.images import ImageData, check_images, check_labels
 from lvmkit.data.loaders import load, load_array, load_digits, load_idx, load_image_folder, read_idx
 from lvmkit.data.transforms import binarize, dynamic_binarize, quantize, scale, split
 
@@ -9,9 +9,11 @@ __all__ = [
     "Dataset",
     "TensorData",
     "as_dataset",
+    "check_count",
     "ImageData",
     "binarize",
     "check_images",
+    "check_labels",
     "dynamic_binarize",
     "load",
     "load_array",

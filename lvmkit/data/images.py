@@ -29,11 +29,8 @@ class ImageData:
 
     def __post_init__(self):
         check_images(self.x, self.levels, what=self.name, probabilities=self.dynamic_binarization)
-        if self.y is not None and len(self.y) != len(self.x):
-            raise ValueError(
-                f"{self.name}: {len(self.x)} images but {len(self.y)} labels; "
-                "pass one label per image (or y=None)"
-            )
+        if self.y is not None:
+            check_labels(self.y, len(self.x), what=self.name)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -102,3 +99,18 @@ def check_images(x, levels: int | None, what: str = "data", probabilities: bool 
                 f"{'' if (x == x.round()).all() else ' and are not all integers'}; "
                 "declare the right number of levels, or use levels=None for continuous data"
             )
+
+
+def check_labels(y, n: int, what: str = "data") -> None:
+    """Raise ValueError unless ``y`` is an (n,) integer tensor of class numbers 0..K-1."""
+    if not isinstance(y, Tensor) or y.dim() != 1:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{what}: labels must be a 1-d tensor, one per image; got {shape}")
+    if len(y) != n:
+        raise ValueError(
+            f"{what}: {n} images but {len(y)} labels; pass one label per image (or y=None)"
+        )
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{what}: labels must be integers (class numbers), got {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise ValueError(f"{what}: labels must be class numbers 0..K-1, got {int(y.min())}")

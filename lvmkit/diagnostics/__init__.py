@@ -12,6 +12,7 @@ from lvmkit.diagnostics.plots import (
     save_figure,
 )
 from lvmkit.diagnostics.posteriors import (
+    MIN_PSIS_DRAWS,
     AmortizationGap,
     amortization_gap,
     khat_bands,
@@ -22,9 +23,10 @@ from lvmkit.diagnostics.posteriors import (
     psis_khat,
 )
 from lvmkit.diagnostics.report import Report, Section
-from lvmkit.diagnostics.representation import active_units, encode, linear_probe
+from lvmkit.diagnostics.representation import active_units, encode, linear_probe, probe_problem
 
 __all__ = [
+    "MIN_PSIS_DRAWS",
     "SECTIONS",
     "AmortizationGap",
     "Report",
@@ -44,6 +46,7 @@ __all__ = [
     "mcmc_inference_data",
     "mutual_information",
     "posterior",
+    "probe_problem",
     "psis_khat",
     "reconstructions",
     "save_figure",

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lvmkit.data import ImageData
+from lvmkit.data import ImageData, check_count
 from lvmkit.diagnostics.plots import bars, histogram, image_grid, latent_space
 from lvmkit.diagnostics.posteriors import (
+    MIN_PSIS_DRAWS,
     amortization_gap,
     khat_bands,
     kl_per_dimension,
@@ -241,6 +242,8 @@ def diagnose(
     """
     instead = "lvmkit.posterior, psis_khat and the other functions of lvmkit.diagnostics"
     check_builtin(model, data, "diagnose", instead)
+    check_count("num_samples", num_samples, minimum=MIN_PSIS_DRAWS)
+    check_count("num_images", num_images)
     x = model.inputs(data)[0]
     xs = x[:num_images]
     ctx = Context(model, data, x, xs, summary or {}, evaluation, num_samples, seed)

@@ -18,6 +18,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from lvmkit.data import check_count
 from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.programs import (
     evaluating,
@@ -30,6 +31,8 @@ from lvmkit.inference.programs import (
     place,
     sum_out_enumerated,
 )
+
+MIN_PSIS_DRAWS = 10  # PSIS fits a Pareto to the largest ~3 sqrt(K) weights: fewer say nothing
 
 
 def _arviz():
@@ -73,8 +76,7 @@ def posterior(
     uses Pyro's global store and warns about ``pyro.param`` sites that had no value there.
     Every sample site must sit in ``pyro.plate("data", N)``.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    check_count("num_samples", num_samples)
     az = _arviz()
     device = place(model, guide, device=device)
     args = _on(device, args)
@@ -184,6 +186,11 @@ def psis_khat(log_weights) -> Tensor:
         lw = log_weights.sample_stats["log_importance_weight"].values[0].T  # (N, K)
     else:
         lw = torch.as_tensor(log_weights).double().T.cpu().numpy()
+    if lw.shape[-1] < MIN_PSIS_DRAWS:
+        raise ValueError(
+            f"k-hat needs at least {MIN_PSIS_DRAWS} draws per datapoint, got {lw.shape[-1]}: "
+            "a Pareto fit to the tail of fewer weights says nothing; draw more"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ warns on high k-hat: we report it instead
         _, khat = az.psislw(lw)

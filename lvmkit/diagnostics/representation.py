@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,18 +31,34 @@ def encode(model, data, *, batch_size: int = 256, device=None) -> Tensor:
 def linear_probe(
     codes: Tensor, labels: Tensor, *, test_fraction: float = 0.25, seed: int = 0
 ) -> float:
-    """Test accuracy of a logistic regression from standardized codes to labels."""
+    """Test accuracy of a logistic regression from standardized codes to labels. Splits are
+    stratified when every class has two images or more."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    problem = probe_problem(labels)
+    if problem:
+        raise ValueError(f"no linear probe: {problem}")
     z, y = codes.detach().cpu().double().numpy(), labels.cpu().numpy()
+    counts = np.bincount(y)
+    n_test, n_classes = math.ceil(test_fraction * len(y)), int((counts > 0).sum())
+    fits = (counts[counts > 0] > 1).all() and n_classes <= min(n_test, len(y) - n_test)
+    stratify = y if fits else None  # sklearn refuses a stratified split that cannot be made
     z_tr, z_te, y_tr, y_te = train_test_split(
-        z, y, test_size=test_fraction, random_state=seed, stratify=y
+        z, y, test_size=test_fraction, random_state=seed, stratify=stratify
     )
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     return float(clf.fit(z_tr, y_tr).score(z_te, y_te))
+
+
+def probe_problem(labels: Tensor) -> str | None:
+    """Why labels cannot score a linear probe (None if they can): it needs two classes."""
+    classes = torch.unique(labels)
+    if len(classes) < 2:
+        return f"the labels hold {len(classes)} class(es); a classifier needs two or more"
+    return None
 
 
 def active_units(model, data, *, threshold: float = 0.01) -> tuple[int, Tensor]:

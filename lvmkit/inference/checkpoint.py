@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -58,6 +59,24 @@ def atomic_path(path: str | Path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(*paths: str | Path) -> None:
+    """OSError now, before any long computation, if the files ``paths`` could not be written
+    later: a folder in the way of a file, or a folder that takes no new file."""
+    for folder in {Path(p).parent for p in paths}:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):  # made and gone, named by the system
+                pass
+        except OSError as err:
+            raise OSError(
+                f"cannot write into {folder} ({err.strerror or err}); choose a folder you can "
+                "write to"
+            ) from None
+    for p in map(Path, paths):
+        if p.is_dir():
+            raise OSError(f"cannot write {p}: a folder of that name is in the way; move it")
 
 
 def write_text(path: str | Path, text: str) -> Path:

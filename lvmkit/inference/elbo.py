@@ -24,6 +24,7 @@ from pyro.infer.elbo import ELBO
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
+from lvmkit.data import check_count
 from lvmkit.inference.importance import log_weights
 from lvmkit.inference.programs import is_plate_site, max_plate_nesting
 
@@ -184,6 +185,5 @@ def make_elbo(name: str, num_samples: int = 1):
     """The objective called ``name`` (one of ELBOS) with ``num_samples`` particles."""
     if name not in ELBOS:
         raise ValueError(f"unknown elbo {name!r}; choose one of {sorted(ELBOS)}")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    check_count("num_samples", num_samples)
     return ELBOS[name](num_samples)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lvmkit.data import as_dataset
+from lvmkit.data import as_dataset, check_count
 from lvmkit.inference.checkpoint import checksum, run_lock, save_checkpoint
 from lvmkit.inference.resume import StopOnSignal, load_resumable, rng_state, set_rng_state
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer, optimizer_name
@@ -90,10 +90,8 @@ class LoopState:
 
 
 def _check_args(epochs, batch_size, patience, val_data, resume, checkpoint_dir) -> None:
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_count("epochs", epochs)
+    check_count("batch_size", batch_size)
     if patience is not None and val_data is None:
         raise ValueError("patience needs val_data to watch; pass val_data or patience=None")
     if resume and checkpoint_dir is None:

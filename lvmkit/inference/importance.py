@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lvmkit.data import as_dataset
+from lvmkit.data import as_dataset, check_count
 from lvmkit.inference.programs import (
     evaluating,
     fitted_params,
@@ -97,8 +97,10 @@ def log_likelihood(
     global parameter store, and warns about ``pyro.param`` sites that had no value there.
     Latents the guide does not sample are summed out where marked for enumeration.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    check_count("num_samples", num_samples)
+    check_count("batch_size", batch_size)
+    if particle_chunk is not None:
+        check_count("particle_chunk", particle_chunk)
     if discrete is None:
         discrete = getattr(data, "levels", None) is not None
     device = place(model, guide, device=device)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lvmkit import data as lvdata
+from lvmkit.data import check_count
 from lvmkit.distributions import (
     OBSERVATIONS,
     AutoregressiveImage,
@@ -147,6 +148,7 @@ class AutoregressiveDensity(BuiltinModel):
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """n images (n, C, H, W); a class-conditional model cycles the classes unless y is given."""
+        check_count("n", n)
         if self.config.num_classes and y is None:
             y = torch.arange(n) % self.config.num_classes
         return self.distribution(y, n).sample()

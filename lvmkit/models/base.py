@@ -148,7 +148,16 @@ def prepare_images(data: lvdata.ImageData, obs) -> lvdata.ImageData:
     """The data in the units the observation model ``obs`` scores: [0, 1] for continuous
     likelihoods, {0, 1} for binary ones, integer levels for level likelihoods."""
     if obs.data_kind == "continuous":
-        return lvdata.scale(data) if data.levels is not None else data
+        if data.levels is not None:
+            return lvdata.scale(data)
+        lo, hi = float(data.x.min()), float(data.x.max())
+        if lo >= 0 and hi > 2:  # unscaled pixel values would train a unit-scale model to noise
+            raise ValueError(
+                f"{data.name}: continuous pixels span [{lo:g}, {hi:g}]; the '{obs.name}' "
+                "likelihood expects [0, 1]: divide by the maximum value, or declare discrete "
+                "data's levels (e.g. ImageData(x.round(), levels=256) for 8-bit images)"
+            )
+        return data
     if obs.data_kind == "binary":
         return data if data.levels == 2 else lvdata.binarize(data)
     if data.levels is None:

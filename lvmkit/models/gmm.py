@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lvmkit import data as lvdata
+from lvmkit.data import check_count
 from lvmkit.models.base import BuiltinModel
 
 COVARIANCES = ("diag", "full")
@@ -279,7 +280,7 @@ class GaussianMixture(BuiltinModel):
     @torch.no_grad()
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
         """n draws: x (n, D) and their components z (n,)."""
-        z = dist.Categorical(logits=self.weight_logits).sample((n,))
+        z = dist.Categorical(logits=self.weight_logits).sample((check_count("n", n),))
         return self.component(z).sample(), z
 
     def sample_images(self, n: int) -> Tensor:

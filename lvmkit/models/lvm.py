@@ -11,6 +11,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from lvmkit.data import check_count
 from lvmkit.distributions import check_support
 from lvmkit.models.base import BuiltinModel
 from lvmkit.models.common import (
@@ -155,7 +156,7 @@ class GaussianLVM(BuiltinModel):
     @torch.no_grad()
     def sample(self, n: int, *, mean: bool = False) -> Tensor:
         """n draws from p(x); ``mean=True`` gives E[x|z] for z ~ p(z) instead."""
-        z = self.prior().sample((n,))
+        z = self.prior().sample((check_count("n", n),))
         return self.decode_mean(z) if mean else self.decode(z).sample()
 
     def sample_images(self, n: int) -> Tensor:

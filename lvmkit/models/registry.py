@@ -136,10 +136,28 @@ def build_model(name: str, image_shape, data_levels: int | None, settings: dict 
         )
     entry = MODELS[name]
     values = _tuples({**fields, **overrides, **entry.fixed})
-    return entry.cls(entry.cls.config_for_data(image_shape, data_levels, values))
+    return _construct(name, entry, entry.cls.config_for_data(image_shape, data_levels, values))
 
 
 def rebuild(name: str, config: dict):
     """A model from its saved config dict."""
     entry = _entry(name)
-    return entry.cls(entry.cls.config_class(**_tuples(config)))
+    return _construct(name, entry, entry.cls.config_class(**_tuples(config)))
+
+
+def _construct(name: str, entry: ModelEntry, config):
+    """``entry.cls(config)``; settings too large for this machine's memory are a ValueError."""
+    try:
+        return entry.cls(config)
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "alloc" not in str(err):
+            raise
+        changed = {  # the settings that differ from the defaults: the likely culprits
+            f.name: getattr(config, f.name)
+            for f in dataclasses.fields(config)
+            if f.default is not dataclasses.MISSING and getattr(config, f.name) != f.default
+        }
+        raise ValueError(
+            f"model {name!r} with {changed} needs more memory than this machine has "
+            f"({str(err).splitlines()[0][:200]}); choose smaller settings"
+        ) from err
