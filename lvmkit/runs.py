@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -138,6 +139,8 @@ def _value_problem(key: str, value, hint, default) -> str | None:
         return f"expected {getattr(hint, '__name__', str(hint))}, got {type(value).__name__}"
     numbers = value if isinstance(value, (list, tuple)) else [value]
     numbers = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not all(math.isfinite(v) for v in numbers):
+        return "must be a finite number"
     positive = (
         key in POSITIVE
         or isinstance(value, (list, tuple))

@@ -139,10 +139,16 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path} is a torch file but not an lvmkit checkpoint (no '{FORMAT}' marker); "
             "point checkpoint_dir at a folder lvmkit wrote"
         )
-    if state.get("version") != VERSION:
+    version = state.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(
-            f"{path} has checkpoint version {state.get('version')!r}; this lvmkit reads "
-            f"version {VERSION} only"
+            f"{path} has a version field of {version!r} ({type(version).__name__}, not a "
+            "number): the file was edited or written by other code; delete it to start over"
+        )
+    if version != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {version}; this lvmkit reads version {VERSION} "
+            "only: use the lvmkit that wrote it"
         )
     stored = state.pop("sha256", None)
     if stored is not None and stored != checksum(state):
