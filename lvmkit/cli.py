@@ -420,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_evaluate(args.run, args.num_samples, args.seed, progress)
         out = args.out or Path("runs") / args.model
         config = _fit_config(args, out)
+        if args.resume and not (out / "checkpoint.pt").exists():
+            note = f"lvmkit: {out} holds no checkpoint to resume; starting a new run"
+            print(note, file=sys.stderr)
+            args.resume = False
         for key in ("epochs", "batch_size", "lr", "seed", "device", "jit"):
             if getattr(args, key) is not None:
                 config["fit"][key] = getattr(args, key)

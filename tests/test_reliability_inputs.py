@@ -446,3 +446,44 @@ def test_labels_a_probe_cannot_use_are_said_at_the_start_and_the_run_finishes(tm
     assert "no linear probe: the labels hold 1 class(es)" in err
     summary = json.loads((out / "summary.json").read_text())
     assert "linear_probe_accuracy" not in summary and summary["epochs"] == 1
+
+
+def test_pngs_of_different_sizes_are_refused_as_such(tmp_path):
+    png(tmp_path / "a.png", GREY)
+    png(tmp_path / "b.png", np.zeros((4, 6), np.uint8))
+    with pytest.raises(
+        lvdata.DataError, match=r"images differ in size: a.png is 8x8 but b.png is 6x4"
+    ):
+        lvdata.load(tmp_path)
+
+
+def test_resume_without_a_run_says_so_in_one_line_and_starts_one(tmp_path, capsys, recwarn):
+    out = tmp_path / "run"
+    config = tmp_path / "small.toml"
+    config.write_text("[model]\nhidden = [16]\nz_dim = 2\n")
+    args = ["fit", "lvm", "--epochs", "1", "--config", str(config), "--no-progress"]
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert f"lvmkit: {out} holds no checkpoint to resume; starting a new run" in (
+        capsys.readouterr().err
+    )
+    assert not [w for w in recwarn if "resume" in str(w.message)]  # no raw warning
+    assert (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("with_checksum", [True, False])
+def test_nan_weights_in_a_model_file_are_named_on_loading(finished_run, tmp_path, capsys,
+                                                           with_checksum):  # fmt: skip
+    run = copy_run(finished_run, tmp_path)
+    state = torch.load(run / "model.pt", weights_only=True)
+    key = next(k for k, v in state["state_dict"].items() if v.is_floating_point())
+    state["state_dict"][key] = torch.full_like(state["state_dict"][key], float("nan"))
+    state.pop("sha256")
+    if with_checksum:  # a file another program wrote whole, checksum and all
+        from lvmkit.inference.checkpoint import checksum
+
+        state["sha256"] = checksum(state)
+    torch.save(state, run / "model.pt")
+    assert main(["sample", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"model.pt: state['state_dict'][{key!r}] holds NaN/inf values" in err
+    assert "constraint" not in err

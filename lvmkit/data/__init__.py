@@ -2,10 +2,19 @@
 
 from lvmkit.data.dataset import Dataset, TensorData, as_dataset, check_count
 from lvmkit.data.images import ImageData, check_images, check_labels
-from lvmkit.data.loaders import load, load_array, load_digits, load_idx, load_image_folder, read_idx
+from lvmkit.data.loaders import (
+    DataError,
+    load,
+    load_array,
+    load_digits,
+    load_idx,
+    load_image_folder,
+    read_idx,
+)
 from lvmkit.data.transforms import binarize, dynamic_binarize, quantize, scale, split
 
 __all__ = [
+    "DataError",
     "Dataset",
     "TensorData",
     "as_dataset",

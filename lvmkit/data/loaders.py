@@ -1,7 +1,7 @@
 """Loaders for real image data: the bundled digits, MNIST IDX, .npy/.npz arrays, PNG folders.
 
 Every loader checks sizes before it decompresses or allocates, reads files one at a time, and
-turns any failure to read a file into a ValueError that names the file."""
+turns any failure to read a file into a DataError (a ValueError) that names the file."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from lvmkit.data.images import ImageData
 
 BUNDLED = ("digits",)
 
+
+class DataError(ValueError):
+    """A data file or folder lvmkit cannot use; the message names it and the fix."""
+
+
 # IDX type codes (the third byte of the magic number) -> numpy dtype, big-endian on disk.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CHUNK = 1 << 24  # bytes read at a time from a compressed IDX file
@@ -34,17 +39,17 @@ def load(source: str | Path, *, levels: int | None = None) -> ImageData:
     """
     name = str(source)
     if not name.strip():
-        raise ValueError("no dataset given (an empty name); pass 'digits' or a path")
+        raise DataError("no dataset given (an empty name); pass 'digits' or a path")
     if name in BUNDLED:
         return load_digits()
     path = Path(source).expanduser()
     if not path.exists():
         if path.is_symlink():
-            raise ValueError(f"{path} is a symbolic link to nothing; fix or remove the link")
+            raise DataError(f"{path} is a symbolic link to nothing; fix or remove the link")
         looks_like_path = path.suffix or "/" in name or "\\" in name
         if looks_like_path:
-            raise ValueError(f"no such file or folder: {str(path)!r}; check the path")
-        raise ValueError(
+            raise DataError(f"no such file or folder: {str(path)!r}; check the path")
+        raise DataError(
             f"unknown dataset {name!r}: the bundled datasets are {list(BUNDLED)}; otherwise pass "
             "a path to an MNIST IDX file, a .npy/.npz array or a folder of PNG images"
         )
@@ -55,7 +60,7 @@ def load(source: str | Path, *, levels: int | None = None) -> ImageData:
         return load_array(path, levels=levels)
     if "idx" in path.name or "ubyte" in path.name:
         return load_idx(path)
-    raise ValueError(
+    raise DataError(
         f"cannot tell the format of {str(path)!r}: expected an IDX file (name containing 'idx' "
         "or 'ubyte', optionally .gz), a .npy/.npz file, or a folder of PNG images"
     )
@@ -84,7 +89,7 @@ def _check_size(shape: tuple[int, ...], path: Path) -> None:
     needed = 4 * int(np.prod(shape, dtype=object))
     limit = memory_limit()
     if limit is not None and needed > limit:
-        raise ValueError(
+        raise DataError(
             f"{path}: {shape} images need {needed / 2**30:.1f} GiB as float32, more than half "
             f"of this machine's memory ({2 * limit / 2**30:.1f} GiB); load a part of them "
             "(e.g. save a slice as .npy) or use a machine with more memory"
@@ -101,11 +106,11 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             magic = f.read(4)
             if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
-                raise ValueError(f"{path}: not an IDX file (bad magic number {magic.hex()!r})")
+                raise DataError(f"{path}: not an IDX file (bad magic number {magic.hex()!r})")
             ndim = magic[3]
             dims = f.read(4 * ndim)
             if len(dims) < 4 * ndim:
-                raise ValueError(f"{path}: IDX header truncated; is the file complete?")
+                raise DataError(f"{path}: IDX header truncated; is the file complete?")
             shape = struct.unpack(f">{ndim}I", dims)
             dtype = np.dtype(_IDX_DTYPES[magic[2]])
             expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -124,7 +129,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             if f.read(1):
                 raise _size_mismatch(path, shape, expected, "more")
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"{path}: cannot read IDX file ({err}); is it complete?") from err
+        raise DataError(f"{path}: cannot read IDX file ({err}); is it complete?") from err
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
@@ -142,7 +147,7 @@ def load_idx(images: str | Path, labels: str | Path | None = None) -> ImageData:
     images = Path(images)
     arr = read_idx(images)
     if arr.ndim != 3:
-        raise ValueError(f"{images}: expected IDX images of shape (N, H, W), got {arr.shape}")
+        raise DataError(f"{images}: expected IDX images of shape (N, H, W), got {arr.shape}")
     if labels is None:
         guess = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
         labels = guess if guess != images and guess.exists() else None
@@ -167,10 +172,10 @@ def load_array(path: str | Path, *, levels: int | None = None) -> ImageData:
             _check_dtype(arr.dtype, path, "images")
             _check_size(arr.shape, path)
             arr = np.array(arr)  # read it, now that its size is known to fit
+    except (DataError, MemoryError):
+        raise  # already ours, or not a parse failure
     except Exception as err:  # numpy's parser fails in many ways on damaged bytes
-        if isinstance(err, MemoryError) or (isinstance(err, ValueError) and str(path) in str(err)):
-            raise  # not a parse failure, or already ours
-        raise ValueError(f"{path}: cannot read as a numpy array ({err})") from err
+        raise DataError(f"{path}: cannot read as a numpy array ({err})") from err
     x = _to_nchw(arr, path)
     labels = None if y is None else _labels(y, len(x), path)
     return ImageData(x=_floats(x, path), y=labels, levels=_levels(x, levels, path), name=path.name)
@@ -182,7 +187,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         keys = list(npz.keys())
         key = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
         if key is None:
-            raise ValueError(f"{path}: .npz holds {keys}; name the images array 'x' or 'images'")
+            raise DataError(f"{path}: .npz holds {keys}; name the images array 'x' or 'images'")
         label_key = next((k for k in ("y", "labels") if k in keys), None)
         for k, what in ((key, "images"), (label_key, "labels")):
             if k is not None:
@@ -204,7 +209,7 @@ def _npz_header(npz, key: str) -> tuple[tuple[int, ...], np.dtype]:
 
 def _check_dtype(dtype: np.dtype, path: Path, what: str) -> None:
     if dtype.kind not in "biuf":
-        raise ValueError(
+        raise DataError(
             f"{path}: the {what} have dtype {dtype}, not numbers; lvmkit reads bool, integer "
             "or floating-point arrays: convert them first (e.g. arr.astype(np.uint8))"
         )
@@ -217,17 +222,17 @@ def _labels(arr: np.ndarray, n: int, path: Path) -> torch.Tensor:
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
-        raise ValueError(f"{path}: labels must be one number per image, got shape {arr.shape}")
+        raise DataError(f"{path}: labels must be one number per image, got shape {arr.shape}")
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
+            raise DataError(
                 f"{path}: {int(bad.sum())} labels are not whole numbers (the first, {arr[i]!r}, "
                 f"at {i}); labels are class numbers 0..K-1"
             )
     if len(arr) and arr.min() < 0:
-        raise ValueError(
+        raise DataError(
             f"{path}: labels must be class numbers 0..K-1, got {arr.min()}; renumber them"
         )
     return torch.as_tensor(arr.astype(np.int64))
@@ -242,7 +247,7 @@ def _levels(arr: np.ndarray, levels: int | None, path: Path) -> int | None:
     lo, hi = arr.min(), arr.max()
     if arr.dtype.kind in "iu":
         if lo < 0 or hi > 255:
-            raise ValueError(
+            raise DataError(
                 f"{path}: integer pixels span {lo}..{hi}, beyond 8 bits (0..255); declare "
                 "their number of levels (levels=K, values 0..K-1) or convert them to floats "
                 "in [0, 1]"
@@ -257,7 +262,7 @@ def _floats(arr: np.ndarray, path: Path) -> torch.Tensor:
     with np.errstate(over="ignore", invalid="ignore"):
         x = arr.astype(np.float32)
     if np.isinf(x).any() and not np.isinf(arr).any():
-        raise ValueError(
+        raise DataError(
             f"{path}: values reach {np.abs(arr).max():g}, beyond float32; scale them first"
         )
     return torch.as_tensor(x)
@@ -270,7 +275,7 @@ def _to_nchw(arr: np.ndarray, path: Path) -> np.ndarray:
         return arr
     if arr.ndim == 4 and arr.shape[-1] in (1, 3):
         return arr.transpose(0, 3, 1, 2)
-    raise ValueError(
+    raise DataError(
         f"{path}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3; "
         f"got shape {arr.shape}"
     )
@@ -308,14 +313,14 @@ def _png_files(folder: Path) -> tuple[list[tuple[Path, int | None]], list[str]]:
     classes = [p for p in visible if p.is_dir() and pngs(p)]
     loose = [p for p in visible if _is_png(p)]
     if classes and loose:
-        raise ValueError(
+        raise DataError(
             f"{folder}: holds both class folders ({', '.join(c.name for c in classes[:3])}...) "
             f"and loose PNGs ({loose[0].name}...); move the loose images into a class folder "
             "or out of this folder"
         )
     files = [(f, i) for i, c in enumerate(classes) for f in pngs(c)] or [(f, None) for f in loose]
     if not files:
-        raise ValueError(f"{folder}: the folder holds no .png images")
+        raise DataError(f"{folder}: the folder holds no .png images")
     return files, [c.name for c in classes]
 
 
@@ -329,30 +334,30 @@ def _read_png(f: Path, first: tuple[Path, tuple[int, int]] | None) -> np.ndarray
     from PIL import Image
 
     if not f.exists():
-        raise ValueError(f"{f}: a symbolic link to nothing; fix or remove it")
+        raise DataError(f"{f}: a symbolic link to nothing; fix or remove it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(f) as im:
                 if im.format != "PNG":
-                    raise ValueError(f"{f}: is a {im.format} image, not a PNG; convert it")
+                    raise DataError(f"{f}: is a {im.format} image, not a PNG; convert it")
                 if first is not None and (im.height, im.width) != first[1]:
                     (h, w), name = first[1], first[0].name
-                    raise ValueError(
+                    raise DataError(
                         f"{f.parent}: images differ in size: {name} is {w}x{h} but {f.name} is "
                         f"{im.width}x{im.height}; resize them to one size first"
                     )
                 return _pixels(im, f)
+    except (DataError, MemoryError):
+        raise  # already ours, or not a decode failure
     except Exception as err:  # PIL's decoders fail in many ways on damaged bytes
-        if isinstance(err, MemoryError) or (isinstance(err, ValueError) and str(f) in str(err)):
-            raise  # not a decode failure, or already ours
-        raise ValueError(f"{f}: cannot read as a PNG image ({err})") from err
+        raise DataError(f"{f}: cannot read as a PNG image ({err})") from err
 
 
 def _pixels(im, f: Path) -> np.ndarray:
     """8-bit grey (H, W) or RGB (H, W, 3) pixels of an open PIL image."""
     if im.mode.startswith(("I", "F")):
-        raise ValueError(
+        raise DataError(
             f"{f}: a {im.mode} (16/32-bit) image; lvmkit reads 8-bit PNGs: convert the images "
             "to 8 bits, or save them as a .npy array and pass levels"
         )
@@ -362,11 +367,11 @@ def _pixels(im, f: Path) -> np.ndarray:
     if im.mode == "1":
         im = im.convert("L")
     if im.mode not in ("L", "LA", "RGB", "RGBA"):
-        raise ValueError(f"{f}: a {im.mode} image; save it as grey or RGB")
+        raise DataError(f"{f}: a {im.mode} image; save it as grey or RGB")
     a = np.asarray(im)
     if im.mode in ("LA", "RGBA"):
         if (a[..., -1] != 255).any():
-            raise ValueError(
+            raise DataError(
                 f"{f}: has transparent pixels; lvmkit models grey or RGB images: flatten them "
                 "onto a background (or drop the alpha channel) first"
             )

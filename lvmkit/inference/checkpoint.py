@@ -92,12 +92,12 @@ def write_text(path: str | Path, text: str) -> Path:
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically, with a checksum of its contents that
     ``load_checkpoint`` verifies. Refuses non-finite tensors: a checkpoint is a good state."""
-    for name, value in _tensors(state):
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(
-                f"not writing {path}: {name} holds NaN/inf values; the last good checkpoint "
-                "stays as it was"
-            )
+    bad = _non_finite(state)
+    if bad is not None:
+        raise CheckpointError(
+            f"not writing {path}: {bad} holds NaN/inf values; the last good checkpoint "
+            "stays as it was"
+        )
     full = {"format": FORMAT, "version": VERSION, **state}
     full["sha256"] = checksum(full)
     with atomic_path(path) as tmp:
@@ -106,6 +106,14 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return Path(path)
+
+
+def _non_finite(state: dict) -> str | None:
+    """The name of the first floating-point tensor in ``state`` holding NaN/inf, else None."""
+    for name, value in _tensors(state):
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
 
 
 def _tensors(value, name: str = "state"):
@@ -121,7 +129,7 @@ def _tensors(value, name: str = "state"):
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError if it is not one,
-    or if its contents do not match their checksum."""
+    if its contents do not match their checksum, or if it holds NaN/inf values."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train without resume first")
@@ -129,10 +137,10 @@ def load_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load fails in many ways on a file that is not a checkpoint
         first = (str(err).strip().splitlines() or [""])[0][:200]
+        cause = f"{type(err).__name__}: {first}" if first else type(err).__name__
         raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt, truncated, or holds objects other than "
-            f"tensors and plain containers; {type(err).__name__}: {first}); delete it to start "
-            "over"
+            f"tensors and plain containers; {cause}); delete it to start over"
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
@@ -155,6 +163,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(
             f"{path} does not match its checksum: its contents changed after it was written "
             "(disk or copy corruption); delete it to start over, or restore a copy"
+        )
+    bad = _non_finite(state)
+    if bad is not None:  # lvmkit never writes one: the file was edited or written elsewhere
+        raise CheckpointError(
+            f"{path}: {bad} holds NaN/inf values, which lvmkit never saves; the file was "
+            "edited or written by other code: delete it, or restore a copy"
         )
     return state
 
