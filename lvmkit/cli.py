@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from lvmkit import data as lvdata
-from lvmkit.data.loaders import BUNDLED
+from lvmkit.data import BUNDLED, DATASETS
 from lvmkit.diagnostics import (
     MIN_PSIS_DRAWS,
     diagnose,
@@ -393,7 +393,7 @@ def _fit_config(args, out: Path) -> dict:
             )
         config["data"]["name"] = args.data
     name = config["data"]["name"]
-    if name not in BUNDLED and Path(name).expanduser().exists():
+    if name not in (*BUNDLED, *DATASETS) and Path(name).expanduser().exists():
         # a run is evaluated and resumed from anywhere: keep where its data are, absolutely
         config["data"]["name"] = str(Path(name).expanduser().resolve())
     return config

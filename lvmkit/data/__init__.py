@@ -1,19 +1,32 @@
 """Datasets, transforms and splits. ``load("digits")`` is the bundled default."""
 
 from lvmkit.data.dataset import Dataset, TensorData, as_dataset, check_count
+from lvmkit.data.datasets import BUNDLED, DATASETS, cache_dir, fetch, load, load_digits
 from lvmkit.data.images import ImageData, check_images, check_labels
 from lvmkit.data.loaders import (
     DataError,
-    load,
     load_array,
-    load_digits,
     load_idx,
+    load_idx_folder,
     load_image_folder,
     read_idx,
 )
-from lvmkit.data.transforms import binarize, dynamic_binarize, quantize, scale, split
+from lvmkit.data.transforms import (
+    binarize,
+    dynamic_binarize,
+    quantize,
+    scale,
+    split,
+    train_val_test,
+)
 
 __all__ = [
+    "BUNDLED",
+    "DATASETS",
+    "cache_dir",
+    "fetch",
+    "load_idx_folder",
+    "train_val_test",
     "DataError",
     "Dataset",
     "TensorData",

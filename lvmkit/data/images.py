@@ -19,6 +19,8 @@ class ImageData:
     name:   where the data came from.
     dynamic_binarization: if True, ``x`` holds probabilities in [0, 1] and every batch drawn for
             training is a fresh Bernoulli sample (``levels`` is then 2).
+    splits: the split the data came with, as rows ``(start, stop)`` per part name ("train",
+            "val", "test"), or None; ``data.part("test")`` is one part. A subset has none.
     """
 
     x: Tensor
@@ -26,11 +28,25 @@ class ImageData:
     levels: int | None = None
     name: str = "data"
     dynamic_binarization: bool = False
+    splits: dict[str, tuple[int, int]] | None = None
 
     def __post_init__(self):
         check_images(self.x, self.levels, what=self.name, probabilities=self.dynamic_binarization)
         if self.y is not None:
             check_labels(self.y, len(self.x), what=self.name)
+        if self.splits is not None:
+            _check_splits(self.splits, len(self.x), self.name)
+
+    def part(self, name: str) -> ImageData:
+        """The part ``name`` of the split the data came with (e.g. ``"test"``)."""
+        if not self.splits or name not in self.splits:
+            have = sorted(self.splits) if self.splits else "no split"
+            raise ValueError(
+                f"{self.name}: no part {name!r} (the data carry {have}); give data with a "
+                "train/test split, or split it with lvmkit.data.split"
+            )
+        start, stop = self.splits[name]
+        return replace(self[start:stop], name=f"{self.name}[{name}]")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -40,7 +56,7 @@ class ImageData:
         if isinstance(index, int):
             index = slice(index, index + 1)
         y = None if self.y is None else self.y[index]
-        return replace(self, x=self.x[index], y=y)
+        return replace(self, x=self.x[index], y=y, splits=None)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -114,3 +130,16 @@ def check_labels(y, n: int, what: str = "data") -> None:
         raise ValueError(f"{what}: labels must be integers (class numbers), got {y.dtype}")
     if len(y) and y.min() < 0:
         raise ValueError(f"{what}: labels must be class numbers 0..K-1, got {int(y.min())}")
+
+
+def _check_splits(splits: dict, n: int, what: str) -> None:
+    """The parts must be disjoint row ranges covering all n rows."""
+    ranges = sorted(splits.values())
+    if (
+        ranges[0][0] != 0
+        or ranges[-1][1] != n
+        or any(a[1] != b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    ):
+        raise ValueError(f"{what}: split parts {splits} must cover rows 0..{n} without gaps")
+    if any(stop <= start for start, stop in ranges):
+        raise ValueError(f"{what}: split parts {splits} hold an empty part")

@@ -1,4 +1,4 @@
-"""Loaders for real image data: the bundled digits, MNIST IDX, .npy/.npz arrays, PNG folders.
+"""Readers of image files: the bundled digits, MNIST IDX, .npy/.npz arrays, PNG folders.
 
 Every loader checks sizes before it decompresses or allocates, reads files one at a time, and
 turns any failure to read a file into a DataError (a ValueError) that names the file."""
@@ -17,8 +17,6 @@ import torch
 
 from lvmkit.data.images import ImageData
 
-BUNDLED = ("digits",)
-
 
 class DataError(ValueError):
     """A data file or folder lvmkit cannot use; the message names it and the fix."""
@@ -29,51 +27,44 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _CHUNK = 1 << 24  # bytes read at a time from a compressed IDX file
 
 
-def load(source: str | Path, *, levels: int | None = None) -> ImageData:
-    """Load a dataset by name (``"digits"``) or from a path.
+# Names of the parts of a split, as files and folders spell them -> lvmkit's part names.
+PART_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+PART_NAMES["t10k"] = "test"  # MNIST's test files
 
-    Paths: an MNIST IDX file (``*-idx3-ubyte``, optionally ``.gz``; the matching labels file
-    beside it is read too), a ``.npy`` / ``.npz`` array, or a folder of PNG images (sub-folders
-    become class labels). ``levels`` declares the number of discrete pixel values when the file
-    does not imply it (8-bit data implies 256).
-    """
-    name = str(source)
-    if not name.strip():
-        raise DataError("no dataset given (an empty name); pass 'digits' or a path")
-    if name in BUNDLED:
-        return load_digits()
-    path = Path(source).expanduser()
-    if not path.exists():
-        if path.is_symlink():
-            raise DataError(f"{path} is a symbolic link to nothing; fix or remove the link")
-        looks_like_path = path.suffix or "/" in name or "\\" in name
-        if looks_like_path:
-            raise DataError(f"no such file or folder: {str(path)!r}; check the path")
-        raise DataError(
-            f"unknown dataset {name!r}: the bundled datasets are {list(BUNDLED)}; otherwise pass "
-            "a path to an MNIST IDX file, a .npy/.npz array or a folder of PNG images"
-        )
-    if path.is_dir():
-        return load_image_folder(path)
-    suffixes = "".join(path.suffixes).lower()
-    if suffixes.endswith((".npy", ".npz")):
-        return load_array(path, levels=levels)
-    if "idx" in path.name or "ubyte" in path.name:
-        return load_idx(path)
-    raise DataError(
-        f"cannot tell the format of {str(path)!r}: expected an IDX file (name containing 'idx' "
-        "or 'ubyte', optionally .gz), a .npy/.npz file, or a folder of PNG images"
+
+def _assemble(
+    parts: dict[str | None, tuple[np.ndarray, np.ndarray | None]],
+    path: Path,
+    *,
+    levels: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    name: str | None = None,
+) -> ImageData:
+    """One ImageData from the images (and labels) of each part of a split, in order; the single
+    part ``None`` means the data carry no split. Pixel levels are judged on all parts at once."""
+    xs = [_to_nchw(x, path, image_shape) for x, _ in parts.values()]
+    if len({x.shape[1:] for x in xs}) > 1:
+        shapes = {part: x.shape[1:] for part, x in zip(parts, xs, strict=True)}
+        raise DataError(f"{path}: the parts of the split hold images of other shapes {shapes}")
+    ys = [y for _, y in parts.values()]
+    if any(y is None for y in ys) and not all(y is None for y in ys):
+        raise DataError(f"{path}: some parts of the split have labels and some do not")
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    y = None
+    if ys[0] is not None:
+        y = torch.cat([_labels(y, len(p), path) for y, p in zip(ys, xs, strict=True)])
+    splits, start = None, 0
+    if list(parts) != [None]:
+        splits = {}
+        for part, p in zip(parts, xs, strict=True):
+            splits[part], start = (start, start + len(p)), start + len(p)
+    return ImageData(
+        x=_floats(x, path),
+        y=y,
+        levels=_levels(x, levels, path),
+        name=name or path.name,
+        splits=splits,
     )
-
-
-def load_digits() -> ImageData:
-    """scikit-learn's 1797 real 8x8 handwritten digits: grey levels 0..16, labels 0..9."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
-    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
-    y = torch.as_tensor(bunch.target, dtype=torch.int64)
-    return ImageData(x=x, y=y, levels=17, name="digits")
 
 
 def memory_limit() -> int | None:
@@ -133,9 +124,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _size_mismatch(path, shape, expected, held) -> ValueError:
+def _size_mismatch(path, shape, expected, held) -> DataError:
     held = "more bytes" if held == "more" else f"{held} bytes"
-    return ValueError(
+    return DataError(
         f"{path}: IDX header promises shape {shape} ({expected} bytes) but the file holds "
         f"{held}; the file is truncated or corrupt"
     )
@@ -145,20 +136,55 @@ def load_idx(images: str | Path, labels: str | Path | None = None) -> ImageData:
     """MNIST-style IDX images (N, H, W) as 256-level data; labels from ``labels`` or, if None,
     from the ``*-labels-idx1-ubyte[.gz]`` file beside ``images`` when there is one."""
     images = Path(images)
+    return _assemble({None: _read_idx_pair(images, labels)}, images)
+
+
+def load_idx_folder(folder: str | Path) -> ImageData:
+    """A folder of IDX files such as MNIST's: ``train-images-idx3-ubyte[.gz]`` and
+    ``t10k-images-idx3-ubyte[.gz]`` (with their labels files) become the train and test parts."""
+    folder = Path(folder)
+    files = _idx_files(folder)
+    parts = {}
+    for f in files:
+        part = PART_NAMES.get(f.name.split("-")[0].lower())
+        if part is None or part in parts:
+            found = [f.name for f in files]
+            raise DataError(
+                f"{folder}: cannot tell the split of the IDX image files {found}; name them "
+                "train-images-idx3-ubyte and t10k-images-idx3-ubyte (optionally .gz)"
+            )
+        parts[part] = _read_idx_pair(f, None)
+    order = {"train": 0, "val": 1, "test": 2}
+    return _assemble(dict(sorted(parts.items(), key=lambda kv: order[kv[0]])), folder)
+
+
+def _idx_files(folder: Path) -> list[Path]:
+    """The IDX image files (``*images-idx3-ubyte``, optionally .gz) in ``folder``."""
+    return sorted(
+        p for p in folder.iterdir() if "idx3-ubyte" in p.name and not p.name.startswith(".")
+    )
+
+
+def _read_idx_pair(images: Path, labels) -> tuple[np.ndarray, np.ndarray | None]:
     arr = read_idx(images)
     if arr.ndim != 3:
         raise DataError(f"{images}: expected IDX images of shape (N, H, W), got {arr.shape}")
     if labels is None:
         guess = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
         labels = guess if guess != images and guess.exists() else None
-    y = None if labels is None else _labels(read_idx(labels), len(arr), Path(labels))
-    x = _to_nchw(arr, images)
-    return ImageData(x=_floats(x, images), y=y, levels=_levels(x, None, images), name=images.name)
+    return arr, None if labels is None else read_idx(labels)
 
 
-def load_array(path: str | Path, *, levels: int | None = None) -> ImageData:
+def load_array(
+    path: str | Path,
+    *,
+    levels: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+) -> ImageData:
     """A .npy array, or a .npz with images under ``x``/``images`` (or its only array) and labels
-    under ``y``/``labels``. Shapes (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3}.
+    under ``y``/``labels``, or a split: ``x_train``, ``x_test`` (optionally ``x_val``) with
+    ``y_train``, ``y_test``. Shapes (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3},
+    or flat rows (N, D) given ``image_shape=(C, H, W)``.
 
     Pixel values: bool data are 2 levels; integers in 0..255 (any integer dtype) and floats that
     are all whole numbers in 0..255 (above 1) are 8-bit, 256 levels; other floats are continuous.
@@ -166,35 +192,59 @@ def load_array(path: str | Path, *, levels: int | None = None) -> ImageData:
     path = Path(path)
     try:
         if path.suffix.lower() == ".npz":
-            arr, y = _read_npz(path)
+            parts = _read_npz(path)
         else:
-            arr, y = np.load(path, mmap_mode="r", allow_pickle=False), None
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
             _check_dtype(arr.dtype, path, "images")
             _check_size(arr.shape, path)
-            arr = np.array(arr)  # read it, now that its size is known to fit
+            parts = {None: (np.array(arr), None)}  # read it, now that its size is known to fit
     except (DataError, MemoryError):
         raise  # already ours, or not a parse failure
     except Exception as err:  # numpy's parser fails in many ways on damaged bytes
         raise DataError(f"{path}: cannot read as a numpy array ({err})") from err
-    x = _to_nchw(arr, path)
-    labels = None if y is None else _labels(y, len(x), path)
-    return ImageData(x=_floats(x, path), y=labels, levels=_levels(x, levels, path), name=path.name)
+    return _assemble(parts, path, levels=levels, image_shape=image_shape)
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """The images and (if any) labels of a .npz, each header checked before it is read."""
+def _read_npz(path: Path) -> dict[str | None, tuple[np.ndarray, np.ndarray | None]]:
+    """The images and (if any) labels of a .npz, per part of its split (``None``: no split);
+    each array's header is checked before the array is read."""
     with np.load(path, allow_pickle=False) as npz:
         keys = list(npz.keys())
-        key = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise DataError(f"{path}: .npz holds {keys}; name the images array 'x' or 'images'")
-        label_key = next((k for k in ("y", "labels") if k in keys), None)
-        for k, what in ((key, "images"), (label_key, "labels")):
-            if k is not None:
-                shape, dtype = _npz_header(npz, k)
-                _check_dtype(dtype, path, what)
-                _check_size(shape, path)
-        return npz[key], None if label_key is None else npz[label_key]
+        split = [
+            (PART_NAMES[k[2:]], k, "y" + k[1:])
+            for k in keys
+            if k[2:] in PART_NAMES and k[:2] == "x_"
+        ]
+        if split:
+            if {p for p, _, _ in split} < {"train", "test"} or len(split) != len(
+                {p for p, _, _ in split}
+            ):
+                raise DataError(
+                    f"{path}: holds {keys}; a split needs x_train and x_test (optionally x_val), "
+                    "with y_train and y_test for labels"
+                )
+            order = {"train": 0, "val": 1, "test": 2}
+            pairs = [
+                (p, k, yk if yk in keys else None)
+                for p, k, yk in sorted(split, key=lambda t: order[t[0]])
+            ]
+        else:
+            key = next(
+                (k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None
+            )
+            if key is None:
+                raise DataError(
+                    f"{path}: .npz holds {keys}; name the images array 'x' or 'images' (or "
+                    "x_train and x_test for a split)"
+                )
+            pairs = [(None, key, next((k for k in ("y", "labels") if k in keys), None))]
+        for _, key, label_key in pairs:
+            for k, what in ((key, "images"), (label_key, "labels")):
+                if k is not None:
+                    shape, dtype = _npz_header(npz, k)
+                    _check_dtype(dtype, path, what)
+                    _check_size(shape, path)
+        return {p: (npz[k], None if yk is None else npz[yk]) for p, k, yk in pairs}
 
 
 def _npz_header(npz, key: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -268,43 +318,83 @@ def _floats(arr: np.ndarray, path: Path) -> torch.Tensor:
     return torch.as_tensor(x)
 
 
-def _to_nchw(arr: np.ndarray, path: Path) -> np.ndarray:
+def _to_nchw(arr: np.ndarray, path: Path, image_shape=None) -> np.ndarray:
+    """(N, C, H, W) from (N, H, W), (N, C, H, W), (N, H, W, C), or flat rows (N, D) given
+    ``image_shape`` (C, H, W)."""
+    if image_shape is not None:
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3):
+            raise DataError(f"image_shape must be (C, H, W) with C = 1 or 3, got {image_shape}")
+        if arr.ndim == 2:
+            if arr.shape[1] != np.prod(shape):
+                raise DataError(
+                    f"{path}: rows of {arr.shape[1]} values cannot be images of shape {shape} "
+                    f"({np.prod(shape)} values); give the image_shape the rows were made from"
+                )
+            return arr.reshape(len(arr), *shape)
     if arr.ndim == 3:
-        return arr[:, None]
-    if arr.ndim == 4 and arr.shape[1] in (1, 3):
-        return arr
-    if arr.ndim == 4 and arr.shape[-1] in (1, 3):
-        return arr.transpose(0, 3, 1, 2)
-    raise DataError(
-        f"{path}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3; "
-        f"got shape {arr.shape}"
-    )
+        out = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[1] in (1, 3):
+        out = arr
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3):
+        out = arr.transpose(0, 3, 1, 2)
+    elif arr.ndim == 2:
+        raise DataError(
+            f"{path}: flat rows of shape {arr.shape}: give the image shape they hold, "
+            f"image_shape=(C, H, W) with C*H*W = {arr.shape[1]} (CLI: --image-shape 1,28,28), "
+            f"or (1, 1, {arr.shape[1]}) to keep plain vectors"
+        )
+    else:
+        raise DataError(
+            f"{path}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3, "
+            f"or flat rows (N, D) with an image_shape; got shape {arr.shape}"
+        )
+    if image_shape is not None and out.shape[1:] != tuple(image_shape):
+        raise DataError(
+            f"{path}: images of shape {out.shape[1:]}, not the image_shape {tuple(image_shape)} "
+            "given; leave image_shape out for data that are images already"
+        )
+    return out
 
 
 def load_image_folder(folder: str | Path) -> ImageData:
     """All PNG images in ``folder`` as 256-level grey or RGB data. If the PNGs sit in sub-folders,
-    each sub-folder is a class and labels follow the sorted sub-folder names. Hidden files and
-    folders (``.ipynb_checkpoints``) are skipped. Palette PNGs are read through their palette
-    (grey if it holds only greys); an alpha channel is dropped when every pixel is opaque and
-    refused otherwise; 16-bit PNGs are refused."""
+    each sub-folder is a class and labels follow the sorted sub-folder names; sub-folders
+    ``train/`` and ``test/`` (optionally ``val/``) are the parts of a split, each holding class
+    folders or PNGs. Hidden files and folders (``.ipynb_checkpoints``) are skipped. Palette PNGs
+    are read through their palette (grey if it holds only greys); an alpha channel is dropped
+    when every pixel is opaque and refused otherwise; 16-bit PNGs are refused."""
     folder = Path(folder)
-    files, classes = _png_files(folder)
-    arrays, first = [], None
-    for f, _ in files:
-        a = _read_png(f, first)
-        if first is None:
-            first = (f, a.shape[:2])
-            _check_size((len(files), 3 if a.ndim == 3 else 1, *a.shape[:2]), folder)
-        arrays.append(a)
-    if any(a.ndim == 3 for a in arrays):  # mixed grey and colour: grey repeats into RGB
-        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, -1) for a in arrays]
-    x = _to_nchw(np.stack(arrays), folder)  # (N, C, H, W) uint8
-    y = torch.tensor([i for _, i in files]) if classes else None
-    return ImageData(x=_floats(x, folder), y=y, levels=256, name=folder.name)
+    subfolders = {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    named = {PART_NAMES.get(n.lower()): p for n, p in subfolders.items()}
+    if {"train", "test"} <= set(named) and set(named) <= {"train", "val", "test"}:
+        listed = {
+            part: _png_files(named[part]) for part in ("train", "val", "test") if part in named
+        }
+    else:
+        listed = {None: _png_files(folder)}
+    classes = sorted({c for files in listed.values() for _, c in files if c is not None})
+    n = sum(len(files) for files in listed.values())
+    parts, first = {}, None
+    for part, files in listed.items():
+        arrays = []
+        for f, _ in files:  # one file open at a time
+            a = _read_png(f, first)
+            if first is None:
+                first = (f, a.shape[:2])
+                _check_size((n, 3 if a.ndim == 3 else 1, *a.shape[:2]), folder)
+            arrays.append(a)
+        y = np.array([classes.index(c) for _, c in files]) if classes else None
+        parts[part] = (arrays, y)
+    colour = any(a.ndim == 3 for arrays, _ in parts.values() for a in arrays)
+    if colour:  # mixed grey and colour: grey repeats into RGB
+        grey_to_rgb = lambda a: a if a.ndim == 3 else np.repeat(a[..., None], 3, -1)  # noqa: E731
+        parts = {p: ([grey_to_rgb(a) for a in arrays], y) for p, (arrays, y) in parts.items()}
+    return _assemble({p: (np.stack(arrays), y) for p, (arrays, y) in parts.items()}, folder)
 
 
-def _png_files(folder: Path) -> tuple[list[tuple[Path, int | None]], list[str]]:
-    """(file, class index) pairs and the class names; refuses PNGs both loose and in classes."""
+def _png_files(folder: Path) -> list[tuple[Path, str | None]]:
+    """(file, class name) pairs; refuses PNGs both loose and in class folders."""
     visible = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
     def pngs(where):
@@ -318,10 +408,10 @@ def _png_files(folder: Path) -> tuple[list[tuple[Path, int | None]], list[str]]:
             f"and loose PNGs ({loose[0].name}...); move the loose images into a class folder "
             "or out of this folder"
         )
-    files = [(f, i) for i, c in enumerate(classes) for f in pngs(c)] or [(f, None) for f in loose]
+    files = [(f, c.name) for c in classes for f in pngs(c)] or [(f, None) for f in loose]
     if not files:
         raise DataError(f"{folder}: the folder holds no .png images")
-    return files, [c.name for c in classes]
+    return files
 
 
 def _is_png(p: Path) -> bool:

@@ -71,3 +71,23 @@ def split(
         parts.append(data[perm[start : start + c]])
         start += c
     return tuple(parts)
+
+
+def train_val_test(
+    data: ImageData, val_fraction: float = 0.1, *, seed: int = 0
+) -> tuple[ImageData, ImageData, ImageData]:
+    """Train, validation and test parts. Data that carry a split (``data.splits`` with "train"
+    and "test") keep it: validation is the data's own "val" part, else ``val_fraction`` of the
+    train part drawn with ``seed``. Other data are split at random: a tenth for test,
+    ``val_fraction`` for validation (0.1 gives 80/10/10)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    if data.splits and {"train", "test"} <= set(data.splits):
+        train = data.part("train")
+        if "val" in data.splits:
+            return train, data.part("val"), data.part("test")
+        train, val = split(train, (1 - val_fraction, val_fraction), seed=seed)
+        return train, val, data.part("test")
+    if val_fraction + 0.1 >= 1:
+        raise ValueError(f"val_fraction {val_fraction} plus a tenth for test leaves no training")
+    return split(data, (1 - val_fraction - 0.1, val_fraction, 0.1), seed=seed)
