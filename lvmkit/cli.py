@@ -27,10 +27,12 @@ from lvmkit.inference import NonFiniteLossError, em, evaluate, fit
 from lvmkit.inference.checkpoint import check_writable, run_lock, write_text
 from lvmkit.inference.programs import resolve_device
 from lvmkit.models import MODELS, build_model
+from lvmkit.models.registry import settings_help
 from lvmkit.runs import (
-    SPLIT,
+    apply_settings,
     default_config,
     load_run,
+    parse_settings,
     read_config,
     read_json,
     save_model,
@@ -47,15 +49,19 @@ examples:
   lvmkit fit lvm --data digits --epochs 50 --out runs/lvm
   lvmkit fit gmm --data digits                  # 10 components, z summed out exactly
   lvmkit fit gmm --data digits --inference em   # the same mixture, fitted by EM
-  lvmkit fit lvm --data train-images-idx3-ubyte.gz --config run.toml --device cuda
+  lvmkit fit lvm --data mnist5k --set model.z_dim=16 --set fit.elbo=iwae   # 28x28 digits
+  lvmkit fit lvm --data mnist --config run.toml --device cuda   # downloaded once, cached
+  lvmkit fit lvm --data rows.npz --image-shape 1,28,28   # flat rows; x_train/x_test kept
+  lvmkit fit lvm --help                         # lvm's settings with defaults and help
   lvmkit fit lvm --out runs/lvm --epochs 100 --resume   # continue a run to 100 epochs
   lvmkit sample runs/lvm                        # writes runs/lvm/samples.png
   lvmkit complete runs/lvm                      # fills in the bottom half of test digits
   lvmkit evaluate runs/lvm --num-samples 1000   # importance-sampled log p(x) on the test split
+  lvmkit evaluate runs/lvm --data other.npz --split test   # on other data's test part
   lvmkit diagnose runs/lvm                      # report.html, diagnostics.json, posterior.nc
 
 run.toml holds up to three tables, each optional; unknown keys are an error:
-  [data]  name = "digits", split_seed = 0
+  [data]  name = "digits", split_seed = 0, val_fraction = 0.1, image_shape = [1, 28, 28]
   [model] the model's settings, e.g. z_dim = 8, likelihood = "categorical", net = "conv"
   [fit]   epochs = 100, batch_size = 64, lr = 1e-3, optimizer = "adam", elbo = "elbo",
           num_samples = 1, patience = 20, seed = 0, device = "auto", jit = false
@@ -102,8 +108,8 @@ def run_fit(
     """Fit a built-in model; write the run directory. Returns the exit code."""
     dcfg, fcfg = config["data"], config["fit"]
     resolve_device(fcfg["device"])  # a device this machine lacks is refused before any file
-    dataset = lvdata.load(dcfg["name"])
-    train, val, test = lvdata.split(dataset, SPLIT, seed=dcfg["split_seed"])
+    dataset = lvdata.load(dcfg["name"], image_shape=dcfg["image_shape"])
+    train, val, test = lvdata.train_val_test(dataset, dcfg["val_fraction"], seed=dcfg["split_seed"])
     torch.manual_seed(fcfg["seed"])  # the nets' initial weights
     model = build_model(model_name, dataset.image_shape, dataset.levels, config["model"])
     if inference == "em" and not model.closed_form_em:
@@ -175,6 +181,7 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
     data_info = {
         "name": dcfg["name"],
         "split_seed": dcfg["split_seed"],
+        "val_fraction": dcfg["val_fraction"],
         "image_shape": list(dataset.image_shape),
     }
     save_model(model, model_name, data_info, out / "model.pt")
@@ -231,19 +238,47 @@ def run_complete(path: Path, n: int, seed: int) -> int:
     return 0
 
 
-def run_evaluate(path: Path, num_samples: int, seed: int, progress: bool = True) -> int:
-    """log p(x) on the test split into RUN/evaluation.json: exact where the model can say it,
-    importance-sampled with the model's guide otherwise."""
+def run_evaluate(
+    path: Path,
+    num_samples: int,
+    seed: int,
+    progress: bool = True,
+    data: str | None = None,
+    split: str | None = None,
+) -> int:
+    """log p(x) into RUN/evaluation.json: exact where the model can say it, importance-sampled
+    with the model's guide otherwise. On the run's own test part by default; ``data`` scores
+    another file (its ``split`` part where it carries a split, else all of it)."""
     run = load_run(path)
     out = path / "evaluation.json"
     check_writable(out)
-    ll = evaluate(run.model, run.test_data(), num_samples=num_samples, seed=seed, progress=progress)
+    if data is None:
+        parts = dict(zip(("train", "val", "test"), run.splits(), strict=True))
+        split = split or "test"
+        if split not in parts:
+            raise ValueError(f"--split {split!r}: the run's data have parts {list(parts)}")
+        scored = parts[split]
+    else:
+        scored = run.load_data(data)
+        if scored.splits:
+            split = split or "test"
+            scored = scored.part(split)
+        elif split is not None:
+            raise ValueError(f"--split {split}: {data} carries no split; leave --split out")
+        else:
+            split = "all"
+    if scored.image_shape != tuple(run.data["image_shape"]):
+        raise ValueError(
+            f"{data}: images of shape {scored.image_shape}, but the run's model takes "
+            f"{tuple(run.data['image_shape'])}"
+        )
+    ll = evaluate(run.model, scored, num_samples=num_samples, seed=seed, progress=progress)
     est = {"log_likelihood": ll.mean, "stderr": ll.stderr, "exact": ll.exact}
     if not ll.exact:
         est["num_samples"] = ll.num_samples
     if ll.bits_per_dim is not None:
         est["bits_per_dim"] = ll.bits_per_dim
-    est["split"] = "test"
+    est["data"], est["split"] = data or run.data["name"], split
     write_text(out, json.dumps(est, indent=2) + "\n")
     print(f"{json.dumps(est)}\nwrote {out}")
     return 0
@@ -297,7 +332,25 @@ def _positive(kind, minimum=None):
     return parse
 
 
-def _parser() -> argparse.ArgumentParser:
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must lie strictly between 0 and 1")
+    return value
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        shape = [int(v) for v in text.split(",")]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give C,H,W with C = 1 or 3, e.g. 1,28,28")
+    return shape
+
+
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``lvmkit fit NAME --help`` lists NAME's settings too."""
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="lvmkit",
@@ -307,7 +360,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("fit", help="fit a built-in model", epilog=EXAMPLES, formatter_class=fmt)
+    argv = sys.argv[1:] if argv is None else argv
+    named = argv[1] if len(argv) > 1 and argv[0] == "fit" and argv[1] in MODELS else None
+    epilog = EXAMPLES
+    if named:
+        fit_keys = ", ".join(f"{k} = {v}" for k, v in default_config(named)["fit"].items())
+        data_keys = ", ".join(f"{k} = {v}" for k, v in default_config(named)["data"].items())
+        epilog = f"{settings_help(named)}\n[fit]: {fit_keys}\n[data]: {data_keys}\n\n{EXAMPLES}"
+    p = sub.add_parser("fit", help="fit a built-in model", epilog=epilog, formatter_class=fmt)
     p.add_argument("model", help=f"one of {sorted(MODELS)}")
     p.add_argument("--data", help="'digits' or a path (IDX, .npy/.npz, PNG folder)")
     p.add_argument("--config", type=Path, help="a TOML file with [data], [model], [fit] tables")
@@ -315,6 +375,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive(int))
     p.add_argument("--lr", type=_positive(float))
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        help="validation share: of the train part if the data carry a split (default 0.1)",
+    )
+    p.add_argument(
+        "--image-shape", type=_shape, help="read flat rows (N, D) as images C,H,W, e.g. 1,28,28"
+    )
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, help="run directory (default runs/MODEL)")
     p.add_argument(
@@ -326,6 +394,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--inference", default="svi", choices=["svi", "em"], help="svi (default), or em for gmm"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="TABLE.KEY=VALUE",
+        help="a setting, as in the TOML: --set model.z_dim=16 --set fit.elbo=iwae (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, help_ in [
@@ -358,6 +432,12 @@ def _parser() -> argparse.ArgumentParser:
         "--num-samples", type=_positive(int), default=1000, help="importance samples per image"
     )
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--data", help="score other data (a path or a name) instead of the run's")
+    e.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="which part to score (default test; with --data, the file's own split)",
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("demo", help="the Gaussian-decoder LVM on digits, under a minute on CPU")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -369,9 +449,21 @@ def _parser() -> argparse.ArgumentParser:
 RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt")  # a folder holding one holds a run
 
 
+# Flags that are short for a setting: flag name -> (table, key).
+SHORT_FLAGS = {
+    "data": ("data", "name"),
+    "val_fraction": ("data", "val_fraction"),
+    "image_shape": ("data", "image_shape"),
+    **{k: ("fit", k) for k in ("epochs", "batch_size", "lr", "seed", "device", "jit")},
+}
+RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit")}  # neither changes what is computed
+
+
 def _fit_config(args, out: Path) -> dict:
     """The settings of ``lvmkit fit``: a resumed run's own config.toml, else the defaults and
-    --config; the flags on top. Refuses to replace a run unless --resume or --overwrite."""
+    --config; then --set and the short flags, checked like the TOML. Refuses to replace a run
+    unless --resume or --overwrite, and on resume any setting the run was fitted with other
+    than epochs and jit."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the run")
     held = [n for n in RUN_FILES if (out / n).exists()]
@@ -380,28 +472,47 @@ def _fit_config(args, out: Path) -> dict:
             f"{out} holds a run already ({', '.join(held)}): continue it with --resume, "
             "replace it with --overwrite, or give another --out"
         )
+    if args.data is not None and not args.data.strip():
+        raise ValueError("--data is empty; give 'digits' or a path to your data")
     run_config = out / "config.toml"
-    resumed = args.resume and run_config.exists() and args.config is None
+    resumed = args.resume and run_config.exists()
+    if resumed and args.config is not None:
+        raise ValueError(
+            f"--resume continues {out} with its own config.toml; leave --config out (or start "
+            "a new run in another folder)"
+        )
     config = read_config(run_config if resumed else args.config, args.model)
-    if args.data is not None:
-        if not args.data.strip():
-            raise ValueError("--data is empty; give 'digits' or a path to your data")
-        if resumed and args.data != config["data"]["name"]:
-            raise ValueError(
-                f"{out} was fitted on {config['data']['name']!r}, not {args.data!r}: resume it "
-                "without --data, or start a new run in another folder"
-            )
-        config["data"]["name"] = args.data
-    name = config["data"]["name"]
-    if name not in (*BUNDLED, *DATASETS) and Path(name).expanduser().exists():
-        # a run is evaluated and resumed from anywhere: keep where its data are, absolutely
-        config["data"]["name"] = str(Path(name).expanduser().resolve())
-    return config
+    settings = parse_settings(args.set or [])
+    for flag, (table, key) in SHORT_FLAGS.items():
+        if getattr(args, flag) is not None:
+            settings.setdefault(table, {})[key] = getattr(args, flag)
+    if settings.get("data", {}).get("name") is not None:
+        name = settings["data"]["name"]
+        if name not in (*BUNDLED, *DATASETS) and Path(name).expanduser().exists():
+            # a run is evaluated and resumed from anywhere: keep where its data are, absolutely
+            settings["data"]["name"] = str(Path(name).expanduser().resolve())
+    if resumed:
+        for table, values in settings.items():
+            for key, value in values.items():
+                was = config.get(table, {}).get(key, value)
+                if (table, key) not in RESUME_MAY_CHANGE and _same(was, value) is False:
+                    raise ValueError(
+                        f"{out} was fitted with [{table}] {key} = {was!r}, not {value!r}: "
+                        "resume it without that setting (only epochs and jit may change), or "
+                        "start a new run in another folder"
+                    )
+    return apply_settings(config, settings, args.model, "--set" if args.set else "flags")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
 
 
 def main(argv: list[str] | None = None) -> int:
     """The ``lvmkit`` command; returns its exit code (2 for bad input, 130 if interrupted)."""
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     progress = not getattr(args, "no_progress", False)
     try:
         if args.command == "demo":
@@ -417,16 +528,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "diagnose":
             return run_diagnose(args.run, args.num_samples, args.num_images, args.seed, progress)
         if args.command == "evaluate":
-            return run_evaluate(args.run, args.num_samples, args.seed, progress)
+            return run_evaluate(
+                args.run, args.num_samples, args.seed, progress, args.data, args.split
+            )
         out = args.out or Path("runs") / args.model
         config = _fit_config(args, out)
         if args.resume and not (out / "checkpoint.pt").exists():
             note = f"lvmkit: {out} holds no checkpoint to resume; starting a new run"
             print(note, file=sys.stderr)
             args.resume = False
-        for key in ("epochs", "batch_size", "lr", "seed", "device", "jit"):
-            if getattr(args, key) is not None:
-                config["fit"][key] = getattr(args, key)
         return run_fit(
             args.model,
             config,

@@ -32,8 +32,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DATA_DEFAULTS = {"name": "digits", "split_seed": 0}
-SPLIT = (0.8, 0.1, 0.1)  # train / validation / test fractions of every run
+# val_fraction: of the train part where the data carry a split, else of all (a tenth is test).
+# image_shape: (C, H, W) that flat rows (N, C*H*W) of a .npy/.npz are read as.
+DATA_DEFAULTS = {"name": "digits", "split_seed": 0, "val_fraction": 0.1, "image_shape": None}
 FIT_DEFAULTS = {
     "epochs": 100,
     "batch_size": 64,
@@ -50,7 +51,12 @@ RENAMED = {"num_particles": "num_samples"}  # keys older runs wrote -> their nam
 # The types of the [data] and [fit] keys ([model] keys take their config dataclass's), and which
 # numbers must be above 0 (other numbers must be at least 0; seeds may be anything).
 TABLE_TYPES = {
-    "data": {"name": str, "split_seed": int},
+    "data": {
+        "name": str,
+        "split_seed": int,
+        "val_fraction": float,
+        "image_shape": tuple[int, ...] | None,
+    },
     "fit": {
         "epochs": int,
         "batch_size": int,
@@ -99,22 +105,48 @@ def read_config(path: Path | None, model_name: str) -> dict:
                 f"{path}: {table} = {values!r} should be a table: a line [{table}] followed by "
                 "key = value lines"
             )
+    return apply_settings(config, loaded, model_name, f"{path}")
+
+
+def apply_settings(config: dict, tables: dict, model_name: str, source: str) -> dict:
+    """``config`` updated by ``tables`` ({table: {key: value}}), each value checked against the
+    config's types and ranges; errors name ``source`` (a file, or --set) and the key."""
+    config = {table: dict(values) for table, values in config.items()}
+    for table, values in tables.items():
+        if table not in config:
+            raise ValueError(f"{source}: unknown table [{table}]; valid tables are {list(config)}")
         values = {RENAMED.get(k, k): v for k, v in values.items()}  # older runs' files read
         unknown = sorted(set(values) - set(config[table]))
         if unknown:
             raise ValueError(
-                f"{path}: unknown key(s) {unknown} in [{table}]; valid keys are "
+                f"{source}: unknown key(s) {unknown} in [{table}]; valid keys are "
                 f"{sorted(config[table])}"
             )
-        config[table].update(values)
-    for table, values in config.items():
         types = TABLE_TYPES.get(table) or typing.get_type_hints(MODELS[model_name].cls.config_class)
         defaults = default_config(model_name)[table]
         for key, value in values.items():
             problem = _value_problem(key, value, types[key], defaults.get(key))
             if problem:
-                raise ValueError(f"{path}: [{table}] {key} = {value!r}: {problem}")
+                raise ValueError(f"{source}: [{table}] {key} = {value!r}: {problem}")
+        config[table].update(values)
     return config
+
+
+def parse_settings(assignments: list[str]) -> dict:
+    """``["model.z_dim=16", "fit.elbo=iwae"]`` -> {"model": {"z_dim": 16}, "fit": {"elbo":
+    "iwae"}}: values are TOML (``16``, ``0.5``, ``[64, 64]``, ``true``); a bare word is a string."""
+    tables: dict = {}
+    for text in assignments:
+        target, eq, value = text.partition("=")
+        table, dot, key = target.strip().partition(".")
+        if not eq or not dot or not key:
+            raise ValueError(f"--set {text!r}: write TABLE.KEY=VALUE, e.g. --set model.z_dim=16")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()  # a bare word: iwae, conv, cuda:0
+        tables.setdefault(table, {})[key] = parsed
+    return tables
 
 
 def _conforms(value, hint) -> bool:
@@ -150,6 +182,10 @@ def _value_problem(key: str, value, hint, default) -> str | None:
         return "must be above 0" if positive else "must be at least 0"
     if isinstance(value, str) and not value:
         return "must not be empty"
+    if key == "val_fraction" and not 0 < value < 1:
+        return "must lie strictly between 0 and 1"
+    if key == "image_shape" and value is not None and (len(value) != 3 or value[0] not in (1, 3)):
+        return "must be [C, H, W] with C = 1 or 3"
     return None
 
 
@@ -195,11 +231,19 @@ class Run:
     model: object
     config: dict  # config.toml's tables (defaults where the file is missing)
     summary: dict | None  # summary.json, if there is one
-    data: dict  # what the model was fitted on: name, split_seed, image_shape
+    data: dict  # what the model was fitted on: name, split_seed, val_fraction, image_shape
 
     def splits(self) -> tuple[lvdata.ImageData, lvdata.ImageData, lvdata.ImageData]:
         """The train, validation and test parts of the data the run was fitted on."""
-        return lvdata.split(lvdata.load(self.data["name"]), SPLIT, seed=self.data["split_seed"])
+        return lvdata.train_val_test(
+            self.load_data(self.data["name"]),
+            self.data.get("val_fraction", DATA_DEFAULTS["val_fraction"]),
+            seed=self.data["split_seed"],
+        )
+
+    def load_data(self, source) -> lvdata.ImageData:
+        """Data from ``source`` read as this run's model takes them (flat rows as its images)."""
+        return lvdata.load(source, image_shape=tuple(self.data["image_shape"]))
 
     def test_data(self) -> lvdata.ImageData:
         return self.splits()[2]

@@ -162,7 +162,7 @@ def test_the_cli_keeps_a_finished_run_and_resumes_with_its_own_settings(tmp_path
         )
         == 2
     )
-    assert "was fitted on 'digits'" in capsys.readouterr().err
+    assert "was fitted with [data] name = 'digits', not" in capsys.readouterr().err
     assert (
         main(["fit", "lvm", "--epochs", "1", "--out", str(run), "--overwrite", "--no-progress"])
         == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from lvmkit.models.autoencoders import Autoencoder
@@ -122,6 +123,35 @@ def config_fields(name: str) -> dict:
     }
     values.update(entry.defaults)
     return values
+
+
+def field_docs(config_class) -> dict[str, str]:
+    """The comments that document a config dataclass's fields (nanoGPT style: on the field's
+    line, or on the comment lines just above it), by field name."""
+    import inspect
+    import re
+
+    docs, above = {}, []
+    for line in inspect.getsource(config_class).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        match = re.match(r"(\w+)\s*:[^=]*=.*?(?:#\s*(.*))?$", text)
+        if match:
+            docs[match.group(1)] = " ".join([*above, match.group(2) or ""]).strip()
+        above = []
+    return docs
+
+
+def settings_help(name: str) -> str:
+    """The [model] settings of a built-in model, with defaults and help, for ``--help``."""
+    docs = field_docs(_entry(name).cls.config_class)
+    lines = [f"settings of {name!r} (--set model.KEY=VALUE, or [model] in a --config TOML):"]
+    for key, default in config_fields(name).items():
+        shown = "none" if default is None else json.dumps(default)
+        lines.append(f"  {key} = {shown}" + (f"\n      {docs[key]}" if docs.get(key) else ""))
+    return "\n".join(lines)
 
 
 def build_model(name: str, image_shape, data_levels: int | None, settings: dict | None = None):
