@@ -197,6 +197,7 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
     if result.val_losses:
         summary["val_loss"] = result.val_losses[result.best_epoch - 1]
         summary["best_epoch"] = result.best_epoch
+    summary["model_epoch"] = result.params_epoch  # the epoch whose parameters model.pt holds
     if dataset.y is not None and model.can_encode and not probe_problem(dataset.y):
         summary["linear_probe_accuracy"] = linear_probe(encode(model, dataset), dataset.y)
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

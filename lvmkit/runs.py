@@ -43,6 +43,7 @@ FIT_DEFAULTS = {
     "elbo": "elbo",
     "num_samples": 1,
     "patience": None,
+    "restore_best": None,  # None: restore the best validation epoch when patience is set
     "seed": 0,
     "device": "auto",
     "jit": False,
@@ -65,6 +66,7 @@ TABLE_TYPES = {
         "elbo": str,
         "num_samples": int,
         "patience": int | None,
+        "restore_best": bool | None,
         "seed": int,
         "device": str,
         "jit": bool,

@@ -4,8 +4,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lvmkit import load_run
@@ -265,3 +268,46 @@ def test_config_files_of_older_runs_are_read(tmp_path):
     old = tmp_path / "config.toml"
     old.write_text("[fit]\nnum_particles = 4\n")  # the name num_samples had before
     assert read_config(old, "lvm")["fit"]["num_samples"] == 4
+
+
+def test_flat_28x28_rows_with_a_split_resume_verbatim_after_sigterm(tmp_path):
+    """28x28 data saved as flat rows with its own split, fitted with --set overrides, stopped by
+    SIGTERM; the printed resume command, run as printed, ends where an uninterrupted run does,
+    and config.toml is never rewritten."""
+    rng = np.random.default_rng(0)
+    rows = (rng.random((1200, 784)) < 0.3).astype(np.uint8) * 255
+    np.savez(tmp_path / "rows.npz", x_train=rows[:1000], x_test=rows[1000:])
+    settings = ["--set", "model.z_dim=2", "--set", "model.hidden=[16]", "--set", "fit.batch_size=8"]
+    fit = [
+        "fit", "lvm", "--data", str(tmp_path / "rows.npz"), "--image-shape", "1,28,28",
+        "--val-fraction", "0.2", "--epochs", "6", "--no-progress", *settings,
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    lvmkit = [sys.executable, "-m", "lvmkit.cli"]
+    whole = subprocess.run([*lvmkit, *fit, "--out", str(tmp_path / "whole")], env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+
+    run = tmp_path / "cut"
+    proc = subprocess.Popen([*lvmkit, *fit, "--out", str(run)], env=env, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    config = (run / "config.toml").read_text()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    hint = next(line for line in err.splitlines() if line.startswith("continue with: "))
+    command = hint.removeprefix("continue with: ")
+    resumed = subprocess.run(command, shell=True, env=env, capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "config.toml").read_text() == config
+    assert '[data]\nname = "' in config and "val_fraction = 0.2" in config
+    assert "image_shape = [1, 28, 28]" in config and "z_dim = 2" in config
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 6

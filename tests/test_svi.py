@@ -528,3 +528,31 @@ def test_fit_names_a_latent_its_objective_cannot_score(xs):
 
     with pytest.raises(ValueError, match="create no parameters"):  # not Pyro's own words
         lvmkit.fit(no_params, lambda x: None, x, elbo="enum", epochs=1, progress=False)
+
+
+def test_restore_best_is_explicit_and_the_result_says_which_epoch_it_holds():
+    """Without patience the last epoch's parameters stay (unless restore_best=True); with it,
+    the best validation epoch's; params_epoch says which, and restored equals stopped there."""
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    torch.manual_seed(0)
+    x, val = torch.randn(64, 2) + 1.0, torch.randn(64, 2) + 1.0
+    args = dict(epochs=12, batch_size=8, lr=0.3, optimizer="sgd", progress=False, val_data=val)
+    last = lvmkit.fit(model, guide, x, **args)
+    assert last.params_epoch == 12 and last.best_epoch < 12  # SGD at this lr overshoots
+    best = lvmkit.fit(model, guide, x, **args, restore_best=True)
+    assert best.params_epoch == best.best_epoch == last.best_epoch
+    stopped = lvmkit.fit(model, guide, x, **{**args, "epochs": best.best_epoch})
+    assert torch.equal(best.params["loc"], stopped.params["loc"])
+    assert not torch.equal(best.params["loc"], last.params["loc"])
+    early = lvmkit.fit(model, guide, x, **args, patience=100)  # patience: restored by default
+    assert early.params_epoch == early.best_epoch
+    with pytest.raises(ValueError, match="restore_best needs val_data"):
+        lvmkit.fit(model, guide, x, epochs=1, restore_best=True, progress=False)

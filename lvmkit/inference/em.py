@@ -294,6 +294,7 @@ def em(
         losses=losses,
         val_losses=[],
         best_epoch=None,
+        params_epoch=len(losses),
         elapsed=time.perf_counter() - t0,
         device=str(device),
         params=trainer.params(),

@@ -33,6 +33,7 @@ class FitResult:
     losses: list[float]  # SVI: the objective; EM: -log p(x) (mean, before each M-step)
     val_losses: list[float]
     best_epoch: int | None  # 1-based epoch of the lowest validation loss (None without val_data)
+    params_epoch: int  # the epoch whose parameters ``params`` holds (best_epoch if restored)
     elapsed: float  # seconds of training, summed over resumed runs
     device: str
     params: dict[str, Tensor]  # fitted constrained parameter values
@@ -89,9 +90,11 @@ class LoopState:
         self.step, self.perm, self.loss_sum, self.count = 0, None, 0.0, 0
 
 
-def _check_args(epochs, batch_size, patience, val_data, resume, checkpoint_dir) -> None:
+def _check_args(epochs, batch_size, patience, restore_best, val_data, resume, checkpoint_dir):
     check_count("epochs", epochs)
     check_count("batch_size", batch_size)
+    if restore_best and val_data is None:
+        raise ValueError("restore_best needs val_data to choose the best epoch; pass val_data")
     if patience is not None and val_data is None:
         raise ValueError("patience needs val_data to watch; pass val_data or patience=None")
     if resume and checkpoint_dir is None:
@@ -111,6 +114,7 @@ def fit(
     optimizer: str | Callable = "adam",
     val_data=None,
     patience: int | None = None,
+    restore_best: bool | None = None,
     device: str = "auto",
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
@@ -128,14 +132,17 @@ def fit(
     optimizer: "adam", "adamw", "sgd", or a factory ``(params, lr=lr) -> torch.optim.Optimizer``.
     epochs: the total number of epochs; with ``resume`` training continues up to it.
     val_data, patience: per-epoch validation loss; stop after ``patience`` epochs without
-        improvement and restore the parameters of the best epoch.
+        improvement.
+    restore_best: end with the parameters of the epoch of lowest validation loss instead of
+        the last epoch's; None (the default) restores them when ``patience`` is set.
+        ``FitResult.params_epoch`` says which epoch the parameters are from.
     checkpoint_dir: write ``checkpoint.pt`` there after every epoch (and on SIGINT/SIGTERM,
         which finish the current step and return with ``interrupted=True``).
     resume: continue from the checkpoint in ``checkpoint_dir`` if there is one.
     jit: run the steps from a trace of the loss (see ``Trainer``): same draws, same results,
         less Python per step; for models without data-dependent Python.
     """
-    _check_args(epochs, batch_size, patience, val_data, resume, checkpoint_dir)
+    _check_args(epochs, batch_size, patience, restore_best, val_data, resume, checkpoint_dir)
     trainer = Trainer(
         model,
         guide,
@@ -246,12 +253,17 @@ def fit(
             if stop.signum is not None:
                 interrupted = True
                 break
-        if s.best_params is not None and not interrupted:
+        params_epoch = len(s.losses)
+        if restore_best is None:
+            restore_best = patience is not None
+        if restore_best and s.best_params is not None and not interrupted:
             trainer.load_params(s.best_params)
+            params_epoch = s.best_epoch
     return FitResult(
         losses=s.losses,
         val_losses=s.val_losses,
         best_epoch=s.best_epoch,
+        params_epoch=params_epoch,
         elapsed=s.elapsed,
         device=str(trainer.device),
         params=trainer.params(),

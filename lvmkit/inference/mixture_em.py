@@ -173,6 +173,7 @@ def fit_em(
         losses=[-b for b in bounds],
         val_losses=[],
         best_epoch=None,
+        params_epoch=len(bounds),
         elapsed=time.perf_counter() - t0,
         device=str(x.device),
         params=params,
