@@ -47,7 +47,7 @@ def peak_memory_run(n: int, device: str) -> None:
         covariance_type="diag",
         max_iter=3,
         tol=0.0,
-        dtype=torch.float32,
+        dtype="float32",
         device=device,
         means_init=x[:10].numpy(),
     )
@@ -100,8 +100,8 @@ def main():
             "lvmkit": partial(
                 GaussianMixtureEM,
                 10,
-                covariances_init=cov0,
-                dtype=torch.float32,
+                precisions_init=prec0,
+                dtype="float32",
                 device=device,
                 **common,
             ),

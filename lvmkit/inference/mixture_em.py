@@ -11,12 +11,17 @@ memory is bounded by the chunk size whatever N is.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 
+import numpy as np
 import pyro
 import torch
+from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from lvmkit.inference.fit import FitResult
@@ -76,6 +81,14 @@ def _e_step_stats(chunks, weights, means, cov, diag):
     return total / n, stats
 
 
+def _offsets(chunks):
+    """(row offset, chunk) pairs of an iterator of feature chunks."""
+    start = 0
+    for feats in chunks:
+        yield start, feats
+        start += len(feats)
+
+
 def _m_step(n: int, stats: Tensor, d: int, diag: bool, reg_covar: float):
     q = d if diag else d * d
     sxx, sx, nk = stats[:, :q], stats[:, q : q + d], stats[:, -1]
@@ -91,6 +104,69 @@ def _m_step(n: int, stats: Tensor, d: int, diag: bool, reg_covar: float):
     return nk / n, means, cov
 
 
+INITS = ("kmeans", "k-means++", "random", "random_from_data")  # scikit-learn's init_params
+
+
+def kmeans_plusplus(x: Tensor, k: int, g: torch.Generator) -> Tensor:
+    """Indices of k seeds by greedy k-means++ (Arthur & Vassilvitskii 2007; 2 + log k trials
+    per seed, as scikit-learn), computed where x is."""
+    n = len(x)
+    first = int(torch.randint(n, (1,), generator=g))
+    chosen = [first]
+    d2 = ((x - x[first]) ** 2).sum(1)
+    trials = 2 + int(math.log(k))
+    for _ in range(1, k):
+        candidates = torch.multinomial((d2 / d2.sum()).cpu(), trials, replacement=True, generator=g)
+        candidates = candidates.to(x.device)
+        to_candidates = torch.cdist(x[candidates], x).pow(2)  # (trials, N)
+        pots = torch.minimum(d2, to_candidates).sum(1)
+        best = int(pots.argmin())
+        chosen.append(int(candidates[best]))
+        d2 = torch.minimum(d2, to_candidates[best])
+    return torch.tensor(chosen, device=x.device)
+
+
+def kmeans(
+    x: Tensor, k: int, g: torch.Generator, *, max_iter: int = 300, tol: float = 1e-4
+) -> Tensor:
+    """Lloyd's k-means from k-means++ seeds, where x is: each point's cluster (N,). Stops when
+    the centres move less than ``tol`` times the data's mean variance, as scikit-learn."""
+    centres = x[kmeans_plusplus(x, k, g)]
+    threshold = tol * float(x.var(0).mean())
+    for _ in range(max_iter):
+        labels = torch.cdist(x, centres).argmin(1)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        moved = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+        shift = float(((moved - centres) ** 2).sum())
+        centres = moved
+        if shift <= threshold:
+            break
+    return torch.cdist(x, centres).argmin(1)
+
+
+def initial_responsibilities(x: Tensor, k: int, method: str, seed: int) -> Tensor:
+    """scikit-learn's starts as responsibilities (N, K): "kmeans" (k-means labels),
+    "k-means++" (its seeds), "random" (uniform, normalised), "random_from_data" (k points)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(x)
+    if n < k:
+        raise ValueError(f"{n} datapoints cannot initialise {k} components; use fewer components")
+    resp = torch.zeros(n, k, dtype=x.dtype, device=x.device)
+    if method == "kmeans":
+        resp[torch.arange(n, device=x.device), kmeans(x, k, g)] = 1
+    elif method == "k-means++":
+        resp[kmeans_plusplus(x, k, g), torch.arange(k, device=x.device)] = 1
+    elif method == "random":
+        resp = torch.rand(n, k, generator=g, dtype=x.dtype).to(x.device)
+        resp /= resp.sum(1, keepdim=True)
+    elif method == "random_from_data":
+        resp[torch.randperm(n, generator=g)[:k].to(x.device), torch.arange(k, device=x.device)] = 1
+    else:
+        raise ValueError(f"unknown init {method!r}; choose one of {list(INITS)}")
+    return resp
+
+
 def fit_em(
     gmm: GaussianMixture,
     x: Tensor,
@@ -98,7 +174,7 @@ def fit_em(
     tol: float = 1e-3,
     max_iter: int = 100,
     reg_covar: float = 1e-6,
-    init: str | None = "kmeans++",
+    init: str | None = "kmeans",
     n_init: int = 1,
     seed: int = 0,
     chunk_size: int = 65536,
@@ -106,12 +182,14 @@ def fit_em(
 ) -> FitResult:
     """Fit ``gmm`` to x (N, D) by EM, in x's dtype and on x's device; the module ends there.
 
-    init: "kmeans++" or "random_from_data" (each of ``n_init`` restarts with its own seed), or
-    None to start from the module's current parameters. The restart with the highest final lower
-    bound wins. Per-point features are kept between iterations when they fit in ``cache_bytes``.
-    Warns (ConvergenceWarning) if it stops before the change falls below ``tol``. The result's
-    ``losses`` are -log p(x) per datapoint before each iteration's M-step; its params are the
-    mixture's, under the names ``fit(gmm.model, gmm.guide, ...)`` gives them.
+    init: scikit-learn's starts, "kmeans" (its default), "k-means++", "random" or
+    "random_from_data": responsibilities from which a first M-step makes the parameters (each of
+    ``n_init`` restarts with its own seed); or None to start from the module's current
+    parameters. The restart with the highest final lower bound wins. Per-point features are kept
+    between iterations when they fit in ``cache_bytes``. Warns (ConvergenceWarning) if it stops
+    before the change falls below ``tol``. The result's ``losses`` are -log p(x) per datapoint
+    before each iteration's M-step; its params are the mixture's, under the names
+    ``fit(gmm.model, gmm.guide, ...)`` gives them.
     """
     t0 = time.perf_counter()
     gmm.check_data(x)
@@ -138,12 +216,17 @@ def fit_em(
                 _features(x[i : i + chunk_size] - shift, diag) for i in range(0, len(x), chunk_size)
             )
 
+    if init is not None and init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}, or None")
     best = None
     for restart in range(n_init if init else 1):
         if init:
-            gmm.initialize(x, method=init, seed=seed + restart)
-        with torch.no_grad():
-            weights, means, cov = gmm.weights, gmm.means - shift, gmm.covariances
+            resp = initial_responsibilities(x, gmm.config.components, init, seed + restart)
+            stats = sum(resp[i : i + len(f)].T @ f for i, f in _offsets(chunks()))
+            weights, means, cov = _m_step(len(x), stats, x.shape[1], diag, reg_covar)
+        else:
+            with torch.no_grad():
+                weights, means, cov = gmm.weights, gmm.means - shift, gmm.covariances
         bounds, converged, lower = [], False, -math.inf
         for _ in range(max_iter):
             previous = lower
@@ -157,7 +240,7 @@ def fit_em(
             best = (lower, weights, means, cov, bounds, converged)
     _, weights, means, cov, bounds, converged = best
     gmm.set_params(weights, means + shift, cov)
-    if not converged:
+    if not converged and max_iter > 0:  # max_iter=0 only initialises
         warnings.warn(
             f"EM did not converge in {max_iter} iterations (last change "
             f"{bounds[-1] - bounds[-2] if len(bounds) > 1 else 'n/a'}"
@@ -184,10 +267,19 @@ def fit_em(
     )
 
 
-class GaussianMixtureEM:
-    """scikit-learn's GaussianMixture face over lvmkit's EM: ``fit`` returns self, fitted
-    attributes end in ``_``, and ``model_`` is the fitted lvmkit GaussianMixture (for sampling,
-    posteriors and diagnostics)."""
+class GaussianMixtureEM(DensityMixin, BaseEstimator):
+    """scikit-learn's ``GaussianMixture``, fitted by lvmkit's EM (on a GPU where one is, with
+    ``device``): the same parameters, names and meanings, numpy in and out, ``fit`` returns
+    self, fitted attributes end in ``_``; it works in a ``Pipeline`` and ``GridSearchCV``.
+    ``model_`` is the fitted lvmkit ``GaussianMixture`` (for sampling, posteriors, diagnostics).
+
+    covariance_type: "full" or "diag". init_params: "kmeans" (k-means labels, computed where EM
+    runs), "k-means++", "random" or "random_from_data". ``weights_init``, ``means_init``,
+    ``precisions_init`` replace what init_params gives, each on its own. ``warm_start`` starts a
+    second ``fit`` from the first's parameters. ``dtype`` is where EM computes ("float64", as
+    scikit-learn, or "float32" for speed on large data); ``chunk_size`` rows are processed at a
+    time, so memory stays bounded whatever N is.
+    """
 
     def __init__(
         self,
@@ -198,72 +290,125 @@ class GaussianMixtureEM:
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "kmeans++",
+        init_params: str = "kmeans",
         weights_init=None,
         means_init=None,
-        covariances_init=None,
-        random_state: int = 0,
-        dtype: torch.dtype = torch.float64,
+        precisions_init=None,
+        random_state=None,
+        warm_start: bool = False,
+        dtype: str = "float64",
         device: str = "auto",
         chunk_size: int = 65536,
     ):
-        self.n_components, self.covariance_type = n_components, covariance_type
-        self.tol, self.reg_covar, self.max_iter, self.n_init = tol, reg_covar, max_iter, n_init
-        self.init_params, self.random_state = init_params, random_state
-        self.weights_init, self.means_init, self.covariances_init = (
-            weights_init,
-            means_init,
-            covariances_init,
-        )
-        self.dtype, self.device, self.chunk_size = dtype, device, chunk_size
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.dtype = dtype
+        self.device = device
+        self.chunk_size = chunk_size
 
-    def _as_tensor(self, X) -> Tensor:
-        x = torch.as_tensor(X, dtype=self.dtype, device=resolve_device(self.device))
-        if x.dim() != 2 or len(x) == 0:
+    # ---- validation ----------------------------------------------------------------------
+    def _torch_dtype(self) -> torch.dtype:
+        name = str(self.dtype).removeprefix("torch.")
+        if name not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
+        return getattr(torch, name)
+
+    def _check_params(self) -> None:
+        if not isinstance(self.n_components, numbers.Integral) or self.n_components < 1:
+            raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
+        if self.covariance_type not in ("full", "diag"):
             raise ValueError(
-                f"X must be a non-empty (n_samples, n_features) array, got {tuple(x.shape)}"
+                f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r} "
+                "('tied' and 'spherical' are not implemented)"
             )
-        return x
+        if self.init_params not in INITS:
+            raise ValueError(f"init_params must be one of {list(INITS)}, got {self.init_params!r}")
+        for name in ("tol", "reg_covar"):
+            if not isinstance(getattr(self, name), numbers.Real) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        for name in ("max_iter", "n_init", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
 
-    def fit(self, X) -> GaussianMixtureEM:
-        """Fit to X (N, D); returns self."""
-        x = self._as_tensor(X)
+    def _tensor(self, X, *, reset: bool) -> Tensor:
+        """X validated as scikit-learn does, as a tensor where EM runs."""
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=[np.float64, np.float32],
+            ensure_min_samples=2 if reset else 1,
+        )
+        return torch.tensor(
+            np.asarray(X), dtype=self._torch_dtype(), device=resolve_device(self.device)
+        )
+
+    def _init_tensor(self, value, shape: tuple[int, ...], name: str, x: Tensor) -> Tensor:
+        t = torch.as_tensor(np.asarray(value, dtype=np.float64)).to(x)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        return t
+
+    # ---- fitting -------------------------------------------------------------------------
+    def fit(self, X, y=None) -> GaussianMixtureEM:
+        """Fit to X (n_samples, n_features); returns self. ``y`` is ignored."""
+        self._check_params()
+        x = self._tensor(X, reset=True)
+        n, d = x.shape
+        k = self.n_components
+        if n < k:
+            raise ValueError(f"n_samples={n} should be >= n_components={k}")
+        warm = self.warm_start and hasattr(self, "model_") and self.model_.config.dim == d
         gmm = GaussianMixture(
             GaussianMixtureConfig(
-                dim=x.shape[1],
-                components=self.n_components,
+                dim=d,
+                components=k,
                 covariance=self.covariance_type,
                 min_variance=self.reg_covar,  # the floor EM itself keeps
             )
         ).to(device=x.device, dtype=x.dtype)
-        given = self.means_init is not None
-        if given:
-            k = self.n_components
-            weights = (
-                torch.full((k,), 1.0 / k)
-                if self.weights_init is None
-                else torch.as_tensor(self.weights_init)
-            )
-            cov = (
-                gmm.covariances.detach()
-                if self.covariances_init is None
-                else torch.as_tensor(self.covariances_init)
-            )
-            gmm.set_params(
-                *(
-                    torch.as_tensor(t, dtype=x.dtype, device=x.device)
-                    for t in (weights, self.means_init, cov)
-                )
-            )
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        init = self.init_params
+        given = [self.weights_init, self.means_init, self.precisions_init]
+        if warm:
+            gmm.load_state_dict(self.model_.state_dict())
+            init = None
+        elif any(v is not None for v in given):
+            # scikit-learn: each given start replaces what init_params would give
+            start = GaussianMixture(gmm.config).to(device=x.device, dtype=x.dtype)
+            fit_em(start, x, max_iter=0, reg_covar=self.reg_covar, init=init, seed=seed,
+                   chunk_size=self.chunk_size)  # fmt: skip
+            weights, means, cov = start.weights, start.means.detach(), start.covariances.detach()
+            if self.weights_init is not None:
+                weights = self._init_tensor(self.weights_init, (k,), "weights_init", x)
+            if self.means_init is not None:
+                means = self._init_tensor(self.means_init, (k, d), "means_init", x)
+            if self.precisions_init is not None:
+                shape = (k, d) if self.covariance_type == "diag" else (k, d, d)
+                prec = self._init_tensor(self.precisions_init, shape, "precisions_init", x)
+                cov = 1 / prec if self.covariance_type == "diag" else torch.linalg.inv(prec)
+            gmm.set_params(weights, means, cov)
+            init = None
         result = fit_em(
             gmm,
             x,
             tol=self.tol,
             max_iter=self.max_iter,
             reg_covar=self.reg_covar,
-            init=None if given else self.init_params,
-            n_init=self.n_init,
-            seed=self.random_state,
+            init=init,
+            n_init=self.n_init if init else 1,
+            seed=seed,
             chunk_size=self.chunk_size,
         )
         self.model_ = gmm
@@ -271,30 +416,53 @@ class GaussianMixtureEM:
         self.lower_bounds_ = [-loss for loss in result.losses]
         self.lower_bound_ = self.lower_bounds_[-1]
         with torch.no_grad():
-            self.weights_ = gmm.weights.clone()
-            self.means_ = gmm.means.detach().clone()
-            self.covariances_ = gmm.covariances.detach().clone()
+            self.weights_ = gmm.weights.cpu().double().numpy()
+            self.means_ = gmm.means.cpu().double().numpy()
+            self.covariances_ = gmm.covariances.cpu().double().numpy()
+        if self.covariance_type == "diag":
+            self.precisions_ = 1 / self.covariances_
+            self.precisions_cholesky_ = np.sqrt(self.precisions_)
+        else:
+            self.precisions_ = np.linalg.inv(self.covariances_)
+            # scikit-learn's convention: the upper factor U of P = U U^T
+            chol = np.linalg.cholesky(self.covariances_)
+            self.precisions_cholesky_ = np.linalg.inv(chol).transpose(0, 2, 1)
         return self
 
-    def score_samples(self, X) -> Tensor:
-        """log p(x_n): (N,)."""
-        return self.model_.log_prob(self._as_tensor(X))
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        """Fit, then the most probable component of each row: (n_samples,)."""
+        return self.fit(X).predict(X)
 
-    def score(self, X) -> float:
-        """Mean log-likelihood."""
+    # ---- using the fit -------------------------------------------------------------------
+    def score_samples(self, X) -> np.ndarray:
+        """log p(x_n): (n_samples,)."""
+        check_is_fitted(self)
+        return self.model_.log_prob(self._tensor(X, reset=False)).double().cpu().numpy()
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood per row."""
         return float(self.score_samples(X).mean())
 
-    def predict_proba(self, X) -> Tensor:
-        """p(z = k | x_n): (N, K)."""
-        return self.model_.responsibilities(self._as_tensor(X))
+    def predict_proba(self, X) -> np.ndarray:
+        """p(z = k | x_n): (n_samples, n_components)."""
+        check_is_fitted(self)
+        x = self._tensor(X, reset=False)
+        return self.model_.responsibilities(x).detach().double().cpu().numpy()
 
-    def predict(self, X) -> Tensor:
-        """The most probable component of each x_n: (N,)."""
+    def predict(self, X) -> np.ndarray:
+        """The most probable component of each row: (n_samples,)."""
         return self.predict_proba(X).argmax(-1)
 
-    def sample(self, n_samples: int = 1) -> tuple[Tensor, Tensor]:
-        """n draws: x (n, D) and their components (n,)."""
-        return self.model_.sample(n_samples)
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """n draws: X (n_samples, n_features) and their components (n_samples,)."""
+        check_is_fitted(self)
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x, z = self.model_.sample(n_samples)
+        return x.detach().double().cpu().numpy(), z.cpu().numpy()
 
     def _n_parameters(self) -> int:
         k, d = self.means_.shape
@@ -303,9 +471,13 @@ class GaussianMixtureEM:
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X (lower is better)."""
-        x = self._as_tensor(X)
-        return -2 * self.score(x) * len(x) + self._n_parameters() * math.log(len(x))
+        n = _num_rows(X)
+        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X) -> float:
         """Akaike information criterion on X (lower is better)."""
-        return -2 * self.score(X) * len(self._as_tensor(X)) + 2 * self._n_parameters()
+        return -2 * self.score(X) * _num_rows(X) + 2 * self._n_parameters()
+
+
+def _num_rows(X) -> int:
+    return len(X) if hasattr(X, "__len__") else np.asarray(X).shape[0]
