@@ -3,10 +3,13 @@
 # torch is installed first, pinned, so that pip never resolves lvmkit's `torch>=2.1` to the newest
 # release: on a CPU-only machine with a local CPU wheel that pin picks it up; on a GPU machine the
 # same pin fetches PyPI's CUDA build. Override with `make TORCH_SPEC="torch==X.Y"`.
+# A CPU-only machine without a local wheel gets PyTorch's small CPU build (not the multi-GB CUDA
+# one) from PyTorch's own index: `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean
@@ -15,7 +18,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 

@@ -30,6 +30,7 @@ from lvmkit.models import MODELS, build_model
 from lvmkit.models.registry import settings_help
 from lvmkit.runs import (
     apply_settings,
+    data_checksum,
     default_config,
     load_run,
     parse_settings,
@@ -108,7 +109,7 @@ def run_fit(
     """Fit a built-in model; write the run directory. Returns the exit code."""
     dcfg, fcfg = config["data"], config["fit"]
     resolve_device(fcfg["device"])  # a device this machine lacks is refused before any file
-    dataset = lvdata.load(dcfg["name"], image_shape=dcfg["image_shape"])
+    dataset = lvdata.load(dcfg["name"], image_shape=dcfg["image_shape"], levels=dcfg["levels"])
     train, val, test = lvdata.train_val_test(dataset, dcfg["val_fraction"], seed=dcfg["split_seed"])
     torch.manual_seed(fcfg["seed"])  # the nets' initial weights
     model = build_model(model_name, dataset.image_shape, dataset.levels, config["model"])
@@ -122,6 +123,7 @@ def run_fit(
         print(f"lvmkit: no linear probe: {probe_problem(dataset.y)}", file=sys.stderr)
     train_data, val_data = model.prepare(train), model.prepare(val)
     model.initialize(train_data, seed=fcfg["seed"])
+    check_writable(*(out / name for name in RUN_OUTPUTS))  # before the fit, not after it
     with run_lock(out):  # a second process fitting into ``out`` is refused, naming this one
         return _fit_into(
             model_name,
@@ -140,7 +142,8 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
     """run_fit's second half: fit and write the run directory, holding its lock."""
     dcfg, fcfg = config["data"], config["fit"]
     train_data, val_data, test = splits
-    write_config(config, out / "config.toml")
+    if not resume:  # a resumed run's file is rewritten only once the checkpoint took it
+        write_config(config, out / "config.toml")
 
     if inference == "em":  # closed-form EM, in float64 as scikit-learn
         result = em(
@@ -159,9 +162,12 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
             val_data=val_data,
             checkpoint_dir=out,
             resume=resume,
+            overwrite=not resume,  # lvmkit fit refused a run in ``out`` without --overwrite
             progress=progress,
             **fcfg,
         )
+        if resume:
+            write_config(config, out / "config.toml")  # its epochs, or where the data now are
     rows = []
     for i, loss in enumerate(result.losses):
         row = {"epoch": i + 1, "loss": loss}
@@ -183,6 +189,8 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
         "split_seed": dcfg["split_seed"],
         "val_fraction": dcfg["val_fraction"],
         "image_shape": list(dataset.image_shape),
+        "levels": dcfg["levels"],
+        "sha256": data_checksum(dataset),  # evaluate and diagnose refuse data changed since
     }
     save_model(model, model_name, data_info, out / "model.pt")
     summary = {
@@ -448,6 +456,7 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt")  # a folder holding one holds a run
+RUN_OUTPUTS = (*RUN_FILES, "metrics.jsonl", "summary.json", "losses.png", "samples.png")
 
 
 # Flags that are short for a setting: flag name -> (table, key).
@@ -457,7 +466,9 @@ SHORT_FLAGS = {
     "image_shape": ("data", "image_shape"),
     **{k: ("fit", k) for k in ("epochs", "batch_size", "lr", "seed", "device", "jit")},
 }
-RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit")}  # neither changes what is computed
+# Settings a resume may change: neither epochs nor jit changes what is computed, and the data
+# may have moved (the checkpoint's fingerprint of them refuses other data).
+RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit"), ("data", "name")}
 
 
 def _fit_config(args, out: Path) -> dict:
@@ -476,6 +487,11 @@ def _fit_config(args, out: Path) -> dict:
     if args.data is not None and not args.data.strip():
         raise ValueError("--data is empty; give 'digits' or a path to your data")
     run_config = out / "config.toml"
+    if args.resume and not (out / "checkpoint.pt").exists() and (out / "model.pt").exists():
+        raise ValueError(
+            f"{out} holds a finished run without its checkpoint.pt, so it cannot be continued; "
+            "--overwrite replaces it, or give another --out"
+        )
     resumed = args.resume and run_config.exists()
     if resumed and args.config is not None:
         raise ValueError(
@@ -499,8 +515,8 @@ def _fit_config(args, out: Path) -> dict:
                 if (table, key) not in RESUME_MAY_CHANGE and _same(was, value) is False:
                     raise ValueError(
                         f"{out} was fitted with [{table}] {key} = {was!r}, not {value!r}: "
-                        "resume it without that setting (only epochs and jit may change), or "
-                        "start a new run in another folder"
+                        "resume it without that setting (only epochs, jit and where the data "
+                        "are may change), or start a new run in another folder"
                     )
     return apply_settings(config, settings, args.model, "--set" if args.set else "flags")
 
@@ -554,8 +570,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # bad input of any kind, CheckpointError included;
         if args.debug:  # files that cannot be read or written
             raise
-        print(f"lvmkit: error: {err}", file=sys.stderr)
+        print(f"lvmkit: error: {_error_line(err)}", file=sys.stderr)
         return 2
+
+
+def _error_line(err: Exception) -> str:
+    """One line for an error: an OSError as what happened to which file and what to check."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return (
+            f"{err.filename}: {err.strerror.lower()}; check that the path is right and that you "
+            "may write there (--debug shows where it happened)"
+        )
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,13 @@ from pathlib import Path
 from lvmkit import data as lvdata
 from lvmkit.inference.checkpoint import (
     CheckpointError,
+    checksum,
     load_checkpoint,
     save_checkpoint,
     write_text,
 )
+from lvmkit.inference.elbo import ELBOS
+from lvmkit.inference.trainer import OPTIMIZERS
 from lvmkit.models import MODELS
 from lvmkit.models.registry import config_fields, rebuild
 
@@ -34,7 +37,14 @@ else:  # pragma: no cover
 
 # val_fraction: of the train part where the data carry a split, else of all (a tenth is test).
 # image_shape: (C, H, W) that flat rows (N, C*H*W) of a .npy/.npz are read as.
-DATA_DEFAULTS = {"name": "digits", "split_seed": 0, "val_fraction": 0.1, "image_shape": None}
+# levels: pixel levels of integer data beyond 8 bits (None: as the file implies).
+DATA_DEFAULTS = {
+    "name": "digits",
+    "split_seed": 0,
+    "val_fraction": 0.1,
+    "image_shape": None,
+    "levels": None,
+}
 FIT_DEFAULTS = {
     "epochs": 100,
     "batch_size": 64,
@@ -57,6 +67,7 @@ TABLE_TYPES = {
         "split_seed": int,
         "val_fraction": float,
         "image_shape": tuple[int, ...] | None,
+        "levels": int | None,
     },
     "fit": {
         "epochs": int,
@@ -72,8 +83,9 @@ TABLE_TYPES = {
         "jit": bool,
     },
 }
-POSITIVE = {"epochs", "batch_size", "lr", "num_samples", "patience"}
-ANY_SIGN = {"seed", "split_seed"}
+POSITIVE = {"epochs", "batch_size", "lr", "num_samples", "patience", "levels"}
+SEEDS = {"seed", "split_seed"}
+CHOICES = {"elbo": set(ELBOS), "optimizer": set(OPTIMIZERS)}  # NumPy takes seeds in 0 .. 2**32 - 1
 
 
 def default_config(model_name: str) -> dict:
@@ -180,10 +192,16 @@ def _value_problem(key: str, value, hint, default) -> str | None:
         or isinstance(value, (list, tuple))
         or (isinstance(default, int) and not isinstance(default, bool) and default > 0)
     )
-    if key not in ANY_SIGN and any(v < 0 or (positive and v == 0) for v in numbers):
+    if key in SEEDS and not 0 <= value < 2**32:
+        return "must be a seed in 0 .. 2**32 - 1"
+    if any(v < 0 or (positive and v == 0) for v in numbers):
         return "must be above 0" if positive else "must be at least 0"
     if isinstance(value, str) and not value:
         return "must not be empty"
+    if key in CHOICES and value not in CHOICES[key]:
+        return f"must be one of {sorted(CHOICES[key])}"
+    if key == "levels" and value is not None and value < 2:
+        return "must be at least 2 (the number of values a pixel takes)"
     if key == "val_fraction" and not 0 < value < 1:
         return "must lie strictly between 0 and 1"
     if key == "image_shape" and value is not None and (len(value) != 3 or value[0] not in (1, 3)):
@@ -236,19 +254,33 @@ class Run:
     data: dict  # what the model was fitted on: name, split_seed, val_fraction, image_shape
 
     def splits(self) -> tuple[lvdata.ImageData, lvdata.ImageData, lvdata.ImageData]:
-        """The train, validation and test parts of the data the run was fitted on."""
+        """The train, validation and test parts of the data the run was fitted on; a
+        ValueError if those data changed since."""
+        data = self.load_data(self.data["name"])
+        stored = self.data.get("sha256")  # runs written before it was kept have none
+        if stored is not None and data_checksum(data) != stored:
+            raise ValueError(
+                f"{self.data['name']} changed since {self.path} was fitted on it (its SHA-256 "
+                "differs): give the data it was fitted on, or score these with --data"
+            )
         return lvdata.train_val_test(
-            self.load_data(self.data["name"]),
+            data,
             self.data.get("val_fraction", DATA_DEFAULTS["val_fraction"]),
             seed=self.data["split_seed"],
         )
 
-    def load_data(self, source) -> lvdata.ImageData:
-        """Data from ``source`` read as this run's model takes them (flat rows as its images)."""
-        return lvdata.load(source, image_shape=tuple(self.data["image_shape"]))
-
     def test_data(self) -> lvdata.ImageData:
         return self.splits()[2]
+
+    def load_data(self, source) -> lvdata.ImageData:
+        """Data from ``source`` read as this run's model takes them (flat rows as its images)."""
+        image_shape = tuple(self.data["image_shape"])
+        return lvdata.load(source, image_shape=image_shape, levels=self.data.get("levels"))
+
+
+def data_checksum(data: lvdata.ImageData) -> str:
+    """SHA-256 of a dataset's pixels, labels and split: what a run remembers of its data."""
+    return checksum([data.x, data.y, sorted((data.splits or {}).items())])
 
 
 def load_run(path: str | Path) -> Run:
@@ -265,7 +297,15 @@ def load_run(path: str | Path) -> Run:
             "completed lvmkit fit"
         )
     file = path / "model.pt"
-    state = load_checkpoint(file)
+    try:
+        state = load_checkpoint(file)
+    except CheckpointError as err:
+        if not (path / "checkpoint.pt").is_file():
+            raise
+        raise CheckpointError(
+            f"{err}; the run's checkpoint.pt can write it again: move model.pt away and run "
+            f"lvmkit fit MODEL --out {path} --resume"
+        ) from None
     if state.get("kind") != "model" or not {"config", "state_dict", "data"} <= set(state):
         raise CheckpointError(f"{file} does not hold a built-in lvmkit model")
     name = state.get("model")

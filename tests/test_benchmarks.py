@@ -40,9 +40,12 @@ def test_benchmark_smoke_runs_print_json(script):
         (row,) = rows
         assert set(row) >= {"svi", "em_importance"} and row["svi"]["stderr"] > 0
     else:
-        fits, memory = rows[:2], rows[2]
+        fits, digits, memory = rows[:2], rows[2:4], rows[4]
         for row in fits:
             assert abs(row["sklearn_loglik"] - row["lvmkit_loglik"]) < 1e-4 * abs(
                 row["sklearn_loglik"]
             )
+        for row in digits:  # from scikit-learn's k-means start: scikit-learn's fit
+            assert row["benchmark"] == "gmm_em_digits" and row["relative_difference"] < 1e-6
+            assert row["iters"][0] == row["iters"][1]
         assert memory["benchmark"] == "gmm_em_memory" and memory["peak_rss_mib"] > 0

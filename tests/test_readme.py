@@ -46,12 +46,12 @@ def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
     commands = [shlex.split(line)[1:] for line in lines if line.startswith("lvmkit ")]
     assert len(commands) >= 3
     for args in commands:
-        fewer = {"50": "2", "100": "3"}  # epochs: the resume line still continues the run
+        fewer = {"50": "2", "60": "1", "100": "3"}  # epochs: resume still continues the run
         args = [
             fewer.get(a, a) if p == "--epochs" else a
             for p, a in zip([""] + args[:-1], args, strict=True)
         ]
-        if args == ["--help"]:
+        if args[-1] == "--help":
             with pytest.raises(SystemExit) as done:
                 main(args)
             assert done.value.code == 0

