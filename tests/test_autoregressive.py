@@ -141,3 +141,72 @@ def test_cached_sampling_returns_exactly_the_naive_samples(shape, levels, head, 
         draws[fast] = (x, d.complete(x, known))
     assert torch.equal(draws[False][0], draws[True][0])
     assert torch.equal(draws[False][1], draws[True][1])
+
+
+def _same_draws_fast_and_naive(net, obs, shape, context):
+    ctx = torch.randn(3, context) if context else None
+    draws = {}
+    for fast in (False, True):
+        d = AutoregressiveImage(net, obs, ctx, batch_shape=(3,), fast=fast)
+        torch.manual_seed(1)
+        x = d.sample()
+        known = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) > 0.6
+        torch.manual_seed(3)
+        draws[fast] = (x, d.complete(x, known))
+        assert torch.equal(draws[fast][1][known], x[known])  # known elements stay
+    assert torch.equal(draws[False][0], draws[True][0])
+    assert torch.equal(draws[False][1], draws[True][1])
+
+
+@pytest.mark.parametrize(
+    "shape, levels, window, context",
+    [
+        ((1, 5, 5), 17, 1, 0),
+        ((1, 5, 6), 2, 4, 3),
+        ((3, 3, 4), 4, 7, 0),
+        ((3, 4, 3), 5, 64, 2),  # a window longer than the image: full causal attention
+    ],
+)
+def test_cached_transformer_generation_draws_what_naive_sampling_draws(
+    shape, levels, window, context
+):
+    torch.manual_seed(0)
+    obs = make_observation("categorical", shape, levels=levels)
+    net = PixelTransformer(
+        shape, obs.params_per_element, width=16, layers=2, heads=2, window=window, context=context
+    )
+    _same_draws_fast_and_naive(net, obs, shape, context)
+
+
+@pytest.mark.parametrize(
+    "shape, levels, head, context",
+    [((1, 5, 5), 17, "categorical", 0), ((3, 3, 4), 4, "logistic", 3)],
+)
+def test_cached_rnn_generation_draws_what_naive_sampling_draws(shape, levels, head, context):
+    torch.manual_seed(0)
+    obs = make_observation(head, shape, levels=levels, components=2)
+    net = ScanlineRNN(shape, obs.params_per_element, width=16, layers=2, context=context)
+    _same_draws_fast_and_naive(net, obs, shape, context)
+
+
+@pytest.mark.parametrize("net_name", ["gated", "transformer", "rnn"])
+def test_each_generation_step_gives_the_full_pass_parameters(net_name):
+    """step(t) after writing elements < t equals the full pass at t, for every t."""
+    from lvmkit.nets import GatedPixelCNN
+
+    torch.manual_seed(0)
+    shape = (3, 4, 4)
+    nets = {
+        "gated": lambda: GatedPixelCNN(3, 5, features=6, layers=3, context=2),
+        "transformer": lambda: PixelTransformer(shape, 5, width=8, heads=2, window=5, context=2),
+        "rnn": lambda: ScanlineRNN(shape, 5, width=8, context=2),
+    }
+    net = nets[net_name]()
+    x, ctx = torch.rand(2, *shape) * 2 - 1, torch.randn(2, 2)
+    full = net(x, ctx)  # (B, P, C, H, W)
+    generation = net.start_generation(torch.zeros_like(x), ctx)
+    for t in range(48):
+        i, rest = divmod(t, 12)
+        j, k = divmod(rest, 3)
+        assert torch.allclose(generation.step(t), full[:, :, k, i, j], atol=1e-5)
+        generation.write(t, x[:, k, i, j])

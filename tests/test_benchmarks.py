@@ -35,7 +35,8 @@ def test_benchmark_smoke_runs_print_json(script):
         assert 2.3 < row["rows"]["independent categorical"]["bits_per_dim"] < 2.6
         assert row["rows"]["PixelCNN-decoder LVM"]["active_units"] >= 0
     elif script == "ar_sampling.py":
-        assert len(rows) == 2 and all(row["identical"] for row in rows)
+        assert len(rows) == 6 and all(row["identical"] for row in rows)
+        assert {row["net"] for row in rows} == {"gated", "transformer", "rnn"}
     elif script == "lvm_em_vs_svi.py":
         (row,) = rows
         assert set(row) >= {"svi", "em_importance"} and row["svi"]["stderr"] > 0

@@ -12,7 +12,7 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
 from lvmkit.distributions.observations import CategoricalObs, Observation
-from lvmkit.nets.pixelcnn import GatedPixelCNN, cached_fill
+from lvmkit.nets.pixelcnn import GatedPixelCNN
 
 
 class AutoregressiveImage(TorchDistribution):
@@ -25,8 +25,9 @@ class AutoregressiveImage(TorchDistribution):
         image_shape, levels=...)``).
     context: (..., D) conditioning vectors (a class one-hot, a latent z), or None; without one,
         ``batch_shape`` says how many images a draw holds.
-    fast: sample with the net's cached generation when it has one (``GatedPixelCNN``): the same
-        draws as one full pass per element, at a fraction of the cost.
+    fast: sample with the net's own generation cache when it has one (``start_generation``:
+        GatedPixelCNN, PixelTransformer, ScanlineRNN): the same draws as one full pass per
+        element, at a fraction of the cost.
     """
 
     arg_constraints = {}
@@ -92,31 +93,32 @@ class AutoregressiveImage(TorchDistribution):
         return self._fill(torch.where(known, x, torch.zeros_like(x)), known.bool())
 
     def _fill(self, x: Tensor, known: Tensor) -> Tensor:
-        if self.fast and isinstance(self.net, GatedPixelCNN):
-            lead, event = x.shape[:-3], x.shape[-3:]
-            context = self.context
-            if context is not None:
-                context = context.expand(lead + context.shape[-1:]).reshape(-1, context.shape[-1])
-            flat = cached_fill(
-                self.net,
-                x.reshape(-1, *event),
-                known.expand(x.shape).reshape(-1, *event),
-                context,
-                self._scaled,
-                lambda p: self.head.element(p).sample(),
-            )
-            return flat.reshape(x.shape)
-        c, h, w = self.event_shape
-        for i in range(h):
-            for j in range(w):
-                for k in range(c):
-                    todo = ~known[..., k, i, j]
-                    if not todo.any():
-                        continue
-                    params = self.params(x)[..., :, k, i, j]  # (..., P)
-                    draw = self.head.element(params).sample()
-                    x[..., k, i, j] = torch.where(todo, draw.to(x.dtype), x[..., k, i, j])
-        return x
+        """The unknown elements of x drawn in raster-then-channel order: with the net's own
+        generation cache (``net.start_generation``) when ``fast``, else one full pass of the net
+        per element. Both draw the same values (up to float rounding of the parameters)."""
+        lead, (c, h, w) = x.shape[:-3], self.event_shape
+        x = x.reshape(-1, c, h, w)
+        known = known.expand(lead + (c, h, w)).reshape(-1, c, h, w)
+        context = self.context
+        if context is not None:
+            context = context.expand(lead + context.shape[-1:]).reshape(-1, context.shape[-1])
+        fast = self.fast and hasattr(self.net, "start_generation")
+        generation = self.net.start_generation(self._scaled(x), context) if fast else None
+        for t in range(c * h * w):
+            i, rest = divmod(t, w * c)
+            j, k = divmod(rest, c)
+            todo = ~known[:, k, i, j]
+            needed = bool(todo.any())
+            if fast:
+                params = generation.step(t, needed)
+            elif needed:
+                params = self.net(self._scaled(x), context)[:, :, k, i, j]  # (B, P)
+            if needed:
+                draw = self.head.element(params).sample().to(x.dtype)
+                x[:, k, i, j] = torch.where(todo, draw, x[:, k, i, j])
+            if fast:
+                generation.write(t, self._scaled(x[:, k, i, j]))
+        return x.reshape(lead + (c, h, w))
 
     def _device(self):
         return next(self.net.parameters()).device

@@ -125,6 +125,11 @@ class GatedPixelCNN(nn.Module):
             MaskedConv2d(n, params * c, 1, group_mask(out_g, hid_g, False)[:, :, None, None]),
         )
 
+    def start_generation(self, x: Tensor, context: Tensor | None = None) -> PixelCNNGeneration:
+        """Element-by-element generation from x (B, C, H, W) in [-1, 1] (elements not yet
+        generated may hold anything): see PixelCNNGeneration."""
+        return PixelCNNGeneration(self, x, context)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         v = h = x
         for layer in self.layers:
@@ -140,76 +145,91 @@ def _matrix(conv: nn.Conv2d) -> Tensor:
     return weight[:, :, 0, :].permute(2, 1, 0).reshape(-1, weight.shape[0])
 
 
-@torch.no_grad()
-def cached_fill(
-    net: GatedPixelCNN, x: Tensor, known: Tensor, context: Tensor | None, scale, draw
-) -> Tensor:
-    """Fill the unknown elements of x (B, C, H, W) in raster-then-channel order, computing only
-    what each new element needs (Ramachandran et al. 2017): per layer, the vertical stack is
-    updated once per finished row, the horizontal stack once per pixel, each as a few small
-    matrix products. ``scale`` maps levels to the net's input; ``draw(params (B, P))`` samples one
-    element. Same draws, in the same order, as one full forward pass per element."""
-    b, c, rows, cols = x.shape
-    layers = net.layers
-    half = layers[0].h_conv.kernel_size[1] - 1
-    n = layers[0].n
-    xs = scale(x)
-    # Horizontal features channels-last (B, H, W, ch): a pixel's slab is contiguous. h_in[l] is
-    # layer l's horizontal input (h_in[0] the image); v_in likewise for the vertical stack.
-    h_in = [xs.permute(0, 2, 3, 1).contiguous()] + [x.new_zeros(b, rows, cols, n) for _ in layers]
-    v_in = [xs] + [x.new_zeros(b, n, rows, cols) for _ in layers]
-    v_above = [x.new_zeros(b, cols, 2 * n) for _ in layers]  # v_pre of the row above, per layer
-    weights = [
-        (
-            _matrix(layer.h_conv),
-            layer.h_conv.bias,
-            _matrix(layer.v_to_h),
-            layer.v_to_h.bias,
-            _matrix(layer.h_out),
-            layer.h_out.bias,
-        )
-        for layer in layers
-    ]
-    head = [(_matrix(m), m.bias) for m in net.head if isinstance(m, nn.Conv2d)]
-    zero = x.new_zeros(b, 2 * n)  # unconditioned layers add nothing (x + 0 is exact)
-    conds = [
-        layer.cond(context).chunk(2, dim=1) if layer.cond is not None else (zero, zero)
-        for layer in layers
-    ]
+class PixelCNNGeneration:
+    """Generation with per-layer caches (Ramachandran et al. 2017), element by element in
+    raster-then-channel order: per layer, the vertical stack is updated once per finished row,
+    the horizontal stack once per pixel, each as a few small matrix products. The same
+    parameters as a full forward pass, at a fraction of the cost.
 
-    def pixel_pass(i: int, j: int) -> Tensor:
-        """Every layer at (i, j); returns the head's output (B, C, P)."""
-        for li, layer in enumerate(layers):
-            w_h, b_h, w_vh, b_vh, w_o, b_o = weights[li]
+    ``step(t, needed)`` gives element t's parameters (B, P) given the elements before it (None
+    when not ``needed``); ``write(t, value)`` records element t's value, scaled as the net's
+    input. Both are called for every t in order."""
+
+    @torch.no_grad()
+    def __init__(self, net: GatedPixelCNN, x: Tensor, context: Tensor | None):
+        b, c, rows, cols = x.shape
+        self.net, self.shape = net, (c, rows, cols)
+        layers = net.layers
+        self.half = layers[0].h_conv.kernel_size[1] - 1
+        n = layers[0].n
+        # Horizontal features channels-last (B, H, W, ch): a pixel's slab is contiguous. h_in[l]
+        # is layer l's horizontal input (h_in[0] the image); v_in likewise for the vertical stack.
+        self.h_in = [x.permute(0, 2, 3, 1).contiguous()]
+        self.h_in += [x.new_zeros(b, rows, cols, n) for _ in layers]
+        self.v_in = [x.clone()] + [x.new_zeros(b, n, rows, cols) for _ in layers]
+        self.v_above = [x.new_zeros(b, cols, 2 * n) for _ in layers]  # v_pre of the row above
+        self.weights = [
+            (
+                _matrix(layer.h_conv),
+                layer.h_conv.bias,
+                _matrix(layer.v_to_h),
+                layer.v_to_h.bias,
+                _matrix(layer.h_out),
+                layer.h_out.bias,
+            )
+            for layer in layers
+        ]
+        self.head = [(_matrix(m), m.bias) for m in net.head if isinstance(m, nn.Conv2d)]
+        zero = x.new_zeros(b, 2 * n)  # unconditioned layers add nothing (x + 0 is exact)
+        self.conds = [
+            layer.cond(context).chunk(2, dim=1) if layer.cond is not None else (zero, zero)
+            for layer in layers
+        ]
+
+    def _position(self, t: int) -> tuple[int, int, int]:
+        c, _, cols = self.shape
+        i, rest = divmod(t, cols * c)
+        j, k = divmod(rest, c)
+        return i, j, k
+
+    def _pixel_pass(self, i: int, j: int) -> Tensor:
+        """Every layer at (i, j), storing its features; the head's output (B, C, P)."""
+        half, h_in = self.half, self.h_in
+        b = h_in[0].shape[0]
+        for li, layer in enumerate(self.net.layers):
+            w_h, b_h, w_vh, b_vh, w_o, b_o = self.weights[li]
             slab = h_in[li][:, i, max(0, j - half) : j + 1]  # (B, <= half + 1, in)
             if j < half:  # zeros left of the image
                 slab = F.pad(slab, (0, 0, half - j, 0))
             pre = torch.addmm(b_h, slab.reshape(b, -1), w_h)
-            pre = pre + torch.addmm(b_vh, v_above[li][:, j], w_vh) + conds[li][1]
+            pre = pre + torch.addmm(b_vh, self.v_above[li][:, j], w_vh) + self.conds[li][1]
             gated = torch.addmm(b_o, _gate(pre), w_o)
             h_in[li + 1][:, i, j] = gated if layer.first else h_in[li][:, i, j] + gated
         out = h_in[-1][:, i, j]
-        for w, bias in head:
+        for w, bias in self.head:
             out = torch.addmm(bias, torch.relu(out), w)
-        return out.reshape(b, c, net.params)
+        return out.reshape(b, self.shape[0], self.net.params)
 
-    for i in range(rows):
-        for j in range(cols):
-            last = None
-            for k in range(c):
-                todo = ~known[:, k, i, j]
-                if todo.any():
-                    params = pixel_pass(i, j)[:, k]
-                    last = k
-                    value = draw(params).to(x.dtype)
-                    x[:, k, i, j] = torch.where(todo, value, x[:, k, i, j])
-                    xs[:, k, i, j] = h_in[0][:, i, j, k] = scale(x[:, k, i, j])
-            if last != c - 1:  # store this pixel's features with all its channels known
-                pixel_pass(i, j)
-        for li, layer in enumerate(layers):  # the row is done: advance the vertical stack
-            slab = v_in[li][:, :, max(0, i - half) : i + 1]
-            slab = F.pad(slab, (half, half, half - min(i, half), 0))
-            pre = F.conv2d(slab, layer.v_conv.weight, layer.v_conv.bias)[:, :, 0]  # (B, 2n, W)
-            v_above[li] = pre.transpose(1, 2).contiguous()
-            v_in[li + 1][:, :, i] = _gate(pre + conds[li][0][..., None])
-    return x
+    @torch.no_grad()
+    def step(self, t: int, needed: bool = True) -> Tensor | None:
+        i, j, k = self._position(t)
+        # A pixel's stored features never depend on its last channel (group masks), so one
+        # pass at its last channel stores them even when that channel is not drawn.
+        if needed or k == self.shape[0] - 1:
+            out = self._pixel_pass(i, j)
+            return out[:, k] if needed else None
+        return None
+
+    @torch.no_grad()
+    def write(self, t: int, value: Tensor) -> None:
+        i, j, k = self._position(t)
+        self.v_in[0][:, k, i, j] = self.h_in[0][:, i, j, k] = value
+        c, _, cols = self.shape
+        if j == cols - 1 and k == c - 1:  # the row is done: advance the vertical stacks
+            half = self.half
+            for li, layer in enumerate(self.net.layers):
+                slab = self.v_in[li][:, :, max(0, i - half) : i + 1]
+                slab = F.pad(slab, (half, half, half - min(i, half), 0))
+                pre = F.conv2d(slab, layer.v_conv.weight, layer.v_conv.bias)[:, :, 0]  # (B,2n,W)
+                self.v_above[li] = pre.transpose(1, 2).contiguous()
+                self.v_in[li + 1][:, :, i] = _gate(pre + self.conds[li][0][..., None])

@@ -4,7 +4,9 @@ Transformer with local causal attention and a scanline RNN.
 Both read an image as a sequence of C*H*W elements, each token carrying the *previous* element's
 value (a start token first), so the output at position t depends only on elements before t.
 Both map (B, C, H, W) in [-1, 1] and a context (B, D) or None to parameters (B, P, C, H, W),
-like GatedPixelCNN.
+like GatedPixelCNN, and generate element by element in O(1) passes per element
+(``start_generation``): the transformer with a key/value cache over its window, the RNN by
+carrying its hidden state.
 """
 
 from __future__ import annotations
@@ -68,6 +70,73 @@ class LocalCausalAttention(nn.Module):
         return self.out(out)
 
 
+class _Generation:
+    """Element-by-element generation over the element sequence: ``step(t)`` gives element t's
+    parameters (B, P) from the elements before it, ``write(t, value)`` records element t's value
+    (scaled as the net's input). Both are called for every t in order."""
+
+    def __init__(self, embed: _Shifted, x: Tensor, context: Tensor | None):
+        self.seq = _to_sequence(x).clone()  # (B, n, 1)
+        self.embed = embed
+        self.context = 0.0 if embed.context is None else embed.context(context)  # (B, width)
+
+    def token(self, t: int) -> Tensor:
+        """Token t as _Shifted makes it: the previous element's value (or the start), context."""
+        if t == 0:
+            previous = self.embed.start.expand(len(self.seq), -1)
+        else:
+            previous = self.embed.value(self.seq[:, t - 1])
+        return previous + self.context
+
+    def write(self, t: int, value: Tensor) -> None:
+        self.seq[:, t, 0] = value
+
+
+class TransformerGeneration(_Generation):
+    """Incremental decoding: per layer, the keys and values of the last ``window`` positions
+    in a ring buffer, so element t costs O(window) per layer instead of a full pass."""
+
+    @torch.no_grad()
+    def __init__(self, net: PixelTransformer, x: Tensor, context: Tensor | None):
+        super().__init__(net.embed, x, context)
+        self.net = net
+        attn = net.blocks[0][1]
+        b, width = len(x), net.position.shape[1]
+        self.heads, self.window, self.dh = attn.heads, attn.window, width // attn.heads
+        self.keys = [x.new_zeros(b, self.heads, self.window, self.dh) for _ in net.blocks]
+        self.values = [x.new_zeros(b, self.heads, self.window, self.dh) for _ in net.blocks]
+
+    @torch.no_grad()
+    def step(self, t: int, needed: bool = True) -> Tensor:
+        h = self.token(t) + self.net.position[t]  # (B, width)
+        b, slot, filled = len(h), t % self.window, min(t + 1, self.window)
+        for (norm1, attn, norm2, mlp), keys, values in zip(
+            self.net.blocks, self.keys, self.values, strict=True
+        ):
+            q, k, v = attn.qkv(norm1(h)).reshape(b, 3, self.heads, self.dh).unbind(1)
+            keys[:, :, slot], values[:, :, slot] = k, v
+            # the window's positions in any order: attention is a sum over them
+            scores = torch.einsum("bhd,bhwd->bhw", q, keys[:, :, :filled]) / math.sqrt(self.dh)
+            out = torch.einsum("bhw,bhwd->bhd", scores.softmax(-1), values[:, :, :filled])
+            h = h + attn.out(out.reshape(b, -1))
+            h = h + mlp(norm2(h))
+        return self.net.head(h)
+
+
+class RNNGeneration(_Generation):
+    """One GRU step per element, carrying the hidden state."""
+
+    @torch.no_grad()
+    def __init__(self, net: ScanlineRNN, x: Tensor, context: Tensor | None):
+        super().__init__(net.embed, x, context)
+        self.net, self.hidden = net, None
+
+    @torch.no_grad()
+    def step(self, t: int, needed: bool = True) -> Tensor:
+        out, self.hidden = self.net.rnn(self.token(t)[:, None], self.hidden)
+        return self.net.head(out[:, 0])
+
+
 class PixelTransformer(nn.Module):
     """Pre-norm transformer blocks with local causal attention, learned position embeddings
     and the context added to every token."""
@@ -103,6 +172,10 @@ class PixelTransformer(nn.Module):
         )
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, params))
 
+    def start_generation(self, x: Tensor, context: Tensor | None = None) -> TransformerGeneration:
+        """Element-by-element generation from x (B, C, H, W) in [-1, 1]."""
+        return TransformerGeneration(self, x, context)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         h = self.embed(_to_sequence(x), context) + self.position
         for norm1, attn, norm2, mlp in self.blocks:
@@ -122,6 +195,10 @@ class ScanlineRNN(nn.Module):
         self.embed = _Shifted(width, context)
         self.rnn = nn.GRU(width, width, num_layers=layers, batch_first=True)
         self.head = nn.Linear(width, params)
+
+    def start_generation(self, x: Tensor, context: Tensor | None = None) -> RNNGeneration:
+        """Element-by-element generation from x (B, C, H, W) in [-1, 1]."""
+        return RNNGeneration(self, x, context)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         out, _ = self.rnn(self.embed(_to_sequence(x), context))
