@@ -210,3 +210,27 @@ def test_each_generation_step_gives_the_full_pass_parameters(net_name):
         j, k = divmod(rest, 3)
         assert torch.allclose(generation.step(t), full[:, :, k, i, j], atol=1e-5)
         generation.write(t, x[:, k, i, j])
+
+
+def test_the_known_prefix_log_prob_is_the_marginal_over_every_completion():
+    """log p(x_known | h) with the known elements first equals log of the sum of p(x | h) over
+    every value of the unknown ones (a 2x2 image, 3 levels, 2 channels: 3^8 images)."""
+    torch.manual_seed(0)
+    shape = (2, 2, 2)
+    obs = make_observation("categorical", shape, levels=3)
+    net = GatedPixelCNN(2, obs.params_per_element, features=4, layers=2, context=2)
+    ctx = torch.randn(1, 2)
+    every = torch.tensor(list(itertools.product(range(3), repeat=8))).float().view(-1, *shape)
+    log_p = AutoregressiveImage(net, obs, ctx.expand(len(every), -1)).log_prob(every)
+    assert torch.allclose(log_p.logsumexp(0), torch.tensor(0.0), atol=1e-5)
+    known = torch.zeros(shape, dtype=torch.bool)
+    known[:, 0, 0] = True  # the first pixel, both channels
+    known[0, 0, 1] = True  # and the first channel of the second
+    x = every[1234]
+    matches = (every == x)[:, known].all(-1)
+    masked = AutoregressiveImage(net, obs, ctx, known=known[None]).log_prob(x[None])
+    assert torch.allclose(masked, log_p[matches].logsumexp(0), atol=1e-5)
+    scattered = torch.zeros(shape, dtype=torch.bool)
+    scattered[0, 1, 1] = True  # a known element after unknown ones
+    with pytest.raises(ValueError, match="known pixels come first in raster order"):
+        AutoregressiveImage(net, obs, ctx, known=scattered[None])

@@ -268,3 +268,34 @@ def test_kl_warmup_is_followed_by_a_traced_fit():
     (eager, eager_steps), (traced, traced_steps) = runs
     assert eager_steps == traced_steps == 9
     assert traced == pytest.approx(eager, rel=1e-6)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "pixelcnn"])
+def test_importance_weighted_completion_keeps_the_known_pixels(likelihood):
+    from lvmkit.models import GaussianLVM, GaussianLVMConfig
+
+    torch.manual_seed(0)
+    levels = 2 if likelihood == "pixelcnn" else None
+    config = GaussianLVMConfig(
+        image_shape=(1, 6, 6),
+        z_dim=3,
+        hidden=(16,),
+        likelihood=likelihood,
+        levels=levels,
+        ar_features=4,
+        ar_layers=2,
+    )
+    lvm = GaussianLVM(config).eval()
+    x = (torch.rand(5, 1, 6, 6) > 0.5).float()
+    known = torch.zeros_like(x, dtype=torch.bool)
+    known[..., :3, :] = True  # the top half
+    for method in ("gibbs", "importance"):
+        out = lvm.complete(x, known, method=method, num_samples=16)
+        assert torch.equal(out[known], x[known]) and set(out.unique().tolist()) <= {0.0, 1.0}
+    # the weights use p(x_known | z): with every pixel known it is log p(x | z)
+    z = torch.randn(4, 5, 3)
+    every = torch.ones_like(known)
+    assert torch.allclose(lvm.known_log_prob(x, every, z), lvm.decode(z.reshape(20, 3)).log_prob(
+        x.repeat(4, 1, 1, 1)).reshape(4, 5), atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="choose 'gibbs' or 'importance'"):
+        lvm.complete(x, known, method="mcmc")

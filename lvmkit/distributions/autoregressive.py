@@ -25,6 +25,9 @@ class AutoregressiveImage(TorchDistribution):
         image_shape, levels=...)``).
     context: (..., D) conditioning vectors (a class one-hot, a latent z), or None; without one,
         ``batch_shape`` says how many images a draw holds.
+    known: (..., C, H, W) bool, or None: ``log_prob`` then scores the known elements alone,
+        log p(x_known | h), which is exact only when they come first in raster-then-channel
+        order (e.g. the top half): other masks are refused.
     fast: sample with the net's own generation cache when it has one (``start_generation``:
         GatedPixelCNN, PixelTransformer, ScanlineRNN): the same draws as one full pass per
         element, at a fraction of the cost.
@@ -40,9 +43,11 @@ class AutoregressiveImage(TorchDistribution):
         context: Tensor | None = None,
         batch_shape=(),
         fast: bool = True,
+        known: Tensor | None = None,
         validate_args=None,
     ):
         self.net, self.head, self.context, self.fast = net, head, context, fast
+        self.known = None if known is None else _check_prefix(known.bool())
         self.levels = head.levels
         batch = context.shape[:-1] if context is not None else torch.Size(batch_shape)
         super().__init__(batch, torch.Size(head.event_shape), validate_args=validate_args)
@@ -56,8 +61,9 @@ class AutoregressiveImage(TorchDistribution):
         context = None
         if self.context is not None:
             context = self.context.expand(batch_shape + self.context.shape[-1:])
+        known = None if self.known is None else self.known.expand(batch_shape + self.event_shape)
         return AutoregressiveImage(
-            self.net, self.head, context, batch_shape, self.fast, validate_args=False
+            self.net, self.head, context, batch_shape, self.fast, known, validate_args=False
         )
 
     def _scaled(self, x: Tensor) -> Tensor:
@@ -78,7 +84,7 @@ class AutoregressiveImage(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         p = self.params(value)
-        return self.head(p.flatten(-4)).log_prob(value)
+        return self.head(p.flatten(-4), self.known).log_prob(value)
 
     @torch.no_grad()
     def sample(self, sample_shape=()) -> Tensor:
@@ -124,6 +130,20 @@ class AutoregressiveImage(TorchDistribution):
         return next(self.net.parameters()).device
 
 
+def _check_prefix(known: Tensor) -> Tensor:
+    """``known`` if, in every image, the known elements precede the unknown ones in raster-then-
+    channel order; a ValueError otherwise (their marginal would not be a product of the net's
+    conditionals)."""
+    order = known.movedim(-3, -1).flatten(-3)  # (..., H*W*C) in generation order
+    if (order[..., 1:] & ~order[..., :-1]).any():
+        raise ValueError(
+            "an autoregressive likelihood gives p(known pixels | h) exactly only when the known "
+            "pixels come first in raster order (e.g. the top half of the image); this mask has "
+            "known pixels after unknown ones"
+        )
+    return known
+
+
 class AutoregressiveObs(Observation):
     """The observation model p(x | h) = AutoregressiveImage(net, head, context=h): a gated
     PixelCNN over the levels, conditioned on an LVM decoder's output h (a PixelCNN decoder).
@@ -158,9 +178,9 @@ class AutoregressiveObs(Observation):
         return self.context
 
     def __call__(self, h: Tensor, mask: Tensor | None = None) -> AutoregressiveImage:
-        if mask is not None:
-            raise ValueError("an autoregressive likelihood scores whole images; use no mask")
-        return AutoregressiveImage(self.net, self.head, context=h)
+        """p(x|h); with ``mask``, log_prob is log p(x where mask | h), for masks whose True
+        elements come first in raster order."""
+        return AutoregressiveImage(self.net, self.head, context=h, known=mask)
 
     def mean(self, h: Tensor) -> Tensor:
         """A draw stands in for E[x|h] (which would sum over every image): for pictures."""

@@ -169,11 +169,70 @@ class GaussianLVM(BuiltinModel):
         return self.decode_mean(self.encode(x).mean)
 
     @torch.no_grad()
-    def complete(self, x: Tensor, known: Tensor, steps: int = 20) -> Tensor:
-        """Fill the pixels where ``known`` is False by pseudo-Gibbs sampling (Rezende et al.
-        2014): encode the current fill, decode, replace the unknown pixels; known ones stay."""
+    def complete(
+        self,
+        x: Tensor,
+        known: Tensor,
+        steps: int = 20,
+        *,
+        method: str = "gibbs",
+        num_samples: int = 64,
+    ) -> Tensor:
+        """x (B, *image_shape) with the elements where ``known`` is False filled in; known ones
+        stay. Two ways to choose the z the unknown pixels are drawn with (``completion_z``):
+
+        - "gibbs" (the default): pseudo-Gibbs sampling (Rezende et al. 2014): ``steps`` rounds
+          of encoding the current fill, drawing z ~ q(z|fill), decoding, and replacing the
+          unknown pixels. A Markov chain through the encoder: its completions look right, but
+          no likelihood of the unknown pixels can be read from it (its stationary law is not
+          p(x_unknown | x_known) unless q is exact).
+        - "importance": ``num_samples`` draws z_k ~ q(z | fill) for the image with its unknown
+          pixels filled from the decoder at the prior mean, weighted by p(x_known | z_k) p(z_k)
+          / q(z_k | fill), and one z drawn by weight: a draw from p(z | x_known) as K grows.
+          The unknown pixels then come from p(x_unknown | x_known, z): a PixelCNN decoder
+          completes the image given its known pixels (which must come first in raster order,
+          e.g. the top half), a factorised decoder draws them independently.
+        """
+        z = self.completion_z(x, known, steps=steps, method=method, num_samples=num_samples)
+        decoded = self.decode(z)
+        if method == "importance" and self.ar_net is not None:
+            return decoded.complete(x, known)
+        return fill_unknown(x, known, decoded.sample())
+
+    @torch.no_grad()
+    def completion_z(
+        self,
+        x: Tensor,
+        known: Tensor,
+        *,
+        steps: int = 20,
+        method: str = "gibbs",
+        num_samples: int = 64,
+    ) -> Tensor:
+        """The z (B, Z) that ``complete`` draws the unknown pixels with (see there)."""
         fill = fill_unknown(x, known, self.decode_mean(self.prior_loc.expand(len(x), -1)))
-        for _ in range(steps):
-            z = self.encode(fill).sample()
-            fill = fill_unknown(x, known, self.decode(z).sample())
-        return fill
+        if method == "gibbs":
+            for step in range(check_count("steps", steps)):
+                z = self.encode(fill).sample()
+                if step < steps - 1:  # complete() decodes the last z itself
+                    fill = fill_unknown(x, known, self.decode(z).sample())
+            return z
+        if method != "importance":
+            raise ValueError(
+                f"unknown completion method {method!r}; choose 'gibbs' or 'importance'"
+            )
+        k = check_count("num_samples", num_samples)
+        q = self.encode(fill)
+        z = q.sample((k,))  # (K, B, Z)
+        log_w = self.known_log_prob(x, known, z) + self.prior().log_prob(z) - q.log_prob(z)
+        pick = dist.Categorical(logits=log_w.T).sample()  # (B,): one z per image, by weight
+        return z[pick, torch.arange(len(x), device=z.device)]
+
+    @torch.no_grad()
+    def known_log_prob(self, x: Tensor, known: Tensor, z: Tensor) -> Tensor:
+        """log p(x_known | z) for x, known (B, *image_shape) and z (..., B, Z): (..., B)."""
+        lead = z.shape[:-1]
+        h = self.decoder(z.reshape(-1, z.shape[-1]))
+        event = x.shape[1:]
+        xs, mask = (t.expand(lead + event).reshape(-1, *event) for t in (x, known.bool()))
+        return self.obs(h, mask).log_prob(xs).reshape(lead)
