@@ -179,8 +179,8 @@ def test_evaluate_is_exact_where_the_model_says_so_and_sampled_otherwise():
     assert ll.bits_per_dim == pytest.approx(-ll.mean / (64 * math.log(2)))
 
     lvm = build_model("lvm", digits.image_shape, digits.levels, {"likelihood": "bernoulli"})
-    ll = lvmkit.evaluate(lvm, data, num_samples=10)
-    assert not ll.exact and ll.num_samples == 10 and 0 < ll.bits_per_dim < 1
+    ll = lvmkit.evaluate(lvm, data, num_samples=10)  # untrained: p(x_i) ~ 1/2
+    assert not ll.exact and ll.num_samples == 10 and 0.9 < ll.bits_per_dim < 1.1
 
     ae = build_model("ae", digits.image_shape, digits.levels)
     with pytest.raises(ValueError, match="no density p\\(x\\)"):

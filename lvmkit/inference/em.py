@@ -9,6 +9,7 @@ maximises the expected complete-data log-likelihood by gradient steps (the M-ste
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 
@@ -22,6 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
 from lvmkit.data import as_dataset
+from lvmkit.inference.distributed import all_reduce_sum, shard
 from lvmkit.inference.elbo import Objective
 from lvmkit.inference.fit import FitResult
 from lvmkit.inference.mixture_em import fit_em
@@ -247,7 +249,7 @@ def em(
     t0 = time.perf_counter()
     device = resolve_device(device)
     dataset = as_dataset(data, "data").to(device)
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(seed + int(os.environ.get("RANK", "0")))  # each process its own draws
     first = dataset.batch(torch.arange(min(len(dataset), batch_size or len(dataset))))
     if e_step != "importance":  # "auto" picks; an explicit "enum" must be possible
         picked = _pick_e_step(model, first)
@@ -259,6 +261,8 @@ def em(
         e_step = picked
     objective = ExpectedLogJoint(e_step, num_samples, hard, guide, size=len(dataset))
     trainer = Trainer(model, guide or (lambda *a: None), elbo=objective, lr=lr, device=device)
+    g = trainer.group  # under torchrun each process takes its share of every batch
+    order = torch.Generator().manual_seed(seed)  # one batch order, the same on every process
     batch_size = batch_size or len(dataset)
     losses, converged = [], False
     window = 1 if e_step == "enum" else IMPORTANCE_WINDOW
@@ -269,15 +273,22 @@ def em(
             total = 0.0
             # one batch keeps the data's order: a per-datapoint guide may rely on it
             single = batch_size >= len(dataset)
-            perm = torch.arange(len(dataset)) if single else torch.randperm(len(dataset))
+            perm = (
+                torch.arange(len(dataset))
+                if single
+                else torch.randperm(len(dataset), generator=order)
+            )
             for start in range(0, len(dataset), batch_size):
-                index = perm[start : start + batch_size].to(device)
+                index = perm[start : start + batch_size]
+                index = index[shard(len(index), g)].to(device)
                 batch = dataset.batch(index)
                 with torch.no_grad():
                     total += objective.e_step(model, *batch, index=index) * len(batch[0])
                 for _ in range(m_steps):
                     trainer.step(*batch)
-            losses.append(-total / len(dataset))
+            summed = torch.tensor([total], dtype=torch.float64)
+            all_reduce_sum([summed], g)
+            losses.append(-float(summed[0]) / len(dataset))
             if _settled(losses, window, tol):
                 converged = True
                 break

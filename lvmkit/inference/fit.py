@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from lvmkit.data import as_dataset, check_count
 from lvmkit.inference.checkpoint import checksum, run_lock, save_checkpoint
+from lvmkit.inference.distributed import gather_objects, shard, share_object, vote
 from lvmkit.inference.resume import StopOnSignal, load_resumable, rng_state, set_rng_state
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer, optimizer_name
 
@@ -182,41 +183,53 @@ def fit(
             "overwrite=True, or give another checkpoint_dir"
         )
 
-    pyro.set_rng_seed(seed)
-    shuffle = torch.Generator().manual_seed(seed)
+    g = trainer.group  # under torchrun: this process's place; rank 0 writes the checkpoints
+    pyro.set_rng_seed(seed + g.rank)  # each process its own draws (the same seed alone)
+    shuffle = torch.Generator().manual_seed(seed)  # one batch order, the same everywhere
     trainer.init(*train.batch(torch.arange(min(batch_size, n), device=trainer.device)))
 
     s = LoopState()
-    if resume and ckpt_path.exists():
+    ckpt = None
+    if resume and g.main and ckpt_path.exists():
         ckpt = load_resumable(ckpt_path, settings)
+    ckpt = share_object(ckpt, g)  # read once, by rank 0: the others may not see its disk
+    if ckpt is not None:
         trainer.load_state_dict(ckpt["trainer"], source=str(ckpt_path))
         s = LoopState(**ckpt["loop"])
-        set_rng_state(ckpt["rng"], trainer.device, shuffle)
-    elif resume:
+        rngs = ckpt.get("rank_rng") or [ckpt["rng"]]
+        # the same world size continues every stream; another one gives rank r > 0 a fresh one
+        set_rng_state(rngs[g.rank] if len(rngs) == g.size else ckpt["rng"], trainer.device, shuffle)
+        if len(rngs) != g.size and g.rank > 0:
+            torch.manual_seed(hash((seed, g.rank, s.epoch, s.step)) % 2**63)
+    elif resume and g.main:
         warnings.warn(
             f"resume=True but {ckpt_path} does not exist yet; starting from scratch", stacklevel=2
         )
 
     def checkpoint():
         if ckpt_path is not None:
-            state = {
-                "config": settings,
-                "trainer": trainer.state_dict(),
-                "loop": dataclasses.asdict(s),
-                "rng": rng_state(trainer.device, shuffle),
-            }
-            save_checkpoint(state, ckpt_path)
+            rngs = gather_objects(rng_state(trainer.device, shuffle), g)
+            if g.main:
+                state = {
+                    "config": settings,
+                    "trainer": trainer.state_dict(),
+                    "loop": dataclasses.asdict(s),
+                    "rng": rngs[0],
+                    "rank_rng": rngs if g.active else None,
+                }
+                save_checkpoint(state, ckpt_path)
 
     stopped_early = interrupted = False
-    lock = run_lock(checkpoint_dir) if checkpoint_dir is not None else nullcontext()
+    lock = run_lock(checkpoint_dir) if checkpoint_dir is not None and g.main else nullcontext()
     bar = tqdm(
         total=epochs * steps_per_epoch,
         initial=min(s.epoch, epochs) * steps_per_epoch + s.step,
-        disable=not progress,
+        disable=not progress or not g.main,
         unit="step",
         desc="fit",
         dynamic_ncols=True,
     )
+    stop_requested = False
     with lock, StopOnSignal() as stop, trainer.scope(), bar:
         while s.epoch < epochs and not stopped_early:
             t0 = time.perf_counter()
@@ -224,11 +237,12 @@ def fit(
                 # one batch per epoch keeps the data's order: a per-datapoint guide may rely on it
                 single = steps_per_epoch == 1
                 s.perm = torch.arange(n) if single else torch.randperm(n, generator=shuffle)
-            while s.step < steps_per_epoch and stop.signum is None:
+            while s.step < steps_per_epoch and not stop_requested:
                 idx = s.perm[s.step * batch_size : (s.step + 1) * batch_size]
-                batch = train.batch(idx.to(trainer.device))
+                mine = idx[shard(len(idx), g)]  # this process's share of the global batch
+                batch = train.batch(mine.to(trainer.device))
                 try:
-                    loss = trainer.step(*batch, validate=s.step == 0)
+                    loss = trainer.step(*batch, validate=s.step == 0, stop=stop.signum is not None)
                 except NonFiniteLossError as err:
                     where = ""
                     if ckpt_path is not None and ckpt_path.exists():
@@ -240,6 +254,7 @@ def fit(
                 s.loss_sum += loss * len(idx)
                 s.count += len(idx)
                 s.step += 1
+                stop_requested = trainer.stop_requested  # any process's signal stops them all
                 bar.update()
                 bar.set_postfix(
                     epoch=f"{s.epoch + 1}/{epochs}",
@@ -264,7 +279,7 @@ def fit(
                 stopped_early = patience is not None and s.bad_epochs >= patience
             s.next_epoch()
             checkpoint()
-            if stop.signum is not None:
+            if stop_requested or vote(stop.signum is not None, g):
                 interrupted = True
                 break
         params_epoch = len(s.losses)

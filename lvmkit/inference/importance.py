@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lvmkit.data import as_dataset, check_count
+from lvmkit.inference.distributed import Group, gather_rows, group, shard
 from lvmkit.inference.programs import (
     evaluating,
     fitted_params,
@@ -66,10 +67,14 @@ class LogLikelihood:
         return cls(values, mean, stderr, bpd, num_samples, exact)
 
 
-def _batches(dataset, batch_size: int, progress: bool, what: str):
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc=what, unit="batch", disable=not progress, dynamic_ncols=True):
-        yield dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
+def _batches(dataset, batch_size: int, progress: bool, what: str, g: Group):
+    """(batch number, batch) for this process's contiguous share of the batches (all of them
+    outside torchrun); a progress bar on rank 0."""
+    starts = list(range(0, len(dataset), batch_size))
+    numbers = range(len(starts))[shard(len(starts), g)]
+    show = progress and g.main
+    for b in tqdm(numbers, desc=what, unit="batch", disable=not show, dynamic_ncols=True):
+        yield b, dataset.batch(torch.arange(starts[b], min(starts[b] + batch_size, len(dataset))))
 
 
 def log_likelihood(
@@ -96,6 +101,9 @@ def log_likelihood(
     params: the fit whose parameters to use (what ``lvmkit.fit`` returned); None uses Pyro's
     global parameter store, and warns about ``pyro.param`` sites that had no value there.
     Latents the guide does not sample are summed out where marked for enumeration.
+    Each batch draws from its own stream, seeded by ``seed`` and its number, so the values do
+    not depend on how the batches are shared: under torchrun each process estimates its share
+    and every process gets all the values, in order, equal to one process's.
     """
     check_count("num_samples", num_samples)
     check_count("batch_size", batch_size)
@@ -106,7 +114,7 @@ def log_likelihood(
     device = place(model, guide, device=device)
     dataset = as_dataset(data, "data").to(device)
     chunk = particle_chunk or max(1, min(num_samples, 65536 // batch_size))
-    values, nesting = [], None
+    values, g = [], group(device)
     devices = [device] if device.type == "cuda" else []
     with (
         evaluating(model, guide),
@@ -114,14 +122,15 @@ def log_likelihood(
         torch.no_grad(),
         fitted_params(params),
     ):
-        torch.manual_seed(seed)
         with on_device(device):
-            for batch in _batches(dataset, batch_size, progress, "log p(x)"):
-                if nesting is None:
-                    guide_tr, model_tr = trace_once(model, guide, *batch)
-                    nesting = nesting_of(guide_tr, model_tr)
-                    # a guide with no latent leaves every latent to exact enumeration
-                    exact = not any(is_latent(site) for site in guide_tr.nodes.values())
+            first = dataset.batch(torch.arange(min(batch_size, len(dataset))))
+            torch.manual_seed(seed)
+            guide_tr, model_tr = trace_once(model, guide, *first)
+            nesting = nesting_of(guide_tr, model_tr)
+            # a guide with no latent leaves every latent to exact enumeration
+            exact = not any(is_latent(site) for site in guide_tr.nodes.values())
+            for b, batch in _batches(dataset, batch_size, progress, "log p(x)", g):
+                torch.manual_seed(hash((seed, b)) % 2**63)
                 total = None
                 for k0 in range(0, num_samples, chunk):
                     k = min(chunk, num_samples - k0)
@@ -129,7 +138,8 @@ def log_likelihood(
                     lse = torch.logsumexp(lw, dim=0)
                     total = lse if total is None else torch.logaddexp(total, lse)
                 values.append(total - math.log(num_samples))
-    return LogLikelihood.of(torch.cat(values), dataset, discrete, num_samples, exact=exact)
+    mine = torch.cat(values) if values else first[0].new_zeros(0)
+    return LogLikelihood.of(gather_rows(mine, g), dataset, discrete, num_samples, exact=exact)
 
 
 def evaluate(
@@ -168,6 +178,9 @@ def evaluate(
         )
     device = place(model, device=device)
     dataset = as_dataset(prepared, "data").to(device)
+    g = group(device)
     with evaluating(model), torch.no_grad(), on_device(device):
-        values = [model.log_prob(*b) for b in _batches(dataset, batch_size, progress, "log p(x)")]
-    return LogLikelihood.of(torch.cat(values), dataset, discrete, 1, exact=True)
+        batches = _batches(dataset, batch_size, progress, "log p(x)", g)
+        values = [model.log_prob(*b) for _, b in batches]
+    mine = torch.cat(values) if values else torch.zeros(0, device=device)
+    return LogLikelihood.of(gather_rows(mine, g), dataset, discrete, 1, exact=True)

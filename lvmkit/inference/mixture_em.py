@@ -24,6 +24,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
+from lvmkit.inference.distributed import all_reduce_sum, group, shard
 from lvmkit.inference.fit import FitResult
 from lvmkit.inference.programs import resolve_device
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
@@ -59,9 +60,10 @@ def _coefficients(weights: Tensor, means: Tensor, cov: Tensor, diag: bool) -> Te
     return torch.cat([quad, lin, const[:, None]], dim=1).T
 
 
-def _e_step_stats(chunks, weights, means, cov, diag):
+def _e_step_stats(chunks, weights, means, cov, diag, g):
     """One pass over the feature chunks: the mean log-likelihood and the responsibilities'
-    sufficient statistics [sum r x*x or r x x^T, sum r x, sum r] per component: (K, F)."""
+    sufficient statistics [sum r x*x or r x x^T, sum r x, sum r] per component: (K, F). Under
+    torchrun each process passes its rows and the sums travel in one all-reduce."""
     coef = _coefficients(weights, means, cov, diag)
     stats, total, n = 0.0, 0.0, 0
     for feats in chunks():
@@ -78,7 +80,9 @@ def _e_step_stats(chunks, weights, means, cov, diag):
         total += float((top + norm.log()).sum())
         stats = stats + resp.T @ feats
         n += len(feats)
-    return total / n, stats
+    totals = torch.tensor([total, n], dtype=torch.float64, device=stats.device)
+    all_reduce_sum([stats, totals], g)
+    return float(totals[0] / totals[1]), stats
 
 
 def _offsets(chunks):
@@ -193,6 +197,8 @@ def fit_em(
     """
     t0 = time.perf_counter()
     gmm.check_data(x)
+    g = group(x.device)
+    rows = shard(len(x), g)  # under torchrun each process sums the statistics of its rows
     for start in range(0, len(x), chunk_size):
         if not torch.isfinite(x[start : start + chunk_size]).all():
             raise ValueError("x holds NaN/inf values; remove or impute them before fitting")
@@ -202,9 +208,11 @@ def fit_em(
     gmm.to(device=x.device, dtype=x.dtype)
     shift = x.mean(0)  # EM is shift-equivariant; centring keeps float32 statistics accurate
     width = (2 if diag else x.shape[1] + 1) * x.shape[1] + 1
-    if len(x) * width * x.element_size() <= cache_bytes:  # build the features once, reuse them
+    mine = x[rows]
+    if len(mine) * width * x.element_size() <= cache_bytes:  # build the features once, reuse
         cached = [
-            _features(x[i : i + chunk_size] - shift, diag) for i in range(0, len(x), chunk_size)
+            _features(mine[i : i + chunk_size] - shift, diag)
+            for i in range(0, len(mine), chunk_size)
         ]
 
         def chunks():
@@ -213,7 +221,8 @@ def fit_em(
 
         def chunks():
             return (
-                _features(x[i : i + chunk_size] - shift, diag) for i in range(0, len(x), chunk_size)
+                _features(mine[i : i + chunk_size] - shift, diag)
+                for i in range(0, len(mine), chunk_size)
             )
 
     if init is not None and init not in INITS:
@@ -222,7 +231,9 @@ def fit_em(
     for restart in range(n_init if init else 1):
         if init:
             resp = initial_responsibilities(x, gmm.config.components, init, seed + restart)
+            resp = resp[rows]  # every process computes the same start from all the data
             stats = sum(resp[i : i + len(f)].T @ f for i, f in _offsets(chunks()))
+            all_reduce_sum([stats], g)
             weights, means, cov = _m_step(len(x), stats, x.shape[1], diag, reg_covar)
         else:
             with torch.no_grad():
@@ -230,7 +241,7 @@ def fit_em(
         bounds, converged, lower = [], False, -math.inf
         for _ in range(max_iter):
             previous = lower
-            lower, stats = _e_step_stats(chunks, weights, means, cov, diag)
+            lower, stats = _e_step_stats(chunks, weights, means, cov, diag, g)
             weights, means, cov = _m_step(len(x), stats, x.shape[1], diag, reg_covar)
             bounds.append(lower)
             if abs(lower - previous) < tol:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from lvmkit.data import as_dataset
 from lvmkit.inference.checkpoint import CheckpointError
+from lvmkit.inference.distributed import all_reduce_sum, broadcast, group, local_device, shard
 from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.jit import TracedLoss
 from lvmkit.inference.programs import (
@@ -107,7 +109,11 @@ class Trainer:
         self.loss = make_elbo(elbo, num_samples) if isinstance(elbo, str) else elbo
         self.elbo_name = elbo if isinstance(elbo, str) else None
         self.optimizer_choice, self.lr = optimizer, lr
+        if device == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            device = local_device()  # under torchrun: this process's own GPU, if any
         self.device = resolve_device(device)
+        self.group = group(self.device)  # a world of one outside torchrun
+        self.stop_requested = False  # after a step: whether any process asked to stop
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
         self.param_names: list[str] = []
         self.optimizer: torch.optim.Optimizer | None = None
@@ -157,6 +163,8 @@ class Trainer:
                 "the model and guide create no parameters: register nets with pyro.module or "
                 "create pyro.param sites, otherwise there is nothing to fit"
             )
+        # every process starts from rank 0's parameters and buffers, as DDP does
+        broadcast([*self.leaves(), *self._buffers().values()], self.group)
 
     def _check_guide_covers(self, batch: tuple) -> None:
         """A model latent the guide does not sample is summed out by "enum" (if marked for
@@ -197,12 +205,17 @@ class Trainer:
         else:
             self.optimizer.add_param_group({"params": params})
 
-    def step(self, *batch, validate: bool = True) -> float:
+    def step(self, *batch, validate: bool = True, stop: bool = False) -> float:
         """One gradient step on ``batch``; returns the loss in nats per datapoint.
 
         ``validate=True`` runs Pyro's checks, on the model itself; under ``jit`` it also checks
         the trace against the model, so run most steps with ``validate=False`` (as ``fit`` does)
-        for them to run from the trace."""
+        for them to run from the trace.
+
+        Under torchrun each process passes its shard of the batch: the gradients (the loss is a
+        sum over datapoints, so their sum is the whole batch's gradient), the loss, the count
+        and ``stop`` (afterwards ``stop_requested``: whether any process asked) are summed over
+        the processes in one collective call, and every process takes the same step."""
         if self.optimizer is None:
             self.init(*batch)
         batch = self.to_device(batch)
@@ -212,10 +225,30 @@ class Trainer:
                 raise ValueError("the loss does not depend on any parameter; nothing to fit")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            value = self._check_finite(loss, len(batch[0]))
+            total, n = self._share(loss.detach(), len(batch[0]), stop)
+            value = self._check_finite(total, n)
             self.optimizer.step()
             self._collect_params()
         return value
+
+    def _share(self, loss: Tensor, n: int, stop: bool) -> tuple[Tensor, int]:
+        """Gradients, loss, count and stop votes summed over the processes in one call; a
+        gradient no process has stays None, as it would in one process."""
+        self.stop_requested = stop
+        if not self.group.active:
+            return loss, n
+        leaves = self.leaves()
+        had = torch.tensor([p.grad is not None for p in leaves], dtype=loss.dtype)
+        for p in leaves:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        tail = torch.cat([loss.reshape(1), loss.new_tensor([n, float(stop)]), had.to(loss)])
+        all_reduce_sum([p.grad for p in leaves] + [tail], self.group)
+        for p, count in zip(leaves, tail[3:].tolist(), strict=True):
+            if count == 0:
+                p.grad = None
+        self.stop_requested = bool(tail[2] > 0)
+        return tail[0], int(tail[1])
 
     def _check_finite(self, loss: Tensor, n: int) -> float:
         """The loss per datapoint, after checking it and every gradient for NaN/inf (a finite
@@ -260,14 +293,17 @@ class Trainer:
         data = as_dataset(data, "data").to(self.device)
         if self.optimizer is None:
             self.init(*data.batch(torch.arange(min(batch_size, len(data)))))
+        rows = shard(len(data), self.group)  # under torchrun each process scores its share
         total = 0.0
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self.scope(), torch.no_grad():
-            torch.manual_seed(seed)
-            for start in range(0, len(data), batch_size):
-                batch = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+            torch.manual_seed(seed + self.group.rank)
+            for start in range(rows.start, rows.stop, batch_size):
+                batch = data.batch(torch.arange(start, min(start + batch_size, rows.stop)))
                 total += self.loss.loss(self.model, self.guide, *batch)
-        return total / len(data)
+        summed = torch.tensor([total, rows.stop - rows.start], dtype=torch.float64)
+        all_reduce_sum([summed], self.group)
+        return float(summed[0] / summed[1])
 
     def params(self) -> dict[str, Tensor]:
         """Constrained parameter values, detached."""

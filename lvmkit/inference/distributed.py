@@ -1,0 +1,123 @@
+"""Data parallelism over processes with ``torch.distributed``, as ``torchrun`` starts them.
+
+Every lvmkit entry point calls ``group()``: under torchrun (``RANK``/``WORLD_SIZE`` in the
+environment) it joins the process group on first use (gloo on CPU, NCCL on GPUs), or uses one
+the user initialised; alone it reports a world of one and every helper here is the identity.
+Each process works on its own shard of the data; what they must agree on travels in few
+collective calls (one per training step)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the processes of a fit: ``rank`` of ``size``."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes checkpoints, files and progress."""
+        return self.rank == 0
+
+
+def group(device: torch.device | None = None) -> Group:
+    """The process group this process belongs to, joined from torchrun's environment on
+    first use; a world of one when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return Group(dist.get_rank(), dist.get_world_size())
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1 or not dist.is_available():
+        return Group()
+    cuda = device is not None and device.type == "cuda"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Group(dist.get_rank(), dist.get_world_size())
+
+
+def local_device() -> str:
+    """``cuda:LOCAL_RANK`` under torchrun on a machine with GPUs, else "cpu"."""
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def all_reduce_sum(tensors: list[Tensor], g: Group) -> None:
+    """Sum ``tensors`` (in place) over the processes in one collective call: they travel in
+    one flat buffer, so a step costs one all-reduce whatever the number of parameters."""
+    if not g.active or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def broadcast(tensors: list[Tensor], g: Group) -> None:
+    """Rank 0's values of ``tensors`` on every process (in place), in one call."""
+    if not g.active or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    dist.broadcast(flat, src=0)
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def gather_rows(local: Tensor, g: Group) -> Tensor:
+    """Every process's rows, in rank order, on every process (shards may differ in length)."""
+    if not g.active:
+        return local
+    lengths = [None] * g.size
+    dist.all_gather_object(lengths, len(local))
+    most = max(lengths)
+    padded = local.new_zeros((most, *local.shape[1:]))
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(g.size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, lengths, strict=True)])
+
+
+def shard(n: int, g: Group) -> slice:
+    """This process's contiguous share of n rows (the first n % size get one more)."""
+    base, extra = divmod(n, g.size)
+    start = g.rank * base + min(g.rank, extra)
+    return slice(start, start + base + (g.rank < extra))
+
+
+def share_object(value, g: Group):
+    """Rank 0's ``value`` (any picklable object) on every process."""
+    if not g.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(value, g: Group) -> list:
+    """Every process's ``value``, in rank order, on every process."""
+    if not g.active:
+        return [value]
+    values = [None] * g.size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def vote(flag: bool, g: Group) -> bool:
+    """Whether ``flag`` is True on any process."""
+    return any(gather_objects(bool(flag), g))

@@ -1,0 +1,160 @@
+"""The same fit, EM and evaluation over 2 processes (torchrun, gloo on CPU) as in 1.
+
+One script runs every case; it is launched alone, then under torchrun with 2 processes, and
+what rank 0 saves is compared. Objectives without random draws (observed-only models,
+enumerated latents) make the 2-process fit equal the 1-process one to float tolerance; with
+draws the processes draw their own."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from pyro.distributions import constraints
+    from torch import nn
+
+    import lvmkit
+    from lvmkit.inference.distributed import group
+    from lvmkit.models import GaussianMixture, GaussianMixtureConfig
+
+    torch.set_num_threads(1)
+    out, tag, resume_from = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(40, 3, generator=g) - 2, torch.randn(24, 3, generator=g) + 2])
+
+    def user_pair():
+        torch.manual_seed(0)
+        lin = nn.Linear(3, 3)
+
+        def model(x):  # observed only: the loss has no random draws
+            pyro.module("lin", lin)
+            scale = pyro.param("scale", torch.ones(3), constraint=constraints.positive)
+            with pyro.plate("data", len(x)):
+                pyro.sample("x", dist.Normal(lin(x.flip(-1)) * 0.1, scale).to_event(1), obs=x)
+
+        return model, lambda x: None
+
+    def gmm():
+        torch.manual_seed(0)
+        m = GaussianMixture(GaussianMixtureConfig(dim=3, components=2))
+        return m.initialize(x, seed=0)
+
+    common = dict(batch_size=16, lr=0.05, progress=False, device="cpu")
+    results = {"world": group().size}
+    results["user"] = lvmkit.fit(*user_pair(), x, epochs=3, **common).params
+    m = gmm()
+    results["gmm"] = lvmkit.fit(m.model, m.guide, x, elbo="enum", epochs=3, **common).params
+    fitted = lvmkit.fit(*user_pair(), x, epochs=4, val_data=x[:20], **common)
+    results["full4"], results["val"] = fitted.params, fitted.val_losses
+    # resume across world sizes: continue a 2-epoch run written by the other launch
+    if resume_from != "-":
+        resumed = lvmkit.fit(*user_pair(), x, epochs=4, val_data=x[:20], checkpoint_dir=out /
+                             resume_from, resume=True, **common)  # fmt: skip
+        results["resumed"] = resumed.params
+    ours = out / f"ck_{tag}"
+    half = lvmkit.fit(*user_pair(), x, epochs=2, val_data=x[:20], checkpoint_dir=ours, **common)
+    results["files"] = sorted(p.name for p in ours.iterdir()) if group().main else None
+    em_model = gmm()
+    em = lvmkit.em(em_model, x, device="cpu")
+    results["em"] = (em.losses, {k: v.clone() for k, v in em.params.items()})
+
+    def ppca():
+        torch.manual_seed(0)
+        w = nn.Linear(2, 3)
+        enc = nn.Linear(3, 4)
+
+        def model(x):
+            pyro.module("w", w)
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(w(z), 1.0).to_event(1), obs=x)
+
+        def guide(x):
+            pyro.module("enc", enc)
+            with pyro.plate("data", len(x)):
+                loc, s = enc(x).chunk(2, -1)
+                pyro.sample("z", dist.Normal(loc, s.exp()).to_event(1))
+
+        return model, guide
+
+    ll = lvmkit.log_likelihood(*ppca(), x, num_samples=50, batch_size=10, device="cpu")
+    results["ll"] = ll.values
+    if group().main:
+        torch.save(results, out / f"{tag}.pt")
+    """
+)
+
+
+def launch(tmp_path, tag: str, procs: int, resume_from: str = "-") -> dict:
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if procs == 1:
+        cmd = [sys.executable, str(script)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={procs}", str(script)]  # fmt: skip
+    done = subprocess.run(
+        [*cmd, str(tmp_path), tag, resume_from],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(tmp_path / f"{tag}.pt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    one = launch(tmp, "one", 1)
+    two = launch(tmp, "two", 2, resume_from="ck_one")  # 2 processes continue 1's checkpoint
+    back = launch(tmp, "back", 1, resume_from="ck_two")  # and 1 continues 2's
+    return one, two, back
+
+
+def close(a: dict, b: dict, tol=1e-5) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=tol) for k in a)
+
+
+def test_two_processes_fit_what_one_fits(runs):
+    one, two, _ = runs
+    assert one["world"] == 1 and two["world"] == 2
+    assert close(one["user"], two["user"])  # a user's plain Pyro model
+    assert close(one["gmm"], two["gmm"])  # a built-in model, z enumerated
+    assert close(one["full4"], two["full4"])
+    # validation losses are global means, the same on every process count
+    assert torch.allclose(torch.tensor(one["val"]), torch.tensor(two["val"]), atol=1e-5)
+
+
+def test_a_fit_continues_exactly_on_another_number_of_processes(runs):
+    one, two, back = runs
+    assert close(two["resumed"], one["full4"])  # written by 1 process, continued by 2
+    assert close(back["resumed"], one["full4"])  # written by 2, continued by 1
+    assert two["files"] == ["checkpoint.pt"]  # one checkpoint, no temporaries, no lock left
+
+
+def test_two_process_em_equals_one_process_em(runs):
+    one, two, _ = runs
+    (losses1, params1), (losses2, params2) = one["em"], two["em"]
+    assert len(losses1) == len(losses2)
+    assert all(abs(a - b) <= 1e-6 * abs(a) for a, b in zip(losses1, losses2, strict=True))
+    for k in params1:
+        assert torch.allclose(params1[k], params2[k], rtol=1e-6, atol=1e-9)
+
+
+def test_two_process_log_likelihood_equals_one_process(runs):
+    one, two, _ = runs
+    assert one["ll"].shape == (64,) and torch.allclose(one["ll"], two["ll"], atol=1e-5)
