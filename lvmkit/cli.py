@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,10 +28,12 @@ from lvmkit.diagnostics import (
 )
 from lvmkit.inference import NonFiniteLossError, em, evaluate, fit
 from lvmkit.inference.checkpoint import check_writable, run_lock, write_text
+from lvmkit.inference.distributed import group, local_device, set_threads
 from lvmkit.inference.programs import resolve_device
 from lvmkit.models import MODELS, build_model
 from lvmkit.models.registry import settings_help
 from lvmkit.runs import (
+    KEY_HELP,
     apply_settings,
     data_checksum,
     default_config,
@@ -124,7 +129,10 @@ def run_fit(
     train_data, val_data = model.prepare(train), model.prepare(val)
     model.initialize(train_data, seed=fcfg["seed"])
     check_writable(*(out / name for name in RUN_OUTPUTS))  # before the fit, not after it
-    with run_lock(out):  # a second process fitting into ``out`` is refused, naming this one
+    set_threads("auto" if fcfg["threads"] is None else fcfg["threads"])
+    main = group(resolve_device(_process_device(fcfg["device"]))).main  # torchrun: rank 0 writes
+    # a second process fitting into ``out`` is refused, naming this one
+    with run_lock(out) if main else nullcontext():
         return _fit_into(
             model_name,
             model,
@@ -135,14 +143,27 @@ def run_fit(
             resume=resume,
             progress=progress,
             inference=inference,
+            main=main,
         )
 
 
-def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progress, inference):
-    """run_fit's second half: fit and write the run directory, holding its lock."""
+def _process_device(device: str) -> str:
+    """The device setting for this process: under torchrun "auto" is its own GPU, if any."""
+    if device == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return local_device()
+    return device
+
+
+def _fit_into(
+    model_name, model, config, out, dataset, splits, *, resume, progress, inference, main=True
+):
+    """run_fit's second half: fit and write the run directory, holding its lock. Under
+    torchrun every process fits; rank 0 (``main``) writes the files."""
     dcfg, fcfg = config["data"], config["fit"]
+    fcfg = {k: v for k, v in fcfg.items() if k != "threads"}  # set for the process already
+    fcfg["device"] = _process_device(fcfg["device"])
     train_data, val_data, test = splits
-    if not resume:  # a resumed run's file is rewritten only once the checkpoint took it
+    if not resume and main:  # a resumed run's file is rewritten only once the checkpoint took it
         write_config(config, out / "config.toml")
 
     if inference == "em":  # closed-form EM, in float64 as scikit-learn
@@ -166,8 +187,10 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
             progress=progress,
             **fcfg,
         )
-        if resume:
+        if resume and main:
             write_config(config, out / "config.toml")  # its epochs, or where the data now are
+    if not main:
+        return 130 if result.interrupted else 0
     rows = []
     for i, loss in enumerate(result.losses):
         row = {"epoch": i + 1, "loss": loss}
@@ -202,10 +225,11 @@ def _fit_into(model_name, model, config, out, dataset, splits, *, resume, progre
         "elapsed_s": result.elapsed,
         "device": result.device,
     }
-    if result.val_losses:
-        summary["val_loss"] = result.val_losses[result.best_epoch - 1]
-        summary["best_epoch"] = result.best_epoch
     summary["model_epoch"] = result.params_epoch  # the epoch whose parameters model.pt holds
+    if result.val_losses:
+        summary["val_loss"] = result.val_losses[result.params_epoch - 1]  # model.pt's epoch's
+        summary["best_epoch"] = result.best_epoch
+        summary["best_val_loss"] = result.val_losses[result.best_epoch - 1]
     if dataset.y is not None and model.can_encode and not probe_problem(dataset.y):
         summary["linear_probe_accuracy"] = linear_probe(encode(model, dataset), dataset.y)
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -259,8 +283,6 @@ def run_evaluate(
     with the model's guide otherwise. On the run's own test part by default; ``data`` scores
     another file (its ``split`` part where it carries a split, else all of it)."""
     run = load_run(path)
-    out = path / "evaluation.json"
-    check_writable(out)
     if data is None:
         parts = dict(zip(("train", "val", "test"), run.splits(), strict=True))
         split = split or "test"
@@ -276,6 +298,12 @@ def run_evaluate(
             raise ValueError(f"--split {split}: {data} carries no split; leave --split out")
         else:
             split = "all"
+    # the run's own test part goes to evaluation.json (the report reads it); other data or
+    # parts to files of their own, so that none replaces another
+    own = data is None and split == "test"
+    name = f"{Path(data).stem}-{split}" if data is not None else split
+    out = path / ("evaluation.json" if own else f"evaluation-{name}.json")
+    check_writable(out)
     if scored.image_shape != tuple(run.data["image_shape"]):
         raise ValueError(
             f"{data}: images of shape {scored.image_shape}, but the run's model takes "
@@ -288,8 +316,9 @@ def run_evaluate(
     if ll.bits_per_dim is not None:
         est["bits_per_dim"] = ll.bits_per_dim
     est["data"], est["split"] = data or run.data["name"], split
-    write_text(out, json.dumps(est, indent=2) + "\n")
-    print(f"{json.dumps(est)}\nwrote {out}")
+    if group().main:  # under torchrun every process scored its share; rank 0 writes
+        write_text(out, json.dumps(est, indent=2) + "\n")
+        print(f"{json.dumps(est)}\nwrote {out}")
     return 0
 
 
@@ -341,6 +370,18 @@ def _positive(kind, minimum=None):
     return parse
 
 
+def _threads(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of threads, or auto")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
@@ -373,12 +414,20 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     named = argv[1] if len(argv) > 1 and argv[0] == "fit" and argv[1] in MODELS else None
     epilog = EXAMPLES
     if named:
-        fit_keys = ", ".join(f"{k} = {v}" for k, v in default_config(named)["fit"].items())
-        data_keys = ", ".join(f"{k} = {v}" for k, v in default_config(named)["data"].items())
-        epilog = f"{settings_help(named)}\n[fit]: {fit_keys}\n[data]: {data_keys}\n\n{EXAMPLES}"
+        tables = [settings_help(named)]
+        for table in ("fit", "data"):
+            tables.append(f"[{table}] settings (--set {table}.KEY=VALUE):")
+            for key, value in default_config(named)[table].items():
+                shown = "none" if value is None else json.dumps(value)
+                tables.append(f"  {key} = {shown}\n      {KEY_HELP[key]}")
+        epilog = "\n".join(tables) + f"\n\n{EXAMPLES}"
     p = sub.add_parser("fit", help="fit a built-in model", epilog=epilog, formatter_class=fmt)
     p.add_argument("model", help=f"one of {sorted(MODELS)}")
-    p.add_argument("--data", help="'digits' or a path (IDX, .npy/.npz, PNG folder)")
+    p.add_argument(
+        "--data",
+        help="a named dataset (digits, mnist5k, mnist, fashion-mnist, cifar10) or a path "
+        "(IDX files, .npy/.npz, PNG folder)",
+    )
     p.add_argument("--config", type=Path, help="a TOML file with [data], [model], [fit] tables")
     p.add_argument("--epochs", type=_positive(int))
     p.add_argument("--batch-size", type=_positive(int))
@@ -409,6 +458,17 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         action="append",
         metavar="TABLE.KEY=VALUE",
         help="a setting, as in the TOML: --set model.z_dim=16 --set fit.elbo=iwae (repeatable)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        help="torch threads per process (default auto: the cores not busy, shared out)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=_positive(int),
+        default=1,
+        help="processes on this machine, data-parallel (starts torchrun for you)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, help_ in [
@@ -464,11 +524,11 @@ SHORT_FLAGS = {
     "data": ("data", "name"),
     "val_fraction": ("data", "val_fraction"),
     "image_shape": ("data", "image_shape"),
-    **{k: ("fit", k) for k in ("epochs", "batch_size", "lr", "seed", "device", "jit")},
+    **{k: ("fit", k) for k in ("epochs", "batch_size", "lr", "seed", "device", "jit", "threads")},
 }
 # Settings a resume may change: neither epochs nor jit changes what is computed, and the data
 # may have moved (the checkpoint's fingerprint of them refuses other data).
-RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit"), ("data", "name")}
+RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit"), ("fit", "threads"), ("data", "name")}
 
 
 def _fit_config(args, out: Path) -> dict:
@@ -548,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_evaluate(
                 args.run, args.num_samples, args.seed, progress, args.data, args.split
             )
+        if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            return _torchrun(args.nproc, argv if argv is not None else sys.argv[1:])
         out = args.out or Path("runs") / args.model
         config = _fit_config(args, out)
         if args.resume and not (out / "checkpoint.pt").exists():
@@ -572,6 +634,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lvmkit: error: {_error_line(err)}", file=sys.stderr)
         return 2
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """Run this same ``lvmkit`` command under torchrun with ``nproc`` processes here."""
+    rest, skip = [], False
+    for a in argv:  # the command without --nproc, which the processes must not act on again
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc" and not skip
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "lvmkit.cli", *rest]  # fmt: skip
+    return subprocess.run(cmd).returncode
 
 
 def _error_line(err: Exception) -> str:

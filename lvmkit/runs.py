@@ -57,6 +57,27 @@ FIT_DEFAULTS = {
     "seed": 0,
     "device": "auto",
     "jit": False,
+    "threads": None,  # torch threads per process; none: the cores not busy, shared out
+}
+# One line on each [data] and [fit] key, for ``lvmkit fit NAME --help``.
+KEY_HELP = {
+    "name": "'digits', 'mnist5k', 'mnist', 'fashion-mnist', 'cifar10', or a path",
+    "split_seed": "seed of the random split (data without a split of their own)",
+    "val_fraction": "validation share: of the train part where the data carry a split",
+    "image_shape": "C, H, W that flat rows (N, C*H*W) of a .npy/.npz are read as",
+    "levels": "pixel levels of integer data beyond 8 bits",
+    "epochs": "passes over the training data (with --resume: the total to reach)",
+    "batch_size": "datapoints per gradient step (over all processes under torchrun)",
+    "lr": "learning rate",
+    "optimizer": "adam, adamw or sgd",
+    "elbo": "elbo, meanfield (analytic KL), iwae (num_samples draws) or enum",
+    "num_samples": "draws of z per datapoint in the objective",
+    "patience": "stop after this many epochs without a better validation loss",
+    "restore_best": "end with the best validation epoch's parameters (default: with patience)",
+    "seed": "seed of the fit's draws and batch order",
+    "device": "auto, cpu, cuda or cuda:N",
+    "jit": "run the steps from a trace of the loss",
+    "threads": "torch threads per process (default: the cores not busy, shared out)",
 }
 RENAMED = {"num_particles": "num_samples"}  # keys older runs wrote -> their names now
 # The types of the [data] and [fit] keys ([model] keys take their config dataclass's), and which
@@ -81,6 +102,7 @@ TABLE_TYPES = {
         "seed": int,
         "device": str,
         "jit": bool,
+        "threads": int | None,
     },
 }
 POSITIVE = {"epochs", "batch_size", "lr", "num_samples", "patience", "levels"}

@@ -1,5 +1,10 @@
 import pyro
 import pytest
+import torch
+
+# Small models: one thread each is fastest, and never oversubscribes cores that other work
+# (a second test process, a CI neighbour) shares; see benchmarks/threads.py.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -92,8 +92,19 @@ def test_a_damaged_cached_file_is_refused_and_fetched_again(server, tmp_path, ca
     victim.write_bytes(victim.read_bytes()[:-3])
     assert len(lvdata.load("mnist")) == 40
     assert server.requests[4:] == ["t10k-images-idx3-ubyte.gz"]
-    assert "is damaged (wrong SHA-256); downloading it again" in capsys.readouterr().out
+    assert "is not the expected file (SHA-256" in capsys.readouterr().out
     assert victim.read_bytes() == FILES["t10k-images-idx3-ubyte.gz"]
+
+
+def test_a_file_the_user_placed_is_kept_when_no_download_can_replace_it(server, tmp_path):
+    lvdata.load("mnist")
+    victim = tmp_path / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz"
+    mine = gzip.compress(gzip.decompress(FILES["t10k-images-idx3-ubyte.gz"]), mtime=1)
+    victim.write_bytes(mine)  # the same images, gzipped otherwise: another SHA-256
+    server.mode = "cut"
+    with pytest.raises(DataError, match="cannot download 'mnist'"):
+        lvdata.load("mnist")
+    assert victim.read_bytes() == mine  # not deleted for a download that never came
 
 
 @pytest.mark.parametrize(
@@ -121,6 +132,12 @@ def test_offline_the_error_names_the_files_and_where_to_put_them(server, tmp_pat
     assert "cannot download 'mnist'" in message and "Offline? Put its files in" in message
     assert str(tmp_path / "cache" / "mnist") in message and "LVMKIT_DATA" in message
     assert all(f"{name} (sha256 " in message for name in FILES)
+
+
+def test_image_shape_is_only_for_flat_rows(server):
+    with pytest.raises(DataError, match=r"images of shape \(1, 6, 6\), not the image_shape"):
+        lvdata.load("mnist", image_shape=(1, 3, 12))
+    assert lvdata.load("mnist", image_shape=(1, 6, 6)).image_shape == (1, 6, 6)
 
 
 def test_the_offline_28x28_digits():

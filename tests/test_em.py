@@ -319,3 +319,18 @@ def test_gaussian_mixture_em_in_a_pipeline_and_a_grid_search():
     assert isinstance(labels, np.ndarray) and labels.shape == (600,)
     samples, components = est.sample(10)
     assert samples.shape == (10, 5) and isinstance(components, np.ndarray)
+
+
+@pytest.mark.parametrize(
+    "start, message",
+    [
+        (dict(weights_init=np.array([1.2, -0.2])), r"weights_init must lie in \[0, 1\]"),
+        (dict(weights_init=np.array([0.3, 0.3])), "weights_init must sum to 1, got 0.600000"),
+        (dict(precisions_init=-np.stack([np.eye(3)] * 2)), "symmetric positive definite"),
+        (dict(precisions_init=-np.ones((2, 3)), covariance_type="diag"), "must be positive"),
+    ],
+)
+def test_starting_values_are_checked_as_scikit_learn_does(start, message):
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    with pytest.raises(ValueError, match=message):
+        GaussianMixtureEM(2, **start).fit(x)

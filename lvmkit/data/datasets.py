@@ -198,10 +198,14 @@ def fetch(name: str, *, progress: bool = True) -> Path:
     for remote in spec.files:
         path = folder / remote.file
         if path.exists():
-            if _sha256(path) == remote.sha256:
+            found = _sha256(path)
+            if found == remote.sha256:
                 continue
-            print(f"lvmkit: {path} is damaged (wrong SHA-256); downloading it again")
-            path.unlink()
+            # kept until a verified download replaces it: it may be a file the user put there
+            print(
+                f"lvmkit: {path} is not the expected file (SHA-256 {found[:16]}..., expected "
+                f"{remote.sha256[:16]}...); downloading it again"
+            )
         _download(name, spec, remote, path, progress)
     return folder
 
@@ -248,7 +252,7 @@ def _download(name: str, spec: NamedDataset, remote: Remote, path: Path, progres
     raise DataError(
         f"cannot download {name!r} ({' | '.join(failures)}). Offline? Put its files in "
         f"{path.parent}: {wanted}, from {' or '.join(spec.mirrors)}; or set LVMKIT_DATA to a "
-        "folder holding them"
+        "folder holding them; or load a folder of such files by its path, which is not checked"
     )
 
 
@@ -292,6 +296,12 @@ def load(
     ``(N, C*H*W)`` of a .npy/.npz as images (``(1, 1, D)`` keeps them plain vectors).
     """
     data = _load(source, levels=levels, image_shape=image_shape)
+    if image_shape is not None and data.image_shape != tuple(image_shape):
+        raise DataError(
+            f"{source}: images of shape {data.image_shape}, not the image_shape "
+            f"{tuple(image_shape)} given; image_shape is for flat rows of a .npy/.npz: leave it "
+            "out"
+        )
     return data if split is None else data.part(split)
 
 

@@ -19,6 +19,7 @@ from pyro import poutine
 from torch import Tensor
 
 from lvmkit.data import check_count
+from lvmkit.inference.distributed import gather_objects, group, shard
 from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.programs import (
     evaluating,
@@ -58,7 +59,9 @@ def posterior(
     device=None,
     params=None,
 ):
-    """Draws of the latents for every datapoint, as ``arviz.InferenceData``.
+    """Draws of the latents for every datapoint, as ``arviz.InferenceData``. Under torchrun
+    each process draws for its share of the datapoints and every process gets them all, in
+    order.
 
     By default the draws are q(z | x)'s, the guide's: weighting them by
     exp(log_importance_weight) turns them into draws from p(z | x). ``resample=True`` does that
@@ -79,11 +82,13 @@ def posterior(
     check_count("num_samples", num_samples)
     az = _arviz()
     device = place(model, guide, device=device)
-    args = _on(device, args)
+    g = group(device)  # under torchrun each process draws for its share of the datapoints
+    rows = shard(len(args[0]), g) if g.active else slice(None)
+    args = _on(device, tuple(a[rows] if isinstance(a, Tensor) else a for a in args))
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), on_device(device), fitted_params(params):
         nesting = max_plate_nesting(model, guide, *args)
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + g.rank)
         guide_tr, model_tr = particle_traces(
             model, guide, args, num_samples=num_samples, plate_nesting=nesting
         )
@@ -108,7 +113,7 @@ def posterior(
         if pick is not None:
             index = pick.reshape(pick.shape + (1,) * (value.dim() - 2)).expand(value.shape)
             value = value.gather(0, index)
-        return value.detach().cpu().numpy()[None]
+        return _all_rows(value.detach().cpu().numpy()[None], 2, g)
 
     def dims_of(name: str, value: Tensor, lead: int) -> list[str]:
         return ["datapoint"] + [f"{name}_dim_{i}" for i in range(value.dim() - lead)]
@@ -127,7 +132,7 @@ def posterior(
             lp = lp.reshape((1,) * (nesting + 1 - lp.dim()) + lp.shape)
             lp = lp.reshape(lp.shape[0], lp.shape[-1]).expand(num_samples, -1)  # (K, N)
             log_lik[name] = draws(lp)
-            observed[name] = site["value"].detach().cpu().numpy()
+            observed[name] = _all_rows(site["value"].detach().cpu().numpy(), 0, g)
             dims[name] = dims_of(name, site["value"], 1)
             predictive[name] = draws(
                 rep_tr.nodes[name]["value"].expand(num_samples, *site["value"].shape)
@@ -145,11 +150,18 @@ def posterior(
         posterior_predictive=predictive,
         log_likelihood=log_lik,
         observed_data=observed,
-        sample_stats={"log_importance_weight": log_w.detach().cpu().numpy()[None]},
+        sample_stats={"log_importance_weight": _all_rows(log_w.detach().cpu().numpy()[None], 2, g)},
         dims={**dims, "log_importance_weight": ["datapoint"]},
     )
     idata.posterior.attrs["draws"] = which
     return idata
+
+
+def _all_rows(array: np.ndarray, axis: int, g) -> np.ndarray:
+    """Every process's datapoints along ``axis``, in rank order (the array itself alone)."""
+    if not g.active:
+        return array
+    return np.concatenate(gather_objects(array, g), axis=axis)
 
 
 def _draw_enumerated(model_tr, log_joint: Tensor, nesting: int) -> dict[str, Tensor]:

@@ -121,3 +121,29 @@ def gather_objects(value, g: Group) -> list:
 def vote(flag: bool, g: Group) -> bool:
     """Whether ``flag`` is True on any process."""
     return any(gather_objects(bool(flag), g))
+
+
+def auto_threads(processes: int | None = None) -> int:
+    """Torch threads for one of ``processes`` processes on this machine (default: torchrun's
+    LOCAL_WORLD_SIZE, else 1): the cores not already busy (1-minute load average), shared
+    among them, at least 1. Torch's own default, every core per process, slows a fit many-fold
+    when other work holds the cores (benchmarks/threads.py)."""
+    processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this system
+        busy = 0.0
+    return max(1, int((cores - busy) // processes))
+
+
+def set_threads(threads: int | str | None) -> None:
+    """torch.set_num_threads for this process: a count, "auto" (``auto_threads``), or None to
+    leave torch's setting as it is."""
+    if threads is None:
+        return
+    if threads == "auto":
+        threads = auto_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or 'auto', got {threads!r}")
+    torch.set_num_threads(threads)

@@ -19,11 +19,18 @@ from tqdm.auto import tqdm
 
 from lvmkit.data import as_dataset, check_count
 from lvmkit.inference.checkpoint import checksum, run_lock, save_checkpoint
-from lvmkit.inference.distributed import gather_objects, shard, share_object, vote
+from lvmkit.inference.distributed import (
+    gather_objects,
+    set_threads,
+    shard,
+    share_object,
+    vote,
+)
 from lvmkit.inference.resume import StopOnSignal, load_resumable, rng_state, set_rng_state
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer, optimizer_name
 
 CHECKPOINT_NAME = "checkpoint.pt"
+BUFFER = "buffer:"  # marks a module buffer among LoopState.best_params
 
 
 @dataclass
@@ -129,6 +136,7 @@ def fit(
     overwrite: bool = False,
     progress: bool = True,
     jit: bool = False,
+    threads: int | str | None = None,
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference.
 
@@ -151,8 +159,15 @@ def fit(
         ``resume``) a checkpoint there is refused, never silently replaced.
     jit: run the steps from a trace of the loss (see ``Trainer``): same draws, same results,
         less Python per step; for models without data-dependent Python.
+    threads: torch threads for this process (``torch.set_num_threads``); "auto" takes the
+        cores not busy with other work, shared among torchrun's processes; None (the default)
+        leaves torch's setting as it is.
+
+    Under torchrun (or with a process group initialised) every process runs this same call:
+    each takes its share of every global batch of ``batch_size``, and they take the same steps.
     """
     _check_args(epochs, batch_size, patience, restore_best, val_data, resume, checkpoint_dir)
+    set_threads(threads)
     trainer = Trainer(
         model,
         guide,
@@ -273,7 +288,12 @@ def fit(
                 s.val_losses.append(vl)
                 if vl < s.best_val:
                     s.best_val, s.best_epoch, s.bad_epochs = vl, s.epoch + 1, 0
-                    s.best_params = trainer.state_dict()["params"]
+                    state = trainer.state_dict()
+                    # buffers too (a warm-up's step counter): the best epoch's whole module
+                    s.best_params = {
+                        **state["params"],
+                        **{BUFFER + k: v for k, v in state["buffers"].items()},
+                    }
                 else:
                     s.bad_epochs += 1
                 stopped_early = patience is not None and s.bad_epochs >= patience
@@ -286,7 +306,11 @@ def fit(
         if restore_best is None:
             restore_best = patience is not None
         if restore_best and s.best_params is not None and not interrupted:
-            trainer.load_params(s.best_params)
+            best = s.best_params  # checkpoints before buffers were kept here hold params only
+            trainer.load_params({k: v for k, v in best.items() if not k.startswith(BUFFER)})
+            trainer.load_buffers(
+                {k[len(BUFFER) :]: v for k, v in best.items() if k.startswith(BUFFER)}
+            )
             params_epoch = s.best_epoch
     return FitResult(
         losses=s.losses,

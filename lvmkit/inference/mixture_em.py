@@ -403,12 +403,18 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
             weights, means, cov = start.weights, start.means.detach(), start.covariances.detach()
             if self.weights_init is not None:
                 weights = self._init_tensor(self.weights_init, (k,), "weights_init", x)
+                if (weights < 0).any() or (weights > 1).any():
+                    raise ValueError(f"weights_init must lie in [0, 1], got {weights.tolist()}")
+                if abs(float(weights.sum()) - 1) > 1e-6:
+                    raise ValueError(
+                        f"weights_init must sum to 1, got {float(weights.sum()):.6f}; normalise"
+                    )
             if self.means_init is not None:
                 means = self._init_tensor(self.means_init, (k, d), "means_init", x)
             if self.precisions_init is not None:
                 shape = (k, d) if self.covariance_type == "diag" else (k, d, d)
                 prec = self._init_tensor(self.precisions_init, shape, "precisions_init", x)
-                cov = 1 / prec if self.covariance_type == "diag" else torch.linalg.inv(prec)
+                cov = _covariances_from(prec, self.covariance_type)
             gmm.set_params(weights, means, cov)
             init = None
         result = fit_em(
@@ -488,6 +494,22 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
     def aic(self, X) -> float:
         """Akaike information criterion on X (lower is better)."""
         return -2 * self.score(X) * _num_rows(X) + 2 * self._n_parameters()
+
+
+def _covariances_from(prec: Tensor, covariance_type: str) -> Tensor:
+    """Covariances from the precisions_init of scikit-learn's meaning, checked as it does."""
+    if covariance_type == "diag":
+        if not (prec > 0).all():
+            raise ValueError("precisions_init must be positive (diag precisions), got values <= 0")
+        return 1 / prec
+    symmetric = torch.allclose(prec, prec.transpose(-1, -2))
+    bad = torch.linalg.cholesky_ex(prec).info
+    if not symmetric or bad.any():
+        which = int(bad.nonzero()[0]) if bad.any() else "some"
+        raise ValueError(
+            f"precisions_init must be symmetric positive definite; component {which} is not"
+        )
+    return torch.cholesky_inverse(torch.linalg.cholesky(prec))
 
 
 def _num_rows(X) -> int:

@@ -379,6 +379,13 @@ class Trainer:
             for name, value in state["buffers"].items():
                 buffers[name].copy_(value)
 
+    def load_buffers(self, buffers: dict[str, Tensor]) -> None:
+        """Copy saved module buffers (as ``state_dict()["buffers"]`` names them) in place."""
+        current = self._buffers()
+        with torch.no_grad():
+            for name, value in buffers.items():
+                current[name].copy_(value)
+
     def load_params(self, params: dict[str, Tensor], *, source: str = "checkpoint") -> None:
         """Copy unconstrained parameter values in place (shapes must match)."""
         current = self.param_state["params"]

@@ -37,7 +37,7 @@ NO_PRIOR = (
 class AutoencoderConfig:
     kind: str = "bottleneck"  # bottleneck | sparse | denoising
     image_shape: tuple[int, ...] = (1, 8, 8)
-    z_dim: int = 8
+    z_dim: int = 8  # code dimensions
     hidden: tuple[int, ...] = (256, 256)
     net: str = "mlp"  # "mlp" or "conv"
     likelihood: str = "gaussian"  # gaussian | lowrank | bernoulli | categorical | logistic

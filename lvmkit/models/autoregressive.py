@@ -31,7 +31,7 @@ class AutoregressiveConfig:
     components: int = 3  # logistic mixture components
     net: str = "gated"  # gated (PixelCNN), transformer (local attention) or rnn (scanline GRU)
     features: int = 60  # feature maps (gated: a multiple of the channels) or token width
-    layers: int = 5
+    layers: int = 5  # gated layers, transformer blocks or GRU layers
     kernel: int = 3  # gated: convolution size
     window: int = 32  # transformer: how many preceding elements each one attends to
     num_classes: int = 0  # > 0: class-conditional, the batch is (x, y)

@@ -20,6 +20,8 @@ def make_encoder(net: str, image_shape, hidden: tuple[int, ...], out_features: i
     if net == "mlp":
         return nn.Sequential(nn.Flatten(), MLP(math.prod(image_shape), hidden, out_features))
     if net == "conv":
+        if not hidden:
+            raise ValueError("net 'conv' needs a hidden width (hidden = [64]); give one")
         return ConvEncoder(image_shape, out_features, hidden=hidden[-1])
     raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")
 

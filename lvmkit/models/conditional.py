@@ -30,7 +30,7 @@ from lvmkit.nets import MLP
 @dataclass
 class ConditionalLVMConfig:
     image_shape: tuple[int, int, int] = (1, 8, 8)
-    z_dim: int = 4
+    z_dim: int = 4  # latent dimensions
     hidden: tuple[int, ...] = (256, 256)
     likelihood: str = "bernoulli"  # of the unknown pixels: any per-pixel likelihood
     levels: int | None = None

@@ -27,7 +27,7 @@ from lvmkit.models.common import (
 @dataclass
 class GaussianLVMConfig:
     image_shape: tuple[int, ...] = (1, 8, 8)  # (C, H, W) of the data, or (D,) for vectors
-    z_dim: int = 8
+    z_dim: int = 8  # latent dimensions
     hidden: tuple[int, ...] = (256, 256)  # hidden widths (conv nets use the last one)
     net: str = "mlp"  # "mlp" or "conv" (transpose-conv decoder), for encoder and decoder
     # gaussian | lowrank | bernoulli | categorical | logistic, or pixelcnn: a gated PixelCNN
@@ -231,8 +231,14 @@ class GaussianLVM(BuiltinModel):
     @torch.no_grad()
     def known_log_prob(self, x: Tensor, known: Tensor, z: Tensor) -> Tensor:
         """log p(x_known | z) for x, known (B, *image_shape) and z (..., B, Z): (..., B)."""
-        lead = z.shape[:-1]
-        h = self.decoder(z.reshape(-1, z.shape[-1]))
-        event = x.shape[1:]
+        lead, event = z.shape[:-1], x.shape[1:]
+        zs = z.reshape(-1, z.shape[-1])
         xs, mask = (t.expand(lead + event).reshape(-1, *event) for t in (x, known.bool()))
-        return self.obs(h, mask).log_prob(xs).reshape(lead)
+        chunk = 256  # images per decoder pass: an autoregressive decoder's output is large
+        parts = [
+            self.obs(self.decoder(zs[i : i + chunk]), mask[i : i + chunk]).log_prob(
+                xs[i : i + chunk]
+            )
+            for i in range(0, len(zs), chunk)
+        ]
+        return torch.cat(parts).reshape(lead)
