@@ -130,17 +130,7 @@ def test_cached_sampling_returns_exactly_the_naive_samples(shape, levels, head, 
         kernel=5 if context else 3,
         context=context,
     )
-    ctx = torch.randn(3, context) if context else None
-    draws = {}
-    for fast in (False, True):
-        d = AutoregressiveImage(net, obs, ctx, batch_shape=(3,), fast=fast)
-        torch.manual_seed(1)
-        x = d.sample()
-        known = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) > 0.6
-        torch.manual_seed(3)
-        draws[fast] = (x, d.complete(x, known))
-    assert torch.equal(draws[False][0], draws[True][0])
-    assert torch.equal(draws[False][1], draws[True][1])
+    _same_draws_fast_and_naive(net, obs, shape, context)
 
 
 def _same_draws_fast_and_naive(net, obs, shape, context):
