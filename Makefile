@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench tutorials clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Re-run every tutorial at full size and store its outputs in the notebook (minutes each).
+tutorials: setup
+	cd tutorials && for nb in *.ipynb; do ../$(BIN)/jupyter-execute --inplace --timeout=3600 "$$nb" || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check lvmkit tests benchmarks $(wildcard tutorials)

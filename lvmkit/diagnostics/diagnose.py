@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lvmkit.data import ImageData, check_count
 from lvmkit.diagnostics.plots import bars, histogram, image_grid, latent_space

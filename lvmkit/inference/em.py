@@ -202,6 +202,7 @@ def em(
     batch_size: int | None = None,
     device: str = "auto",
     seed: int = 0,
+    init: str | None = "kmeans",
 ) -> FitResult:
     """EM: theta = argmax (1/N) sum_n E_{z ~ p(z|x_n)}[log p_theta(x_n, z)].
 
@@ -213,8 +214,10 @@ def em(
     ``tol``, to be sure.
 
     model: a :class:`~lvmkit.models.GaussianMixture` (the module itself) for closed-form EM on
-        x (N, D), in x's dtype (kmeans++ start from ``seed``; more options in
-        ``mixture_em.fit_em``); or any Pyro model function (``gmm.model`` too) for generic EM.
+        x (N, D), in x's dtype, started by ``init`` (scikit-learn's "kmeans", "k-means++",
+        "random", "random_from_data", drawn with ``seed``; or None: from the mixture's current
+        parameters); or any Pyro model function (``gmm.model`` too) for generic EM, which
+        starts from the model's parameters as they are.
     Generic EM: ``e_step="enum"`` sums over every value of the (discrete) latents, exactly;
     "importance" draws ``num_samples`` z per datapoint from ``guide`` (a fixed proposal: EM does
     not train it) or, without one, from the prior, and self-normalises the weights
@@ -234,16 +237,22 @@ def em(
     (exact for a mixture and for enumeration, an importance-sampled estimate otherwise).
     """
     if isinstance(model, GaussianMixture):
-        if guide is not None or e_step != "auto" or hard:
+        if guide is not None or e_step != "auto" or hard or batch_size is not None:
             raise ValueError(
-                "a GaussianMixture is fitted by closed-form EM, which takes no guide, e_step or "
-                "hard; for generic EM on the mixture pass its Pyro program, lvmkit.em(gmm.model, x)"
+                "a GaussianMixture is fitted by closed-form EM, which takes no guide, e_step, hard "
+                "or batch_size; for generic EM on the mixture pass its Pyro program, "
+                "lvmkit.em(gmm.model, x)"
             )
         x = torch.as_tensor(data, device=resolve_device(device))
         # in float64, as scikit-learn: float32 statistics lose tight clusters far from the mean
-        result = fit_em(model, x.double(), tol=tol, max_iter=max_iter, seed=seed)
+        result = fit_em(model, x.double(), tol=tol, max_iter=max_iter, seed=seed, init=init)
         model.to(dtype=x.dtype)
         return result
+    if init != "kmeans":
+        raise ValueError(
+            "init chooses the start of a GaussianMixture's closed-form EM; generic EM starts "
+            "from the model's parameters as they are: leave init out"
+        )
     if e_step not in E_STEPS:
         raise ValueError(f"unknown e_step {e_step!r}; choose one of {list(E_STEPS)}")
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyro
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lvmkit.data import as_dataset, check_count
 from lvmkit.inference.checkpoint import checksum, run_lock, save_checkpoint

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lvmkit.data import as_dataset, check_count
 from lvmkit.inference.distributed import Group, gather_rows, group, shard
