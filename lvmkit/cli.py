@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -129,7 +132,7 @@ def run_fit(
     train_data, val_data = model.prepare(train), model.prepare(val)
     model.initialize(train_data, seed=fcfg["seed"])
     check_writable(*(out / name for name in RUN_OUTPUTS))  # before the fit, not after it
-    set_threads("auto" if fcfg["threads"] is None else fcfg["threads"])
+    set_threads(fcfg["threads"])
     main = group(resolve_device(_process_device(fcfg["device"]))).main  # torchrun: rank 0 writes
     # a second process fitting into ``out`` is refused, naming this one
     with run_lock(out) if main else nullcontext():
@@ -370,9 +373,9 @@ def _positive(kind, minimum=None):
     return parse
 
 
-def _threads(text: str) -> int | None:
+def _threads(text: str) -> int | str:
     if text == "auto":
-        return None
+        return text
     try:
         value = int(text)
     except ValueError:
@@ -468,7 +471,7 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--nproc",
         type=_positive(int),
         default=1,
-        help="processes on this machine, data-parallel (starts torchrun for you)",
+        help="data-parallel processes on this machine (as torchrun would start them)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, help_ in [
@@ -539,7 +542,8 @@ def _fit_config(args, out: Path) -> dict:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the run")
     held = [n for n in RUN_FILES if (out / n).exists()]
-    if held and not (args.resume or args.overwrite):
+    # under torchrun rank 0 alone decides (the others may find the files it has begun to write)
+    if held and not (args.resume or args.overwrite) and os.environ.get("RANK", "0") == "0":
         raise ValueError(
             f"{out} holds a run already ({', '.join(held)}): continue it with --resume, "
             "replace it with --overwrite, or give another --out"
@@ -609,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.run, args.num_samples, args.seed, progress, args.data, args.split
             )
         if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-            return _torchrun(args.nproc, argv if argv is not None else sys.argv[1:])
+            return _launch_local(args.nproc, argv if argv is not None else sys.argv[1:])
         out = args.out or Path("runs") / args.model
         config = _fit_config(args, out)
         if args.resume and not (out / "checkpoint.pt").exists():
@@ -636,17 +640,48 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _torchrun(nproc: int, argv: list[str]) -> int:
-    """Run this same ``lvmkit`` command under torchrun with ``nproc`` processes here."""
+def _launch_local(nproc: int, argv: list[str]) -> int:
+    """Run this ``lvmkit`` command as ``nproc`` data-parallel processes on this machine, with
+    the environment torchrun gives its workers (RANK, WORLD_SIZE, MASTER_ADDR, ...). Started
+    here rather than through torchrun so that a signal reaches each worker exactly once (each
+    writes its part and stops cleanly) and the exit code is the workers' own (130 when
+    interrupted); if one fails, the others are stopped rather than left waiting for it."""
     rest, skip = [], False
-    for a in argv:  # the command without --nproc, which the processes must not act on again
+    for a in argv:  # the command without --nproc, which the workers must not act on again
         if skip or a == "--nproc" or a.startswith("--nproc="):
             skip = a == "--nproc" and not skip
             continue
         rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "lvmkit.cli", *rest]  # fmt: skip
-    return subprocess.run(cmd).returncode
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workers = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        cmd = [sys.executable, "-m", "lvmkit.cli", *rest]
+        workers.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+
+    def forward(signum, frame):
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(w.poll() is None for w in workers):
+            failed = [w for w in workers if w.poll() not in (None, 0, 130)]
+            if failed:  # the others would wait for it in their next collective call
+                for w in workers:
+                    if w.poll() is None:
+                        w.kill()
+            time.sleep(0.2)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    codes = [w.returncode for w in workers]
+    return next((c for c in codes if c not in (0, 130)), codes[0])
 
 
 def _error_line(err: Exception) -> str:

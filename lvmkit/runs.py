@@ -57,7 +57,7 @@ FIT_DEFAULTS = {
     "seed": 0,
     "device": "auto",
     "jit": False,
-    "threads": None,  # torch threads per process; none: the cores not busy, shared out
+    "threads": "auto",  # torch threads per process: the cores not busy, shared out
 }
 # One line on each [data] and [fit] key, for ``lvmkit fit NAME --help``.
 KEY_HELP = {
@@ -102,7 +102,7 @@ TABLE_TYPES = {
         "seed": int,
         "device": str,
         "jit": bool,
-        "threads": int | None,
+        "threads": int | str | None,
     },
 }
 POSITIVE = {"epochs", "batch_size", "lr", "num_samples", "patience", "levels"}
@@ -222,6 +222,8 @@ def _value_problem(key: str, value, hint, default) -> str | None:
         return "must not be empty"
     if key in CHOICES and value not in CHOICES[key]:
         return f"must be one of {sorted(CHOICES[key])}"
+    if key == "threads" and isinstance(value, str) and value != "auto":
+        return "must be a positive int or 'auto'"
     if key == "levels" and value is not None and value < 2:
         return "must be at least 2 (the number of values a pixel takes)"
     if key == "val_fraction" and not 0 < value < 1:

@@ -53,6 +53,8 @@ SCRIPT = textwrap.dedent(
     common = dict(batch_size=16, lr=0.05, progress=False, device="cpu")
     results = {"world": group().size}
     results["user"] = lvmkit.fit(*user_pair(), x, epochs=3, **common).params
+    short = {**common, "batch_size": 21}  # 64 = 3 x 21 + 1: one process gets no point
+    results["short"] = lvmkit.fit(*user_pair(), x, epochs=2, **short).params
     m = gmm()
     results["gmm"] = lvmkit.fit(m.model, m.guide, x, elbo="enum", epochs=3, **common).params
     fitted = lvmkit.fit(*user_pair(), x, epochs=4, val_data=x[:20], **common)
@@ -136,6 +138,7 @@ def test_two_processes_fit_what_one_fits(runs):
     one, two, _ = runs
     assert one["world"] == 1 and two["world"] == 2
     assert close(one["user"], two["user"])  # a user's plain Pyro model
+    assert close(one["short"], two["short"])  # a last batch of one point, on two processes
     assert close(one["gmm"], two["gmm"])  # a built-in model, z enumerated
     assert close(one["full4"], two["full4"])
     # validation losses are global means, the same on every process count
@@ -184,3 +187,28 @@ def test_the_cli_fits_on_two_processes_as_on_one(tmp_path):
         runs[procs] = torch.load(out / "model.pt", weights_only=True)["state_dict"]
         assert not any(p.name.startswith(".") for p in out.iterdir())  # no lock, no temporary
     assert close(runs[1], runs[2])
+
+
+def test_a_signal_stops_every_process_of_a_cli_fit_cleanly(tmp_path):
+    """SIGTERM to lvmkit fit --nproc 2: each worker checkpoints and stops once, the exit code is
+    130, no process is left behind, and the run resumes on one process."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lvmkit.cli", "fit", "lvm", "--epochs", "2000", "--nproc", "2",
+           "--threads", "1", "--out", str(out), "--no-progress"]  # fmt: skip
+    parent = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130, err[-2000:]
+    assert err.count("continue with: lvmkit fit lvm") == 1 and "Traceback" not in err
+    assert not (out / ".lvmkit.lock").exists()  # every worker has exited
+    resumed = subprocess.run([*cmd[:5], "--epochs", "1", "--out", str(out), "--resume",
+                              "--no-progress"], env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]

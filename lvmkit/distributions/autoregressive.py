@@ -88,7 +88,8 @@ class AutoregressiveImage(TorchDistribution):
 
     @torch.no_grad()
     def sample(self, sample_shape=()) -> Tensor:
-        """Pixel by pixel, channel by channel: one full pass of the net per element."""
+        """Pixel by pixel, channel by channel: with the net's generation cache when ``fast``
+        and it has one, else one full pass of the net per element."""
         shape = self._extended_shape(torch.Size(sample_shape))
         x = torch.zeros(shape, device=self._device())
         return self._fill(x, torch.zeros(shape, dtype=torch.bool, device=x.device))

@@ -291,8 +291,9 @@ def em(
                 index = perm[start : start + batch_size]
                 index = index[shard(len(index), g)].to(device)
                 batch = dataset.batch(index)
-                with torch.no_grad():
-                    total += objective.e_step(model, *batch, index=index) * len(batch[0])
+                if len(index):  # under torchrun a short last batch leaves some with none
+                    with torch.no_grad():
+                        total += objective.e_step(model, *batch, index=index) * len(batch[0])
                 for _ in range(m_steps):
                     trainer.step(*batch)
             summed = torch.tensor([total], dtype=torch.float64)

@@ -220,11 +220,14 @@ class Trainer:
             self.init(*batch)
         batch = self.to_device(batch)
         with self.scope():
-            loss = self._loss(batch, validate)
-            if not loss.requires_grad:
-                raise ValueError("the loss does not depend on any parameter; nothing to fit")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(batch[0]) == 0:  # under torchrun, this process's share of a short last batch
+                loss = torch.zeros((), device=self.device)
+            else:
+                loss = self._loss(batch, validate)
+                if not loss.requires_grad:
+                    raise ValueError("the loss does not depend on any parameter; nothing to fit")
+                loss.backward()
             total, n = self._share(loss.detach(), len(batch[0]), stop)
             value = self._check_finite(total, n)
             self.optimizer.step()

@@ -193,6 +193,7 @@ class GaussianLVM(BuiltinModel):
           completes the image given its known pixels (which must come first in raster order,
           e.g. the top half), a factorised decoder draws them independently.
         """
+        known = known.bool()
         z = self.completion_z(x, known, steps=steps, method=method, num_samples=num_samples)
         decoded = self.decode(z)
         if method == "importance" and self.ar_net is not None:
@@ -210,6 +211,7 @@ class GaussianLVM(BuiltinModel):
         num_samples: int = 64,
     ) -> Tensor:
         """The z (B, Z) that ``complete`` draws the unknown pixels with (see there)."""
+        known = known.bool()
         fill = fill_unknown(x, known, self.decode_mean(self.prior_loc.expand(len(x), -1)))
         if method == "gibbs":
             for step in range(check_count("steps", steps)):
@@ -224,7 +226,11 @@ class GaussianLVM(BuiltinModel):
         k = check_count("num_samples", num_samples)
         q = self.encode(fill)
         z = q.sample((k,))  # (K, B, Z)
-        log_w = self.known_log_prob(x, known, z) + self.prior().log_prob(z) - q.log_prob(z)
+        try:
+            log_known = self.known_log_prob(x, known, z)
+        except ValueError as err:  # an autoregressive decoder and a mask it cannot score
+            raise ValueError(f"{err}; method='gibbs' completes any mask") from None
+        log_w = log_known + self.prior().log_prob(z) - q.log_prob(z)
         pick = dist.Categorical(logits=log_w.T).sample()  # (B,): one z per image, by weight
         return z[pick, torch.arange(len(x), device=z.device)]
 
