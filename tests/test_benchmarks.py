@@ -21,7 +21,15 @@ def run(script: str) -> list[dict]:
 
 @pytest.mark.parametrize(
     "script",
-    ["svi_overhead.py", "gmm_em.py", "lvm_em_vs_svi.py", "ar_sampling.py", "likelihoods.py"],
+    [
+        "svi_overhead.py",
+        "gmm_em.py",
+        "lvm_em_vs_svi.py",
+        "ar_sampling.py",
+        "likelihoods.py",
+        "scaling.py",
+        "threads.py",
+    ],
 )
 def test_benchmark_smoke_runs_print_json(script):
     rows = run(script)
@@ -37,6 +45,12 @@ def test_benchmark_smoke_runs_print_json(script):
     elif script == "ar_sampling.py":
         assert len(rows) == 6 and all(row["identical"] for row in rows)
         assert {row["net"] for row in rows} == {"gated", "transformer", "rnn"}
+    elif script == "scaling.py":
+        assert [row["workload"].split(",")[0] for row in rows] == ["SVI epoch", "EM iteration"]
+        assert all(0 < row["efficiency"] for row in rows)
+    elif script == "threads.py":
+        assert [row["load"] for row in rows] == ["idle", "one core busy"]
+        assert all(row["seconds_1_thread"] > 0 and row["seconds_auto"] > 0 for row in rows)
     elif script == "lvm_em_vs_svi.py":
         (row,) = rows
         assert set(row) >= {"svi", "em_importance"} and row["svi"]["stderr"] > 0

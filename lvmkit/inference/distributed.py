@@ -8,6 +8,7 @@ collective calls (one per training step)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -43,7 +44,14 @@ def group(device: torch.device | None = None) -> Group:
         return Group()
     cuda = device is not None and device.type == "cuda"
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+    atexit.register(_leave)  # a group left open aborts some processes as they exit
     return Group(dist.get_rank(), dist.get_world_size())
+
+
+def _leave() -> None:
+    """Leave the group lvmkit joined (no barrier: a process that failed must not hang)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device() -> str:
