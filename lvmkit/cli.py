@@ -31,7 +31,7 @@ from lvmkit.diagnostics import (
 )
 from lvmkit.inference import NonFiniteLossError, em, evaluate, fit
 from lvmkit.inference.checkpoint import check_writable, run_lock, write_text
-from lvmkit.inference.distributed import group, local_device, set_threads
+from lvmkit.inference.distributed import group, process_device, set_threads
 from lvmkit.inference.programs import resolve_device
 from lvmkit.models import MODELS, build_model
 from lvmkit.models.registry import settings_help
@@ -133,7 +133,7 @@ def run_fit(
     model.initialize(train_data, seed=fcfg["seed"])
     check_writable(*(out / name for name in RUN_OUTPUTS))  # before the fit, not after it
     set_threads(fcfg["threads"])
-    main = group(resolve_device(_process_device(fcfg["device"]))).main  # torchrun: rank 0 writes
+    main = group(resolve_device(process_device(fcfg["device"]))).main  # torchrun: rank 0 writes
     # a second process fitting into ``out`` is refused, naming this one
     with run_lock(out) if main else nullcontext():
         return _fit_into(
@@ -150,13 +150,6 @@ def run_fit(
         )
 
 
-def _process_device(device: str) -> str:
-    """The device setting for this process: under torchrun "auto" is its own GPU, if any."""
-    if device == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return local_device()
-    return device
-
-
 def _fit_into(
     model_name, model, config, out, dataset, splits, *, resume, progress, inference, main=True
 ):
@@ -164,7 +157,7 @@ def _fit_into(
     torchrun every process fits; rank 0 (``main``) writes the files."""
     dcfg, fcfg = config["data"], config["fit"]
     fcfg = {k: v for k, v in fcfg.items() if k != "threads"}  # set for the process already
-    fcfg["device"] = _process_device(fcfg["device"])
+    fcfg["device"] = process_device(fcfg["device"])
     train_data, val_data, test = splits
     if not resume and main:  # a resumed run's file is rewritten only once the checkpoint took it
         write_config(config, out / "config.toml")

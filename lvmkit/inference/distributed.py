@@ -43,6 +43,8 @@ def group(device: torch.device | None = None) -> Group:
     if size <= 1 or not dist.is_available():
         return Group()
     cuda = device is not None and device.type == "cuda"
+    if cuda:  # NCCL's collectives (and object gathers) run on the current device
+        torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     atexit.register(_leave)  # a group left open aborts some processes as they exit
     return Group(dist.get_rank(), dist.get_world_size())
@@ -52,6 +54,15 @@ def _leave() -> None:
     """Leave the group lvmkit joined (no barrier: a process that failed must not hang)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def process_device(device):
+    """The device setting for this process: under torchrun "auto" and "cuda" mean its own GPU
+    (``cuda:LOCAL_RANK``), if there is one; anything else as given."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device in ("auto", "cuda"):
+        if device == "auto" or torch.cuda.is_available():
+            return local_device()
+    return device
 
 
 def local_device() -> str:

@@ -296,7 +296,7 @@ def em(
                         total += objective.e_step(model, *batch, index=index) * len(batch[0])
                 for _ in range(m_steps):
                     trainer.step(*batch)
-            summed = torch.tensor([total], dtype=torch.float64)
+            summed = torch.tensor([total], dtype=torch.float64, device=device)
             all_reduce_sum([summed], g)
             losses.append(-float(summed[0]) / len(dataset))
             if _settled(losses, window, tol):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -15,7 +14,7 @@ from torch import Tensor
 
 from lvmkit.data import as_dataset
 from lvmkit.inference.checkpoint import CheckpointError
-from lvmkit.inference.distributed import all_reduce_sum, broadcast, group, local_device, shard
+from lvmkit.inference.distributed import all_reduce_sum, broadcast, group, process_device, shard
 from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.jit import TracedLoss
 from lvmkit.inference.programs import (
@@ -109,9 +108,7 @@ class Trainer:
         self.loss = make_elbo(elbo, num_samples) if isinstance(elbo, str) else elbo
         self.elbo_name = elbo if isinstance(elbo, str) else None
         self.optimizer_choice, self.lr = optimizer, lr
-        if device == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            device = local_device()  # under torchrun: this process's own GPU, if any
-        self.device = resolve_device(device)
+        self.device = resolve_device(process_device(device))  # under torchrun: its own GPU
         self.group = group(self.device)  # a world of one outside torchrun
         self.stop_requested = False  # after a step: whether any process asked to stop
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
@@ -304,7 +301,9 @@ class Trainer:
             for start in range(rows.start, rows.stop, batch_size):
                 batch = data.batch(torch.arange(start, min(start + batch_size, rows.stop)))
                 total += self.loss.loss(self.model, self.guide, *batch)
-        summed = torch.tensor([total, rows.stop - rows.start], dtype=torch.float64)
+        summed = torch.tensor(
+            [total, rows.stop - rows.start], dtype=torch.float64, device=self.device
+        )
         all_reduce_sum([summed], self.group)
         return float(summed[0] / summed[1])
 
