@@ -530,8 +530,8 @@ RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit"), ("fit", "threads"), ("da
 def _fit_config(args, out: Path) -> dict:
     """The settings of ``lvmkit fit``: a resumed run's own config.toml, else the defaults and
     --config; then --set and the short flags, checked like the TOML. Refuses to replace a run
-    unless --resume or --overwrite, and on resume any setting the run was fitted with other
-    than epochs and jit."""
+    unless --resume or --overwrite, and on resume any change to a setting but those in
+    RESUME_MAY_CHANGE."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the run")
     held = [n for n in RUN_FILES if (out / n).exists()]
@@ -569,11 +569,11 @@ def _fit_config(args, out: Path) -> dict:
         for table, values in settings.items():
             for key, value in values.items():
                 was = config.get(table, {}).get(key, value)
-                if (table, key) not in RESUME_MAY_CHANGE and _same(was, value) is False:
+                if (table, key) not in RESUME_MAY_CHANGE and not _same(was, value):
                     raise ValueError(
                         f"{out} was fitted with [{table}] {key} = {was!r}, not {value!r}: "
-                        "resume it without that setting (only epochs, jit and where the data "
-                        "are may change), or start a new run in another folder"
+                        "resume it without that setting (only epochs, jit, threads and where "
+                        "the data are may change), or start a new run in another folder"
                     )
     return apply_settings(config, settings, args.model, "--set" if args.set else "flags")
 

@@ -174,6 +174,10 @@ def test_an_npz_split_needs_train_and_test(tmp_path):
     np.savez(tmp_path / "a.npz", x_train=np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(DataError, match="a split needs x_train and x_test"):
         lvdata.load(tmp_path / "a.npz")
+    part = np.zeros((3, 4, 4), np.uint8)
+    np.savez(tmp_path / "b.npz", x_train=part, x_val=part)  # no test part: not a split
+    with pytest.raises(DataError, match="a split needs x_train and x_test"):
+        lvdata.load(tmp_path / "b.npz")
 
 
 def test_idx_train_and_test_files_in_a_folder_are_a_split(tmp_path):

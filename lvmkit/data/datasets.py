@@ -24,6 +24,7 @@ from lvmkit.data.images import ImageData
 from lvmkit.data.loaders import (
     DataError,
     _assemble,
+    _idx_files,
     load_array,
     load_idx,
     load_idx_folder,
@@ -324,7 +325,7 @@ def _load(source, *, levels, image_shape) -> ImageData:
             "otherwise pass a path to MNIST IDX files, a .npy/.npz array or a folder of PNG images"
         )
     if path.is_dir():
-        if any("idx3-ubyte" in p.name for p in path.iterdir()):
+        if _idx_files(path):
             return load_idx_folder(path)
         return load_image_folder(path)
     if "".join(path.suffixes).lower().endswith((".npy", ".npz")):

@@ -28,8 +28,15 @@ _CHUNK = 1 << 24  # bytes read at a time from a compressed IDX file
 
 
 # Names of the parts of a split, as files and folders spell them -> lvmkit's part names.
-PART_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-PART_NAMES["t10k"] = "test"  # MNIST's test files
+PART_NAMES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "t10k": "test",  # MNIST's test files
+}
+PART_ORDER = ("train", "val", "test")  # the order parts are stacked in
 
 
 def _assemble(
@@ -154,8 +161,7 @@ def load_idx_folder(folder: str | Path) -> ImageData:
                 "train-images-idx3-ubyte and t10k-images-idx3-ubyte (optionally .gz)"
             )
         parts[part] = _read_idx_pair(f, None)
-    order = {"train": 0, "val": 1, "test": 2}
-    return _assemble(dict(sorted(parts.items(), key=lambda kv: order[kv[0]])), folder)
+    return _assemble({p: parts[p] for p in PART_ORDER if p in parts}, folder)
 
 
 def _idx_files(folder: Path) -> list[Path]:
@@ -229,17 +235,15 @@ def _read_npz(path: Path) -> dict[str | None, tuple[np.ndarray, np.ndarray | Non
             if k[2:] in PART_NAMES and k[:2] == "x_"
         ]
         if split:
-            if {p for p, _, _ in split} < {"train", "test"} or len(split) != len(
-                {p for p, _, _ in split}
-            ):
+            found = {p for p, _, _ in split}
+            if not {"train", "test"} <= found or len(split) != len(found):
                 raise DataError(
                     f"{path}: holds {keys}; a split needs x_train and x_test (optionally x_val), "
                     "with y_train and y_test for labels"
                 )
-            order = {"train": 0, "val": 1, "test": 2}
             pairs = [
                 (p, k, yk if yk in keys else None)
-                for p, k, yk in sorted(split, key=lambda t: order[t[0]])
+                for p, k, yk in sorted(split, key=lambda t: PART_ORDER.index(t[0]))
             ]
         else:
             key = next(
@@ -381,9 +385,7 @@ def load_image_folder(folder: str | Path) -> ImageData:
     subfolders = {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
     named = {PART_NAMES.get(n.lower()): p for n, p in subfolders.items()}
     if {"train", "test"} <= set(named) and set(named) <= {"train", "val", "test"}:
-        listed = {
-            part: _png_files(named[part]) for part in ("train", "val", "test") if part in named
-        }
+        listed = {part: _png_files(named[part]) for part in PART_ORDER if part in named}
     else:
         listed = {None: _png_files(folder)}
     classes = sorted({c for files in listed.values() for _, c in files if c is not None})

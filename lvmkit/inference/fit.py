@@ -30,7 +30,6 @@ from lvmkit.inference.resume import StopOnSignal, load_resumable, rng_state, set
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer, optimizer_name
 
 CHECKPOINT_NAME = "checkpoint.pt"
-BUFFER = "buffer:"  # marks a module buffer among LoopState.best_params
 
 
 @dataclass
@@ -90,6 +89,7 @@ class LoopState:
     best_epoch: int | None = None
     best_val: float = math.inf
     best_params: dict | None = None
+    best_buffers: dict | None = None  # the best epoch's module buffers (a warm-up's counter)
     bad_epochs: int = 0  # epochs since the best validation loss
     elapsed: float = 0.0
 
@@ -289,11 +289,7 @@ def fit(
                 if vl < s.best_val:
                     s.best_val, s.best_epoch, s.bad_epochs = vl, s.epoch + 1, 0
                     state = trainer.state_dict()
-                    # buffers too (a warm-up's step counter): the best epoch's whole module
-                    s.best_params = {
-                        **state["params"],
-                        **{BUFFER + k: v for k, v in state["buffers"].items()},
-                    }
+                    s.best_params, s.best_buffers = state["params"], state["buffers"]
                 else:
                     s.bad_epochs += 1
                 stopped_early = patience is not None and s.bad_epochs >= patience
@@ -306,11 +302,8 @@ def fit(
         if restore_best is None:
             restore_best = patience is not None
         if restore_best and s.best_params is not None and not interrupted:
-            best = s.best_params  # checkpoints before buffers were kept here hold params only
-            trainer.load_params({k: v for k, v in best.items() if not k.startswith(BUFFER)})
-            trainer.load_buffers(
-                {k[len(BUFFER) :]: v for k, v in best.items() if k.startswith(BUFFER)}
-            )
+            trainer.load_params(s.best_params)
+            trainer.load_buffers(s.best_buffers or {})  # older checkpoints kept params only
             params_epoch = s.best_epoch
     return FitResult(
         losses=s.losses,

@@ -374,12 +374,9 @@ class Trainer:
                 f"{source}: its optimizer state does not fit this fit's optimizer ({err}); "
                 "resume with the settings that wrote it, or start over"
             ) from err
-        buffers = self._buffers()
-        if set(state["buffers"]) != set(buffers):
+        if set(state["buffers"]) != set(self._buffers()):
             raise CheckpointError(f"{source} holds other module buffers than this model has")
-        with torch.no_grad():
-            for name, value in state["buffers"].items():
-                buffers[name].copy_(value)
+        self.load_buffers(state["buffers"])
 
     def load_buffers(self, buffers: dict[str, Tensor]) -> None:
         """Copy saved module buffers (as ``state_dict()["buffers"]`` names them) in place."""
