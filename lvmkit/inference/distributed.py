@@ -26,6 +26,7 @@ class Group:
 
     @property
     def active(self) -> bool:
+        """Whether there are other processes to agree with."""
         return self.size > 1
 
     @property

@@ -212,6 +212,7 @@ class PixelCNNGeneration:
 
     @torch.no_grad()
     def step(self, t: int, needed: bool = True) -> Tensor | None:
+        """Element t's parameters (B, P) given the elements before it; None if not needed."""
         i, j, k = self._position(t)
         # A pixel's stored features never depend on its last channel (group masks), so one
         # pass at its last channel stores them even when that channel is not drawn.
@@ -222,6 +223,7 @@ class PixelCNNGeneration:
 
     @torch.no_grad()
     def write(self, t: int, value: Tensor) -> None:
+        """Record element t's value (B,), scaled to [-1, 1] as the net's input."""
         i, j, k = self._position(t)
         self.v_in[0][:, k, i, j] = self.h_in[0][:, i, j, k] = value
         c, _, cols = self.shape

@@ -89,6 +89,7 @@ class _Generation:
         return previous + self.context
 
     def write(self, t: int, value: Tensor) -> None:
+        """Record element t's value (B,), scaled to [-1, 1] as the net's input."""
         self.seq[:, t, 0] = value
 
 
@@ -108,6 +109,7 @@ class TransformerGeneration(_Generation):
 
     @torch.no_grad()
     def step(self, t: int, needed: bool = True) -> Tensor:
+        """Element t's parameters (B, P) given the elements before it."""
         h = self.token(t) + self.net.position[t]  # (B, width)
         b, slot, filled = len(h), t % self.window, min(t + 1, self.window)
         for (norm1, attn, norm2, mlp), keys, values in zip(
@@ -133,6 +135,7 @@ class RNNGeneration(_Generation):
 
     @torch.no_grad()
     def step(self, t: int, needed: bool = True) -> Tensor:
+        """Element t's parameters (B, P) given the elements before it."""
         out, self.hidden = self.net.rnn(self.token(t)[:, None], self.hidden)
         return self.net.head(out[:, 0])
 
