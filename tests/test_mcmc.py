@@ -65,3 +65,33 @@ def test_nuts_runs_become_inference_data_with_rhat_and_ess():
     assert {"r_hat", "ess_bulk", "ess_tail"} <= set(table.columns)
     assert math.isfinite(table.loc["loc", "r_hat"]) and table.loc["loc", "r_hat"] < 1.1
     assert abs(table.loc["loc", "mean"] - float(x.mean())) < 0.3
+
+
+def test_nuts_names_the_data_axis_as_posterior_does():
+    """NUTS draws of local latents line up with lvmkit.posterior's: the same dims, so one
+    image's draws are selected the same way in both (global latents keep plain names)."""
+    from lvmkit.diagnostics import mcmc_inference_data
+
+    def model(x):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z + shift, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x / 1.25, 0.45).to_event(1))
+
+    x = torch.randn(3, 2)
+    nuts = mcmc_inference_data(lvmkit.nuts(model, x, num_samples=5, warmup_steps=5, num_chains=1))
+    assert nuts.posterior["z"].dims == ("chain", "draw", "datapoint", "z_dim_0")
+    assert nuts.posterior["shift"].dims == ("chain", "draw")
+    assert nuts.posterior["z"].sizes["datapoint"] == 3
+
+    def local_model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.5).to_event(1), obs=x)
+
+    q = lvmkit.posterior(local_model, guide, x, num_samples=5)
+    assert q.posterior["z"].dims == nuts.posterior["z"].dims

@@ -123,7 +123,7 @@ def test_conditional_model_beats_its_baseline_on_held_out_completion(digits):
     clvm, baseline = ConditionalLVM(config), CompletionBaseline(config)
     kw = dict(epochs=15, batch_size=64, lr=2e-3, progress=False)
     lvmkit.fit(clvm.model, clvm.guide, clvm.prepare(train), elbo="iwae", num_samples=8, **kw)
-    lvmkit.fit(baseline.model, baseline.guide, clvm.prepare(train), **kw)
+    lvmkit.fit(baseline.model, baseline.guide, baseline.prepare(train), **kw)
     x = lvmkit.data.binarize(test).x
     known = quadrant_masks(len(x), (1, 8, 8), given=1, generator=torch.Generator().manual_seed(2))
     ours = lvmkit.log_likelihood(clvm.model, clvm.guide, (x, known), num_samples=100)

@@ -338,5 +338,6 @@ def amortization_gap(
 
 def mcmc_inference_data(mcmc):
     """A NUTS run (``lvmkit.nuts``) as ``arviz.InferenceData``, through ArviZ's own Pyro
-    converter: ``arviz.summary`` then gives R-hat and effective sample sizes."""
-    return _arviz().from_pyro(mcmc)
+    converter: ``arviz.summary`` then gives R-hat and effective sample sizes. A latent's axis in
+    ``pyro.plate("data")`` is named "datapoint", as in ``posterior``'s InferenceData."""
+    return _arviz().from_pyro(mcmc, dims=getattr(mcmc, "lvmkit_dims", None))

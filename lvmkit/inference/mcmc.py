@@ -6,6 +6,7 @@ import warnings
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import MCMC, NUTS
 
 from lvmkit.inference.programs import fitted_params
@@ -51,4 +52,23 @@ def nuts(
     with torch.random.fork_rng(), fitted_params(params):
         torch.manual_seed(seed)
         mcmc.run(*args)
+        mcmc.lvmkit_dims = _dims(model, args, set(mcmc.get_samples()))
     return mcmc
+
+
+def _dims(model, args: tuple, names: set[str]) -> dict[str, list[str]]:
+    """ArviZ dim names of each latent site, as ``lvmkit.posterior`` names them: its axis in
+    ``pyro.plate("data")`` is "datapoint", the others "<site>_dim_0", "<site>_dim_1", ..."""
+    trace = poutine.trace(model).get_trace(*args)
+    dims = {}
+    for name, site in trace.nodes.items():
+        if name not in names:  # observed, enumerated (summed out) or a plate
+            continue
+        rank = site["value"].dim()
+        batch_rank = rank - len(site["fn"].event_shape)
+        data = [batch_rank + f.dim for f in site["cond_indep_stack"] if f.name == "data"]
+        others = iter(range(rank))
+        dims[name] = [
+            "datapoint" if axis in data else f"{name}_dim_{next(others)}" for axis in range(rank)
+        ]
+    return dims

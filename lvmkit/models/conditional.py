@@ -169,6 +169,10 @@ class CompletionBaseline(nn.Module):
         self.obs = observation_for(c)
         self.net = make_decoder("mlp", 2 * math.prod(c.image_shape), c.hidden, self.obs)
 
+    def prepare(self, data) -> CompletionData:
+        """The same task as ``ConditionalLVM.prepare``: 1 to 3 given quadrants per batch."""
+        return CompletionData(prepare_images(data, self.obs).x)
+
     def model(self, x: Tensor, known: Tensor) -> Tensor:
         check_batch(self, x, self.config.image_shape)
         pyro.module("baseline", self.net)
