@@ -167,3 +167,12 @@ def test_diagnose_builds_a_report_that_reads_well(tmp_path):
     assert path == tmp_path / "report.html"
     for name in ("diagnostics.json", "posterior.nc", "traversals.png", "khat.png"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_figures_show_as_pictures_in_jupyter():
+    """Figures made without pyplot still display in a notebook: IPython asks for _repr_png_."""
+    from lvmkit.diagnostics import image_grid, latent_space
+
+    for fig in (image_grid(torch.rand(4, 1, 8, 8)), latent_space(torch.randn(20, 3), None)):
+        png = fig._repr_png_()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000

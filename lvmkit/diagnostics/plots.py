@@ -1,16 +1,28 @@
 """Figures for runs and reports (matplotlib's object API: no display, no global state). Each
-function returns a ``Figure``; ``save_figure`` writes one as a PNG."""
+function returns a ``Figure`` that Jupyter shows as a picture; ``save_figure`` writes one as a
+PNG."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
+from matplotlib import figure
 from torch import Tensor
 
 from lvmkit.inference.checkpoint import atomic_path
+
+
+class Figure(figure.Figure):
+    """A matplotlib Figure that Jupyter displays as a PNG: figures made without pyplot have no
+    picture form of their own until pyplot's inline backend is loaded."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, dpi=100, format="png")
+        return buffer.getvalue()
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
