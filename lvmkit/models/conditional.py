@@ -91,9 +91,11 @@ class ConditionalLVM(BuiltinModel):
     p(y|x,z); x is the given part of an image and y the rest.
 
     Train it with the importance-weighted bound (``elbo="iwae", num_samples=8``, its
-    ``default_elbo``): with the plain ELBO the generation net learns to ignore z and the model
-    ends up no better than its deterministic baseline (measured on digits: 15.01 vs 15.04 nats
-    with one quadrant given, against 12.29 vs 15.11 when trained with IWAE).
+    ``default_elbo``): with the plain ELBO the generation net uses z less. On the 8x8 digits it
+    ignores z and the model ends up no better than its deterministic baseline (15.01 vs 15.04
+    nats with one quadrant given, against 12.29 vs 15.11 when trained with IWAE); on 28x28
+    MNIST digits (tutorials/04_completion.ipynb) the ELBO-trained model beats the baseline,
+    101.05 vs 122.17 nats, and the IWAE-trained one reaches 78.36.
     """
 
     config_class = ConditionalLVMConfig
