@@ -118,7 +118,7 @@ def latent_space(codes: Tensor, labels: Tensor | None) -> Figure:
         codes[:, 0],
         codes[:, 1] if codes.shape[1] > 1 else 0 * codes[:, 0],
         c=None if labels is None else labels.cpu(),
-        cmap="tab10",
+        cmap=None if labels is None else "tab10",  # a colormap without labels only warns
         s=6,
     )
     if labels is not None:
