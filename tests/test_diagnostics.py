@@ -176,3 +176,16 @@ def test_figures_show_as_pictures_in_jupyter():
     for fig in (image_grid(torch.rand(4, 1, 8, 8)), latent_space(torch.randn(20, 3), None)):
         png = fig._repr_png_()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_row_labels_of_an_image_grid_fit_in_the_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lvmkit.diagnostics import image_grid
+
+    labels = ["short", "a label of forty characters, or near it"]
+    fig = image_grid(torch.rand(10, 1, 8, 8), nrow=2, row_labels=labels)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    texts = fig.axes[0].texts
+    assert [t.get_text() for t in texts] == labels
+    assert all(t.get_window_extent(renderer).x0 >= 0 for t in texts)

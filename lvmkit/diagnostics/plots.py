@@ -71,7 +71,11 @@ def image_grid(
     labelled on its left."""
     nrow = nrow or max(1, int(math.sqrt(len(images))))
     grid = _grid(images, nrow)
-    left = 0.22 if row_labels else 0.0  # room for the labels
+    left = 0.0
+    if row_labels:  # room for the longest label: about 0.06 inch a character at 8 points, the
+        # grid itself 4 inches wide, so left / (1 - left) = inches / 4
+        inches = 0.1 + 0.06 * max(len(label) for label in row_labels)
+        left = max(0.22, inches / (4 + inches))
     fig = Figure(
         figsize=(4 / (1 - left), 4 * grid.shape[0] / grid.shape[1] + (0.3 if title else 0))
     )
