@@ -75,8 +75,9 @@ def posterior(
     enumerated latents summed out), ``log_likelihood`` and ``posterior_predictive`` (each
     observed site: log p(x | z), and x replicated from p(x | z)), ``observed_data``. Built on
     ``arviz.from_dict``. device: where to compute (None: where the modules behind model and
-    guide are). params: the fit whose parameters to use (what ``lvmkit.fit`` returned); None
-    uses Pyro's global store and warns about ``pyro.param`` sites that had no value there.
+    guide are). params: the fit whose parameters to use (what ``lvmkit.fit`` returned), or a
+    dict of ``pyro.param`` names to values; None uses Pyro's global store and warns about
+    ``pyro.param`` sites that had no value there.
     Every sample site must sit in ``pyro.plate("data", N)``.
     """
     check_count("num_samples", num_samples)

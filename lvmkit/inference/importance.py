@@ -98,7 +98,8 @@ def log_likelihood(
     stays bounded for K in the thousands. ``discrete`` (default: ImageData with levels) adds
     bits per dimension. The modules behind model and guide are put in eval mode while
     estimating. device: where to compute (None: where the modules' parameters are).
-    params: the fit whose parameters to use (what ``lvmkit.fit`` returned); None uses Pyro's
+    params: the fit whose parameters to use (what ``lvmkit.fit`` returned), or a dict of
+    ``pyro.param`` names to values (``result.params``, or values of your own); None uses Pyro's
     global parameter store, and warns about ``pyro.param`` sites that had no value there.
     Latents the guide does not sample are summed out where marked for enumeration.
     Each batch draws from its own stream, seeded by ``seed`` and its number, so the values do

@@ -30,8 +30,9 @@ def nuts(
 
     num_chains: 4 by default, so that R-hat (which compares chains) is defined; Pyro runs them
     in parallel processes where there are spare CPU cores, one after another otherwise.
-    params: the fit whose parameters to hold (what ``lvmkit.fit`` returned); None uses Pyro's
-    global store, with a warning for ``pyro.param`` sites that had no value there.
+    params: the fit whose parameters to hold (what ``lvmkit.fit`` returned), or a dict of
+    ``pyro.param`` names to values; None uses Pyro's global store, with a warning for
+    ``pyro.param`` sites that had no value there.
     progress: Pyro's progress bars and its notes (e.g. that chains run one after another).
 
     For a fitted LVM, ``nuts(lvm.model, x[:3])`` samples p(z | x) for three datapoints; for a

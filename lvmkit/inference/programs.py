@@ -65,12 +65,13 @@ def evaluating(*fns):
 
 @contextmanager
 def fitted_params(params=None):
-    """Run model and guide against fitted parameters: those of ``params`` (a FitResult, or a
-    parameter-store state like ``FitResult.param_state``), or the global store when None. A
+    """Run model and guide against fitted parameters: those of ``params`` (a FitResult, a
+    parameter-store state like ``FitResult.param_state``, or a dict of ``pyro.param`` names to
+    values, such as ``FitResult.params`` or values of your own), or the global store when None. A
     ``pyro.param`` site with no value there is initialised afresh, which after a fit is almost
     always a mistake: warn about it, naming the sites, and take such values out of the store
     again afterwards, so that every call says so and the store stays as it was."""
-    state = getattr(params, "param_state", params)  # a FitResult, or its state
+    state = _param_state(params)
     store = pyro.get_param_store()
     with store.scope(state) if state is not None else nullcontext():
         before = set(store.keys())
@@ -89,6 +90,28 @@ def fitted_params(params=None):
             "inside result.scope()",
             stacklevel=3,
         )
+
+
+def _param_state(params) -> dict | None:
+    """A parameter-store state for ``params``: a FitResult's, a state as is, or one made from a
+    dict of names to (constrained) values, which ``pyro.param`` then returns unchanged."""
+    if params is None or hasattr(params, "param_state"):
+        return getattr(params, "param_state", None)
+    if not isinstance(params, dict):
+        raise ValueError(
+            f"params must be what lvmkit.fit returned, or a dict of pyro.param names to values; "
+            f"got {type(params).__name__}"
+        )
+    if set(params) == {"params", "constraints"}:  # a store state (FitResult.param_state)
+        return params
+    values = {}
+    for name, value in params.items():
+        try:
+            values[name] = torch.as_tensor(value).detach()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"params[{name!r}] is not a tensor or a number: {err}") from None
+    real = torch.distributions.constraints.real
+    return {"params": values, "constraints": dict.fromkeys(values, real)}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
