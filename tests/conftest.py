@@ -1,9 +1,15 @@
+import os
+
 import pyro
 import pytest
 import torch
 
 # Small models: one thread each is fastest, and never oversubscribes cores that other work
-# (a second test process, a CI neighbour) shares; see benchmarks/threads.py.
+# (a second test process, a CI neighbour) shares; see benchmarks/threads.py. The environment
+# variable carries the same to every process a test starts (CLI runs, benchmarks, notebook
+# kernels): with torch's default of one thread per core, a busy 2-core machine ran the suite
+# three times slower and a benchmark's smoke run past its timeout.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
