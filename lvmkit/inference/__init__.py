@@ -1,6 +1,7 @@
-"""Inference: one public function per strategy (``fit``, ``em``, ``log_likelihood``,
-``evaluate``, ``nuts``), the ``Trainer`` for loops of your own, and checkpoints."""
+"""Inference: one public function per strategy (``fit``, ``em``, ``log_likelihood``, ``ais``,
+``bdmc``, ``evaluate``, ``nuts``), the ``Trainer`` for loops of your own, and checkpoints."""
 
+from lvmkit.inference.annealing import Sandwich, ais, bdmc
 from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lvmkit.inference.elbo import IWAELoss, Objective, ReparamELBO, make_elbo
 from lvmkit.inference.em import em
@@ -20,7 +21,10 @@ __all__ = [
     "NonFiniteLossError",
     "Objective",
     "ReparamELBO",
+    "Sandwich",
     "Trainer",
+    "ais",
+    "bdmc",
     "em",
     "evaluate",
     "fit",

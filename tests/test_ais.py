@@ -1,0 +1,218 @@
+"""AIS and BDMC against closed forms: PPCA, a mixture of PPCA with its component summed out, a
+Gamma-Poisson model (a latent with positive support), and the errors a user can meet."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from test_importance import PPCA
+
+import lvmkit
+from lvmkit.inference.annealing import sigmoid_schedule
+
+
+def shifted_guide(ppca):
+    """A poor encoder: the posterior's mean shifted by 1.5 and its scale doubled."""
+
+    def guide(x):
+        post = ppca.posterior(x)
+        scale = 2 * post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(post.loc + 1.5, scale).to_event(1))
+
+    return guide
+
+
+def test_schedule_runs_from_zero_to_one_and_rises():
+    betas = sigmoid_schedule(10)
+    assert betas[0] == 0 and betas[-1] == 1 and (betas.diff() > 0).all()
+
+
+def test_ais_from_the_exact_posterior_is_exact_for_every_datapoint():
+    ppca = PPCA()
+    x = ppca.sample(12)
+    ll = lvmkit.ais(ppca.model, x, guide=ppca.exact_guide, num_samples=3, steps=5)
+    assert torch.allclose(ll.values, ppca.log_px(x), atol=1e-9)
+    assert ll.method == "ais" and ll.steps == 5 and ll.mc_stderr < 1e-6
+
+
+def test_ais_beats_importance_sampling_at_equal_cost_with_a_poor_encoder():
+    ppca = PPCA()
+    x = ppca.sample(30)
+    truth = float(ppca.log_px(x).mean())
+    guide = shifted_guide(ppca)
+    k, steps, leapfrog = 8, 100, 5
+    annealed = lvmkit.ais(
+        ppca.model, x, guide=guide, num_samples=k, steps=steps, leapfrog_steps=leapfrog
+    )
+    # the same number of model evaluations (and no gradients) for importance sampling
+    sampled = lvmkit.log_likelihood(ppca.model, guide, x, num_samples=k * steps * (leapfrog + 1))
+    assert truth - annealed.mean < 0.05
+    assert truth - annealed.mean < 0.5 * (truth - sampled.mean)
+
+
+def test_ais_from_the_prior_converges_to_log_px_as_steps_grow():
+    ppca = PPCA()
+    x = ppca.sample(30)
+    truth = float(ppca.log_px(x).mean())
+    gaps = [
+        truth - lvmkit.ais(ppca.model, x, num_samples=8, steps=s, seed=1).mean for s in (1, 200)
+    ]
+    assert gaps[1] < 0.05 and gaps[1] < gaps[0] / 3
+
+
+def test_ais_sums_out_an_enumerated_component_exactly():
+    """A mixture of PPCA, p(c) p(z) p(x | z, c), annealed from the prior over z with c
+    enumerated in the model: log p(x) = log sum_c p(c) N(x | mu_c, W_c W_c^T + s^2 I)."""
+    g = torch.Generator().manual_seed(1)
+    d, pi, s = 3, torch.tensor([0.4, 0.6], dtype=torch.float64), 0.5
+    w = torch.randn(2, d, 1, generator=g, dtype=torch.float64)
+    mu = 2 * torch.randn(2, d, generator=g, dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(pi), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, dtype=x.dtype), 1.0).to_event(1))
+            loc = (w[c] @ z.unsqueeze(-1)).squeeze(-1) + mu[c]
+            pyro.sample("x", dist.Normal(loc, s).to_event(1), obs=x)
+
+    x = torch.cat([mu[0] + torch.randn(10, d, generator=g), mu[1] + torch.randn(10, d)])
+    cov = w @ w.transpose(-1, -2) + s**2 * torch.eye(d)
+    exact = (pi.log() + dist.MultivariateNormal(mu, cov).log_prob(x[:, None])).logsumexp(-1)
+    ll = lvmkit.ais(model, x, num_samples=8, steps=150)
+    assert abs(ll.mean - float(exact.mean())) < 0.05
+    assert (ll.values - exact).abs().max() < 0.3
+
+
+def test_a_latent_with_positive_support_moves_in_unconstrained_coordinates():
+    """z ~ Gamma(a, b), x | z ~ Poisson(z): p(x) is negative binomial."""
+    a, b = 3.0, 0.5
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Gamma(torch.tensor(a, dtype=x.dtype), b))
+            pyro.sample("x", dist.Poisson(z), obs=x)
+
+    x = torch.tensor([0.0, 1, 3, 6, 12, 20], dtype=torch.float64)
+    exact = dist.NegativeBinomial(total_count=a, probs=1 / (1 + b)).log_prob(x)
+    ll = lvmkit.ais(model, x, num_samples=64, steps=200)
+    assert (ll.values - exact).abs().max() < 4 * ll.mc_errors.max(), (ll.values, exact)
+    assert abs(ll.mean - float(exact.mean())) < 3 * ll.mc_stderr + 0.01
+
+
+def test_pyro_param_values_come_from_params_or_the_store():
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0, dtype=x.dtype))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(loc, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    x = torch.linspace(-1, 3, 5, dtype=torch.float64)
+    exact = dist.Normal(1.0, math.sqrt(1.25)).log_prob(x)
+    ll = lvmkit.ais(model, x, num_samples=64, steps=100, params={"loc": torch.tensor(1.0, dtype=torch.float64)})
+    assert (ll.values - exact).abs().max() < 4 * ll.mc_errors.max()
+    assert abs(ll.mean - float(exact.mean())) < 3 * ll.mc_stderr + 0.01
+    pyro.param("loc", torch.tensor(1.0, dtype=torch.float64))
+    again = lvmkit.ais(model, x, num_samples=64, steps=100)
+    assert torch.equal(again.values, ll.values)  # the same seed gives the same draws
+
+
+def test_monte_carlo_stderr_matches_the_spread_over_seeds():
+    """With a proposal wider than the posterior (light-tailed weights) the delta method's
+    error is the spread of the estimate over seeds."""
+    ppca = PPCA()
+    x = ppca.sample(20)
+
+    def wide_guide(x):
+        post = ppca.posterior(x)
+        scale = 1.5 * post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(post.loc, scale).to_event(1))
+
+    runs = [
+        lvmkit.log_likelihood(ppca.model, wide_guide, x, num_samples=20, seed=s)
+        for s in range(40)
+    ]
+    spread = torch.tensor([r.mean for r in runs]).std()
+    reported = torch.tensor([r.mc_stderr for r in runs]).median()
+    assert 0.5 < float(reported / spread) < 2, (float(reported), float(spread))
+    one = lvmkit.log_likelihood(ppca.model, shifted_guide(ppca), x, num_samples=1)
+    assert math.isnan(one.mc_stderr)  # one draw says nothing of its spread
+    exact = lvmkit.log_likelihood(ppca.model, ppca.exact_guide, x, num_samples=5)
+    assert exact.mc_stderr < 1e-6  # the square root of round-off
+
+
+def test_bdmc_sandwiches_the_exact_value_and_its_gap_falls_with_steps():
+    ppca = PPCA()
+    like = ppca.sample(25)
+    short = lvmkit.bdmc(ppca.model, like, num_samples=4, steps=10)
+    long = lvmkit.bdmc(ppca.model, like, num_samples=4, steps=200)
+    for sandwich in (short, long):
+        (simulated,) = sandwich.data
+        assert simulated.shape == like.shape and not torch.equal(simulated, like)
+        truth = float(ppca.log_px(simulated).mean())
+        assert sandwich.lower.mean <= truth + 0.02 and truth - 0.02 <= sandwich.upper.mean
+    assert torch.equal(short.data[0], long.data[0])  # the same seed simulates the same data
+    assert 0 < long.gap < short.gap / 3 and long.gap < 0.3, (short.gap, long.gap)
+
+
+def test_bdmc_with_a_guide_simulates_what_the_guide_then_reads():
+    ppca = PPCA()
+    sandwich = lvmkit.bdmc(
+        ppca.model, ppca.sample(10), guide=ppca.exact_guide, num_samples=2, steps=3
+    )
+    truth = ppca.log_px(sandwich.data[0])
+    assert torch.allclose(sandwich.lower.values, truth, atol=1e-9)
+    assert torch.allclose(sandwich.upper.values, truth, atol=1e-9)
+
+
+def bad_cases():
+    def discrete(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+    def no_latent(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    def global_latent(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    def two_latents(x):
+        with pyro.plate("data", len(x)):
+            a = pyro.sample("a", dist.Normal(0.0, 1.0))
+            b = pyro.sample("b", dist.Normal(a, 1.0))
+            pyro.sample("x", dist.Normal(b, 1.0), obs=x)
+
+    def guide_a_only(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("a", dist.Normal(0.0, 1.0))
+
+    def impossible(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+            pyro.factor("wall", torch.full((len(x),), -math.inf))
+
+    return [
+        (discrete, None, {}, "is discrete"),
+        (no_latent, None, {}, "is exact"),
+        (global_latent, None, {}, "not inside pyro.plate('data', N)"),
+        (two_latents, guide_a_only, {}, "latent site 'b'"),
+        (impossible, None, {}, "site 'wall' of the model"),
+        (two_latents, None, {"steps": 0}, "steps must be a positive int"),
+        (two_latents, None, {"leapfrog_steps": 0}, "leapfrog_steps must be a positive int"),
+        (two_latents, None, {"step_size": -1.0}, "step_size must be a positive number"),
+    ]
+
+
+@pytest.mark.parametrize("model, guide, settings, words", bad_cases())
+def test_bad_input_is_a_clear_error(model, guide, settings, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        settings = {"num_samples": 2, "steps": 3} | settings
+        lvmkit.ais(model, torch.zeros(4), guide=guide, **settings)
