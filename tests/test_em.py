@@ -2,6 +2,8 @@ import math
 import warnings
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from sklearn.datasets import make_blobs
@@ -334,3 +336,57 @@ def test_starting_values_are_checked_as_scikit_learn_does(start, message):
     x = np.random.default_rng(0).normal(size=(50, 3))
     with pytest.raises(ValueError, match=message):
         GaussianMixtureEM(2, **start).fit(x)
+
+
+def bernoulli_mixture():
+    """A mixture of Bernoullis with pyro.param weights, its component enumerated, and the exact
+    mean log-likelihood at any parameter values."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.rand(60, 6) < 0.8, torch.rand(60, 6) < 0.2]).float()
+    x[:, :3] = 1 - x[:, :3] * (torch.arange(120) >= 60)[:, None]
+
+    def model(x):
+        w = pyro.param("w", torch.ones(2) / 2, constraint=dist.constraints.simplex)
+        p = pyro.param(
+            "p",
+            torch.full((2, 6), 0.5) + 0.1 * torch.randn(2, 6).clamp(-3, 3),
+            constraint=dist.constraints.unit_interval,
+        )
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(w), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Bernoulli(p[c]).to_event(1), obs=x)
+
+    def exact(params):
+        w, p = params["w"], params["p"]
+        per = dist.Bernoulli(p).log_prob(x[:, None]).sum(-1) + w.log()
+        return float(per.logsumexp(-1).mean())
+
+    return model, x, exact
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_em_continues_a_fit_from_params_or_inside_its_scope():
+    model, x, exact = bernoulli_mixture()
+    fitted = lvmkit.fit(
+        model, lambda x: None, x, elbo="enum", epochs=60, lr=0.05, batch_size=120, progress=False
+    )
+    at_fit = exact(fitted.params)
+    first = lvmkit.em(model, x, params=fitted, max_iter=1)
+    assert first.losses[0] == pytest.approx(-at_fit, abs=1e-5)
+    with fitted.scope():
+        scoped = lvmkit.em(model, x, max_iter=1)
+    assert scoped.losses[0] == pytest.approx(-at_fit, abs=1e-5)
+    by_values = lvmkit.em(model, x, params=fitted.params, max_iter=1)
+    assert by_values.losses[0] == pytest.approx(-at_fit, abs=1e-5)
+    # the fit is continued, not replaced: EM from there improves on it, and leaves it as it was
+    more = lvmkit.em(model, x, params=fitted, max_iter=30, lr=0.05)
+    assert exact(more.params) > at_fit - 1e-6
+    assert exact(fitted.params) == at_fit
+    fresh = lvmkit.em(model, x, max_iter=1)  # an empty store: the model's initial values
+    assert fresh.losses[0] > -at_fit + 0.5
+
+
+def test_em_names_a_parameter_the_given_values_lack():
+    model, x, _ = bernoulli_mixture()
+    with pytest.warns(UserWarning, match=r"\['p'\] had no value"):
+        lvmkit.em(model, x, params={"w": torch.tensor([0.5, 0.5])}, max_iter=1)

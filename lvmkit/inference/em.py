@@ -31,6 +31,7 @@ from lvmkit.inference.programs import (
     DATA_PLATE,
     is_latent,
     max_plate_nesting,
+    param_state,
     particle_traces,
     per_datapoint,
     resolve_device,
@@ -187,6 +188,19 @@ def _pick_e_step(model, first_batch) -> str:
     return "importance"
 
 
+def starting_params(params=None) -> dict:
+    """A parameter-store state to start from: copies of the ``pyro.param`` values of ``params``
+    (see ``fitted_params``) or, when None, of Pyro's global store. Module weights are left
+    out: ``pyro.module`` registers the module's own tensors, which EM trains in place."""
+    state = param_state(params) if params is not None else pyro.get_param_store().get_state()
+    values = {
+        n: v.detach().clone().requires_grad_()
+        for n, v in state["params"].items()
+        if "$$$" not in n
+    }
+    return {"params": values, "constraints": {n: state["constraints"][n] for n in values}}
+
+
 def em(
     model,
     data,
@@ -203,6 +217,7 @@ def em(
     device: str = "auto",
     seed: int = 0,
     init: str | None = "kmeans",
+    params=None,
 ) -> FitResult:
     """EM: theta = argmax (1/N) sum_n E_{z ~ p(z|x_n)}[log p_theta(x_n, z)].
 
@@ -217,7 +232,11 @@ def em(
         x (N, D), in x's dtype, started by ``init`` (scikit-learn's "kmeans", "k-means++",
         "random", "random_from_data", drawn with ``seed``; or None: from the mixture's current
         parameters); or any Pyro model function (``gmm.model`` too) for generic EM, which
-        starts from the model's parameters as they are.
+        starts from the values of ``params`` (what ``lvmkit.fit`` or ``em`` returned, or a
+        dict of ``pyro.param`` names to values), or, when None, from Pyro's global parameter
+        store as it is (inside ``result.scope()``: the fit's values); a ``pyro.param`` that
+        has no value there starts from its initial value, with a warning naming it when other
+        values were given. Modules (``pyro.module``) start from their own weights.
     Generic EM: ``e_step="enum"`` sums over every value of the (discrete) latents, exactly;
     "importance" draws ``num_samples`` z per datapoint from ``guide`` (a fixed proposal: EM does
     not train it) or, without one, from the prior, and self-normalises the weights
@@ -242,6 +261,11 @@ def em(
                 "a GaussianMixture is fitted by closed-form EM, which takes no guide, e_step, hard "
                 "or batch_size; for generic EM on the mixture pass its Pyro program, "
                 "lvmkit.em(gmm.model, x)"
+            )
+        if params is not None:
+            raise ValueError(
+                "a GaussianMixture keeps its parameters in the module: to continue from them "
+                "pass init=None instead of params"
             )
         x = torch.as_tensor(data, device=resolve_device(device))
         # in float64, as scikit-learn: float32 statistics lose tight clusters far from the mean
@@ -270,6 +294,7 @@ def em(
         e_step = picked
     objective = ExpectedLogJoint(e_step, num_samples, hard, guide, size=len(dataset))
     trainer = Trainer(model, guide or (lambda *a: None), elbo=objective, lr=lr, device=device)
+    trainer.param_state = start = starting_params(params)  # copies: the user's stay as they are
     g = trainer.group  # under torchrun each process takes its share of every batch
     order = torch.Generator().manual_seed(seed)  # one batch order, the same on every process
     batch_size = batch_size or len(dataset)
@@ -278,6 +303,15 @@ def em(
     with trainer.scope():
         with torch.no_grad():  # parameters must exist before the first E-step
             objective.e_step(model, *first)
+        fresh = sorted(set(pyro.get_param_store().keys()) - set(start["params"]))
+        fresh = [n for n in fresh if "$$$" not in n]
+        if start["params"] and fresh:
+            warnings.warn(
+                f"pyro.param site(s) {fresh} had no value in the parameters EM started from and "
+                "were initialised afresh: pass params= with values for them (what lvmkit.fit "
+                "returned holds them all), or run inside that result's scope()",
+                stacklevel=2,
+            )
         for _ in range(max_iter):
             total = 0.0
             # one batch keeps the data's order: a per-datapoint guide may rely on it

@@ -71,7 +71,7 @@ def fitted_params(params=None):
     ``pyro.param`` site with no value there is initialised afresh, which after a fit is almost
     always a mistake: warn about it, naming the sites, and take such values out of the store
     again afterwards, so that every call says so and the store stays as it was."""
-    state = _param_state(params)
+    state = param_state(params)
     store = pyro.get_param_store()
     with store.scope(state) if state is not None else nullcontext():
         before = set(store.keys())
@@ -92,7 +92,7 @@ def fitted_params(params=None):
         )
 
 
-def _param_state(params) -> dict | None:
+def param_state(params) -> dict | None:
     """A parameter-store state for ``params``: a FitResult's, a state as is, or one made from a
     dict of names to (constrained) values, which ``pyro.param`` then returns unchanged."""
     if params is None or hasattr(params, "param_state"):
