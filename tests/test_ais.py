@@ -111,7 +111,9 @@ def test_pyro_param_values_come_from_params_or_the_store():
 
     x = torch.linspace(-1, 3, 5, dtype=torch.float64)
     exact = dist.Normal(1.0, math.sqrt(1.25)).log_prob(x)
-    ll = lvmkit.ais(model, x, num_samples=64, steps=100, params={"loc": torch.tensor(1.0, dtype=torch.float64)})
+    ll = lvmkit.ais(
+        model, x, num_samples=64, steps=100, params={"loc": torch.tensor(1.0, dtype=torch.float64)}
+    )
     assert (ll.values - exact).abs().max() < 4 * ll.mc_errors.max()
     assert abs(ll.mean - float(exact.mean())) < 3 * ll.mc_stderr + 0.01
     pyro.param("loc", torch.tensor(1.0, dtype=torch.float64))
@@ -132,8 +134,7 @@ def test_monte_carlo_stderr_matches_the_spread_over_seeds():
             pyro.sample("z", dist.Normal(post.loc, scale).to_event(1))
 
     runs = [
-        lvmkit.log_likelihood(ppca.model, wide_guide, x, num_samples=20, seed=s)
-        for s in range(40)
+        lvmkit.log_likelihood(ppca.model, wide_guide, x, num_samples=20, seed=s) for s in range(40)
     ]
     spread = torch.tensor([r.mean for r in runs]).std()
     reported = torch.tensor([r.mc_stderr for r in runs]).median()

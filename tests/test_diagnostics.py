@@ -133,9 +133,9 @@ def test_diagnose_builds_a_report_that_reads_well(tmp_path):
     torch.manual_seed(0)
     lvm = lvmkit.models.GaussianLVM(lvmkit.models.GaussianLVMConfig(z_dim=6, hidden=(64,)))
     untrained = lvmkit.diagnostics.diagnose(lvm, test, num_samples=20)
-    lvmkit.fit(lvm.model, lvm.guide, lvm.prepare(train), epochs=30, lr=3e-3, progress=False)
+    lvmkit.fit(lvm.model, lvm.guide, lvm.prepare(train), epochs=60, lr=3e-3, progress=False)
     lvm.eval()
-    report = lvmkit.diagnostics.diagnose(lvm, test, summary={"epochs": 30}, num_samples=20)
+    report = lvmkit.diagnostics.diagnose(lvm, test, summary={"epochs": 60}, num_samples=20)
     headings = [s.heading.split(" (")[0].split("?")[0] for s in report.sections]
     assert headings == [
         "Training",

@@ -79,9 +79,9 @@ def test_a_truncated_gzip_idx_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     "arr, levels",
     [
-        (np.arange(3 * 16).reshape(3, 4, 4) % 256, 256),  # int64 8-bit images
-        (np.arange(3 * 16, dtype=np.int32).reshape(3, 4, 4), 256),
-        (np.arange(3 * 16, dtype=np.float64).reshape(3, 4, 4), 256),  # 8-bit saved as float
+        (np.arange(3 * 16).reshape(3, 4, 4) * 5 % 256, 256),  # int64 8-bit images
+        (np.arange(3 * 16, dtype=np.int32).reshape(3, 4, 4) * 5, 256),
+        (np.arange(3 * 16, dtype=np.float64).reshape(3, 4, 4) * 5, 256),  # 8-bit as float
         (np.arange(3 * 16).reshape(3, 4, 4) % 2 == 1, 2),  # bool
         (np.linspace(0, 1, 3 * 16).reshape(3, 4, 4), None),  # continuous in [0, 1]
         (np.full((3, 4, 4), 0.5), None),

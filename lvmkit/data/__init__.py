@@ -5,6 +5,7 @@ from lvmkit.data.datasets import BUNDLED, DATASETS, cache_dir, fetch, load, load
 from lvmkit.data.images import ImageData, check_images, check_labels
 from lvmkit.data.loaders import (
     DataError,
+    LevelsInferred,
     load_array,
     load_idx,
     load_idx_folder,
@@ -13,6 +14,7 @@ from lvmkit.data.loaders import (
 )
 from lvmkit.data.transforms import (
     binarize,
+    dequantize,
     dynamic_binarize,
     quantize,
     scale,
@@ -28,6 +30,7 @@ __all__ = [
     "load_idx_folder",
     "train_val_test",
     "DataError",
+    "LevelsInferred",
     "Dataset",
     "TensorData",
     "as_dataset",
@@ -36,6 +39,7 @@ __all__ = [
     "binarize",
     "check_images",
     "check_labels",
+    "dequantize",
     "dynamic_binarize",
     "load",
     "load_array",

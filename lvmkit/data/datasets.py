@@ -74,7 +74,7 @@ def _read_cifar10(folder: Path) -> ImageData:
         raise DataError(f"{path}: holds no CIFAR-10 batches; delete it to download it again")
     arrays = {p: np.concatenate(rs) for p, rs in parts.items()}
     split = {p: (r[:, 1:].reshape(-1, 3, 32, 32), r[:, 0]) for p, r in arrays.items()}
-    return _assemble(split, path, name="cifar10")
+    return _assemble(split, path, levels=256, name="cifar10")
 
 
 def _read_mnist5k(_: Path) -> ImageData:
@@ -100,7 +100,7 @@ def _read_mnist5k(_: Path) -> ImageData:
     for name, rows in (("train", np.flatnonzero(~test)), ("test", np.flatnonzero(test))):
         rows = rng.permutation(rows)
         parts[name] = (x[rows], y[rows])
-    return _assemble(parts, file, name="mnist5k")
+    return _assemble(parts, file, levels=256, name="mnist5k")
 
 
 def _mnist_files(sums: dict[str, tuple[str, int]]) -> tuple[Remote, ...]:
@@ -326,12 +326,12 @@ def _load(source, *, levels, image_shape) -> ImageData:
         )
     if path.is_dir():
         if _idx_files(path):
-            return load_idx_folder(path)
+            return load_idx_folder(path, levels=levels)
         return load_image_folder(path)
     if "".join(path.suffixes).lower().endswith((".npy", ".npz")):
         return load_array(path, levels=levels, image_shape=image_shape)
     if "idx" in path.name or "ubyte" in path.name:
-        return load_idx(path)
+        return load_idx(path, levels=levels)
     raise DataError(
         f"cannot tell the format of {str(path)!r}: expected an IDX file (name containing 'idx' "
         "or 'ubyte', optionally .gz), a .npy/.npz file, or a folder of PNG images"

@@ -21,6 +21,9 @@ class ImageData:
             training is a fresh Bernoulli sample (``levels`` is then 2).
     splits: the split the data came with, as rows ``(start, stop)`` per part name ("train",
             "val", "test"), or None; ``data.part("test")`` is one part. A subset has none.
+    dequantized: if True, ``x`` holds integer levels and every batch is their uniform
+            dequantization (x + u) / levels, u ~ U[0, 1) per pixel, in [0, 1) (Theis et al.
+            2016): a continuous density of such batches bounds the discrete likelihood.
     """
 
     x: Tensor
@@ -29,8 +32,11 @@ class ImageData:
     name: str = "data"
     dynamic_binarization: bool = False
     splits: dict[str, tuple[int, int]] | None = None
+    dequantized: bool = False
 
     def __post_init__(self):
+        if self.dequantized and (self.levels is None or self.dynamic_binarization):
+            raise ValueError(f"{self.name}: only data with integer levels can be dequantized")
         check_images(self.x, self.levels, what=self.name, probabilities=self.dynamic_binarization)
         if self.y is not None:
             check_labels(self.y, len(self.x), what=self.name)
@@ -64,12 +70,20 @@ class ImageData:
         return tuple(self.x.shape[1:])
 
     def batch(self, index: Tensor) -> tuple[Tensor]:
-        """The training batch for ``index``: ``(x,)``, a fresh Bernoulli draw (from torch's
-        global stream, which checkpoints save) if dynamically binarized."""
+        """The training batch for ``index``: ``(x,)``; a fresh Bernoulli draw if dynamically
+        binarized, a fresh dequantization if dequantized (from torch's global stream, which
+        checkpoints save)."""
         x = self.x[index]
         if self.dynamic_binarization:
             x = torch.bernoulli(x)
+        if self.dequantized:
+            x = (x + torch.rand_like(x)) / self.levels
         return (x,)
+
+    def pixels(self) -> Tensor:
+        """The images as a model of them sees them, without randomness (N, C, H, W): the
+        centres (x + 1/2) / levels of the bins of dequantized data, ``x`` otherwise."""
+        return (self.x + 0.5) / self.levels if self.dequantized else self.x
 
     def to(self, device) -> ImageData:
         """On ``device``; the same object when already there (no second validation pass, which

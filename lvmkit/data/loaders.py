@@ -139,14 +139,17 @@ def _size_mismatch(path, shape, expected, held) -> DataError:
     )
 
 
-def load_idx(images: str | Path, labels: str | Path | None = None) -> ImageData:
-    """MNIST-style IDX images (N, H, W) as 256-level data; labels from ``labels`` or, if None,
+def load_idx(
+    images: str | Path, labels: str | Path | None = None, *, levels: int | None = None
+) -> ImageData:
+    """MNIST-style IDX images (N, H, W), their levels read off the values as ``load_array``
+    does (MNIST: 256); labels from ``labels`` or, if None,
     from the ``*-labels-idx1-ubyte[.gz]`` file beside ``images`` when there is one."""
     images = Path(images)
-    return _assemble({None: _read_idx_pair(images, labels)}, images)
+    return _assemble({None: _read_idx_pair(images, labels)}, images, levels=levels)
 
 
-def load_idx_folder(folder: str | Path) -> ImageData:
+def load_idx_folder(folder: str | Path, *, levels: int | None = None) -> ImageData:
     """A folder of IDX files such as MNIST's: ``train-images-idx3-ubyte[.gz]`` and
     ``t10k-images-idx3-ubyte[.gz]`` (with their labels files) become the train and test parts."""
     folder = Path(folder)
@@ -161,7 +164,7 @@ def load_idx_folder(folder: str | Path) -> ImageData:
                 "train-images-idx3-ubyte and t10k-images-idx3-ubyte (optionally .gz)"
             )
         parts[part] = _read_idx_pair(f, None)
-    return _assemble({p: parts[p] for p in PART_ORDER if p in parts}, folder)
+    return _assemble({p: parts[p] for p in PART_ORDER if p in parts}, folder, levels=levels)
 
 
 def _idx_files(folder: Path) -> list[Path]:
@@ -201,8 +204,9 @@ def load_array(
     or flat rows (N, D) given ``image_shape=(C, H, W)``.
 
     Pixel values: bool data are 2 levels; integers in 0..255 (any integer dtype) and floats that
-    are all whole numbers in 0..255 (above 1) are 8-bit, 256 levels; other floats are continuous.
-    ``levels`` overrides this."""
+    are all whole numbers in 0..255 (above 1) are 8-bit, 256 levels, when their maximum is 128
+    or more, and M + 1 levels for a maximum M below 128 (with a LevelsInferred warning); other
+    floats are continuous. ``levels`` overrides this."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".npz":
@@ -306,7 +310,11 @@ def _labels(arr: np.ndarray, n: int, path: Path) -> torch.Tensor:
 
 
 def _levels(arr: np.ndarray, levels: int | None, path: Path) -> int | None:
-    """The number of discrete values the pixels take (None: continuous); see load_array."""
+    """The number of discrete values the pixels take (None: continuous); see load_array.
+
+    Whole numbers reaching 128..255 are 8-bit (256 levels); whole numbers whose maximum M is
+    below 128 (the digits' 0..16, binary 0/1 stored as integers) are M + 1 levels, said in a
+    warning, since scaling them as 8-bit would squeeze them into [0, M / 255]."""
     if levels is not None or arr.size == 0:
         return levels
     if arr.dtype.kind == "b":
@@ -319,9 +327,24 @@ def _levels(arr: np.ndarray, levels: int | None, path: Path) -> int | None:
                 "their number of levels (levels=K, values 0..K-1) or convert them to floats "
                 "in [0, 1]"
             )
+    else:
+        whole = bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
+        if not (whole and lo >= 0 and 1 < hi <= 255):
+            return None
+    if hi >= 128:
         return 256
-    whole = bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
-    return 256 if whole and lo >= 0 and 1 < hi <= 255 else None
+    inferred = max(2, int(hi) + 1)
+    warnings.warn(
+        f"{path}: pixels are whole numbers 0..{int(hi)}, read as {inferred} levels; if they "
+        "are 8-bit values of dark images, declare levels=256 (lvmkit fit: --set data.levels=256)",
+        LevelsInferred,
+        stacklevel=4,
+    )
+    return inferred
+
+
+class LevelsInferred(UserWarning):
+    """Pixel levels were read off the data's maximum rather than declared."""
 
 
 def _floats(arr: np.ndarray, path: Path) -> torch.Tensor:
@@ -405,7 +428,8 @@ def load_image_folder(folder: str | Path) -> ImageData:
     if colour:  # mixed grey and colour: grey repeats into RGB
         grey_to_rgb = lambda a: a if a.ndim == 3 else np.repeat(a[..., None], 3, -1)  # noqa: E731
         parts = {p: ([grey_to_rgb(a) for a in arrays], y) for p, (arrays, y) in parts.items()}
-    return _assemble({p: (np.stack(arrays), y) for p, (arrays, y) in parts.items()}, folder)
+    stacked = {p: (np.stack(arrays), y) for p, (arrays, y) in parts.items()}
+    return _assemble(stacked, folder, levels=256)  # PNGs are 8-bit, however dark
 
 
 def _png_files(folder: Path) -> list[tuple[Path, str | None]]:

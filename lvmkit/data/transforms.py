@@ -11,8 +11,9 @@ from lvmkit.data.images import ImageData
 
 def _unit(data: ImageData) -> torch.Tensor:
     """Pixels in [0, 1]: discrete data divided by (levels - 1); continuous data must already be."""
-    if data.dynamic_binarization:
-        raise ValueError(f"{data.name}: already dynamically binarized; transform the data first")
+    if data.dynamic_binarization or data.dequantized:
+        how = "dynamically binarized" if data.dynamic_binarization else "dequantized"
+        raise ValueError(f"{data.name}: already {how}; transform the data first")
     if data.levels is None:
         if data.x.min() < 0 or data.x.max() > 1:
             raise ValueError(
@@ -26,6 +27,19 @@ def _unit(data: ImageData) -> torch.Tensor:
 def scale(data: ImageData) -> ImageData:
     """Map pixels to [0, 1] (continuous data, ``levels=None``)."""
     return replace(data, x=_unit(data), levels=None)
+
+
+def dequantize(data: ImageData) -> ImageData:
+    """Uniformly dequantized data (Theis et al. 2016): every batch is (x + u) / levels with
+    u ~ U[0, 1) per pixel, in [0, 1). A continuous density p of such pixels gives a bound on
+    the discrete likelihood, log P(x) >= E_u[log p((x + u) / levels)] - D log(levels), which
+    lvmkit's estimators report, so that its bits/dim compare with discrete models'."""
+    if data.levels is None or data.dynamic_binarization:
+        raise ValueError(
+            f"{data.name}: dequantization needs discrete data with declared levels; continuous "
+            "data are already a density's domain"
+        )
+    return replace(data, dequantized=True)
 
 
 def binarize(data: ImageData, threshold: float = 0.5) -> ImageData:

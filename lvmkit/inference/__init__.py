@@ -5,8 +5,10 @@ from lvmkit.inference.annealing import Sandwich, ais, bdmc
 from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lvmkit.inference.elbo import IWAELoss, Objective, ReparamELBO, make_elbo
 from lvmkit.inference.em import em
+from lvmkit.inference.evaluation import evaluate
 from lvmkit.inference.fit import FitResult, fit
-from lvmkit.inference.importance import LogLikelihood, evaluate, log_likelihood
+from lvmkit.inference.importance import log_likelihood
+from lvmkit.inference.likelihood import LogLikelihood
 from lvmkit.inference.mcmc import nuts
 from lvmkit.inference.mixture_em import GaussianMixtureEM
 from lvmkit.inference.programs import resolve_device

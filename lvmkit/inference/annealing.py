@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lvmkit.data import as_dataset, check_count
 from lvmkit.inference.distributed import gather_rows, group
-from lvmkit.inference.importance import (
+from lvmkit.inference.likelihood import (
     LogLikelihood,
     estimate_per_batch,
     log_mean_weight,

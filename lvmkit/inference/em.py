@@ -194,9 +194,7 @@ def starting_params(params=None) -> dict:
     out: ``pyro.module`` registers the module's own tensors, which EM trains in place."""
     state = param_state(params) if params is not None else pyro.get_param_store().get_state()
     values = {
-        n: v.detach().clone().requires_grad_()
-        for n, v in state["params"].items()
-        if "$$$" not in n
+        n: v.detach().clone().requires_grad_() for n, v in state["params"].items() if "$$$" not in n
     }
     return {"params": values, "constraints": {n: state["constraints"][n] for n in values}}
 

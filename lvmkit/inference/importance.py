@@ -1,6 +1,4 @@
-"""Importance-sampled log p(x) per datapoint, for any model/guide pair; the batching, seeding,
-sharding and summary every estimator of log p(x) shares (``estimate_per_batch``); and
-``evaluate`` for a built-in model (exact where the model can say log p(x) itself).
+"""Importance-sampled log p(x) per datapoint, for any model/guide pair.
 
 Every sample site must sit inside ``pyro.plate("data", N)``, so the weights split per datapoint.
 """
@@ -8,28 +6,18 @@ Every sample site must sit inside ``pyro.plate("data", N)``, so the weights spli
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from lvmkit.data import as_dataset, check_count
-from lvmkit.inference.distributed import gather_rows, group, shard
+from lvmkit.data import check_count
+from lvmkit.inference.likelihood import LogLikelihood, estimate_per_batch
 from lvmkit.inference.programs import (
-    evaluating,
-    fitted_params,
     is_latent,
-    nesting_of,
-    on_device,
     particle_traces,
     per_datapoint,
-    place,
     sum_out_enumerated,
-    trace_once,
 )
-from lvmkit.models.base import check_builtin
 
 
 def log_weights(model, guide, *args, num_samples: int = 1, plate_nesting: int) -> Tensor:
@@ -44,215 +32,6 @@ def log_weights(model, guide, *args, num_samples: int = 1, plate_nesting: int) -
     log_p = sum_out_enumerated(per_datapoint(model_tr, plate_nesting))  # enumerated c summed out
     lw = log_p - per_datapoint(guide_tr, plate_nesting)
     return lw.expand(num_samples, -1)
-
-
-def log_mean_weight(lw: Tensor) -> tuple[Tensor, Tensor]:
-    """From log weights (K, N): log (1/K) sum_k w_k (N,), and its Monte Carlo variance by the
-    delta method, sum_k w~_k^2 - 1/K with w~ the normalised weights (N,); NaN for K = 1, where
-    one draw says nothing of its spread."""
-    k = len(lw)
-    lse = torch.logsumexp(lw, 0)
-    if k == 1:
-        return lse, torch.full_like(lse, math.nan)
-    var = (torch.logsumexp(2 * lw, 0) - 2 * lse).exp() - 1 / k
-    return lse - math.log(k), var.clamp(min=0)
-
-
-@dataclass
-class LogLikelihood:
-    """log p(x) per datapoint, in nats, with its two standard errors.
-
-    ``stderr`` is the spread of log p(x) over the datapoints divided by sqrt(N): how far the mean
-    would move on other data from the same source. ``mc_stderr`` is the estimator's own Monte
-    Carlo error of the mean: how far it would move with other random draws on the same data
-    (from each datapoint's weights by the delta method, ``mc_errors``; it says nothing of the
-    bias of a loose proposal, which PSIS k-hat and AIS address). ``bits_per_dim`` counts the
-    dimensions the model predicts (``dims`` per datapoint): the hidden pixels of a completion,
-    every pixel otherwise; for a continuous density of dequantized pixels the values already
-    include the bins' width, so they bound the discrete log-likelihood.
-    """
-
-    values: Tensor = field(repr=False)  # (N,), float64, on the CPU
-    mean: float
-    stderr: float  # over datapoints: values.std() / sqrt(N)
-    mc_stderr: float  # Monte Carlo error of the mean: sqrt(sum mc_errors^2) / N; 0 when exact
-    bits_per_dim: float | None  # -mean / (dims log 2) for discrete data; None otherwise
-    num_samples: int  # importance samples (or AIS chains) per datapoint; 1 when exact
-    exact: bool = False  # computed in closed form, not estimated
-    method: str = "importance"  # "exact", "importance" or "ais"
-    steps: int | None = None  # AIS temperatures
-    dims: float = math.nan  # dimensions predicted per datapoint (mean)
-    mc_errors: Tensor | None = field(default=None, repr=False)  # (N,) per datapoint
-
-    @classmethod
-    def of(
-        cls,
-        values: Tensor,
-        *,
-        dims: Tensor,
-        discrete: bool,
-        num_samples: int,
-        method: str,
-        mc_var: Tensor | None = None,
-        steps: int | None = None,
-    ) -> LogLikelihood:
-        """Summarise per-datapoint values (N,), the dimensions each predicts (N,) and the
-        Monte Carlo variance of each (N,; None when exact)."""
-        values = values.double().cpu()
-        n = len(values)
-        mean = float(values.mean())
-        stderr = float(values.std() / math.sqrt(n)) if n > 1 else math.nan
-        if mc_var is None:
-            errors = torch.zeros_like(values)
-        else:
-            errors = mc_var.double().cpu().sqrt()
-        mc_stderr = float(errors.square().sum().sqrt() / n)
-        dims = dims.double().cpu()
-        bpd = -float(values.sum() / (dims.sum() * math.log(2))) if discrete else None
-        return cls(
-            values,
-            mean,
-            stderr,
-            mc_stderr,
-            bpd,
-            num_samples,
-            exact=method == "exact",
-            method=method,
-            steps=steps,
-            dims=float(dims.mean()),
-            mc_errors=errors,
-        )
-
-    def __str__(self) -> str:
-        unit = f", {self.bits_per_dim:.4f} bits/dim" if self.bits_per_dim is not None else ""
-        how = {"exact": "exact", "importance": f"IS K={self.num_samples}"}.get(
-            self.method, f"AIS {self.num_samples} chains x {self.steps} steps"
-        )
-        return (
-            f"log p(x) = {self.mean:.4f} nats{unit} ({how}; stderr over data {self.stderr:.4f}, "
-            f"Monte Carlo stderr {self.mc_stderr:.4f})"
-        )
-
-
-def predicted_dims(dataset, batch: tuple[Tensor, ...]) -> Tensor:
-    """How many numbers the model predicts for each datapoint of ``batch`` (N,): what the
-    dataset says (``dataset.predicted_dims(batch)``, e.g. a completion's hidden pixels), else
-    every element of the batch's first tensor."""
-    if hasattr(dataset, "predicted_dims"):
-        return dataset.predicted_dims(batch).double()
-    x = batch[0]
-    return torch.full((len(x),), float(x[0].numel()), dtype=torch.float64, device=x.device)
-
-
-def dequantization_offset(dataset, dims: Tensor) -> Tensor | float:
-    """What turns a density of dequantized pixels in [0, 1) into a bound on the discrete
-    log-likelihood: -dims * log(levels) per datapoint (each bin has width 1/levels), or 0 for
-    data that are not dequantized."""
-    if not getattr(dataset, "dequantized", False):
-        return 0.0
-    return -dims * math.log(dataset.levels)
-
-
-@dataclass
-class Estimates:
-    """What ``estimate_per_batch`` gathered over all the data: per-datapoint (N,) tensors,
-    and the first batch's guide and model traces."""
-
-    values: Tensor
-    mc_var: Tensor
-    dims: Tensor
-    discrete: bool
-    guide_trace: object
-    model_trace: object
-
-    def summary(self, num_samples: int, method: str, steps: int | None = None) -> LogLikelihood:
-        exact = method == "exact"
-        return LogLikelihood.of(
-            self.values,
-            dims=self.dims,
-            discrete=self.discrete,
-            num_samples=num_samples,
-            method=method,
-            mc_var=None if exact else self.mc_var,
-            steps=steps,
-        )
-
-
-def estimate_per_batch(
-    model,
-    guide,
-    data,
-    estimate: Callable,
-    *,
-    what: str,
-    batch_size: int,
-    seed: int,
-    device,
-    progress: bool,
-    params,
-    discrete: bool | None,
-    ticks_per_batch: int = 1,
-    check_guide: bool = True,
-    trace: bool = True,
-) -> Estimates:
-    """Run ``estimate(batch, plate_nesting, tick)`` -> (values (N,), mc_var (N,)) over the
-    batches of ``data``, as every estimator of log p(x) does: model and guide in eval mode,
-    without gradients, against ``params``, on ``device``; each batch drawn from its own stream,
-    seeded by ``seed`` and its number, so that the values do not depend on how the batches are
-    shared: under torchrun each process estimates its share and every process gets all the
-    values, in order, equal to one process's. ``tick(n)`` advances the progress bar.
-    ``trace=False`` skips tracing model and guide (``plate_nesting`` is then None).
-
-    The values of dequantized data are turned into bounds on the discrete log-likelihood.
-    """
-    check_count("batch_size", batch_size)
-    if discrete is None:
-        discrete = getattr(data, "levels", None) is not None
-    device = place(model, guide, device=device)
-    dataset = as_dataset(data, "data").to(device)
-    g = group(device)
-    starts = list(range(0, len(dataset), batch_size))
-    mine = range(len(starts))[shard(len(starts), g)]
-    bar = tqdm(
-        total=len(mine) * ticks_per_batch,
-        desc=what,
-        disable=not (progress and g.main),
-        dynamic_ncols=True,
-    )
-    values, variances, dims = [], [], []
-    devices = [device] if device.type == "cuda" else []
-    with (
-        evaluating(model, guide),
-        torch.random.fork_rng(devices=devices),
-        torch.no_grad(),
-        fitted_params(params),
-        on_device(device),
-        bar,
-    ):
-        torch.manual_seed(seed)
-        first = dataset.batch(torch.arange(min(batch_size, len(dataset))))
-        guide_tr = model_tr = nesting = None
-        if trace:  # the plate nesting, and the checks of sites and plates it makes
-            guide_tr, model_tr = trace_once(model, guide or _no_guide, *first)
-            nesting = nesting_of(guide_tr, model_tr, check_guide=check_guide)
-        for b in mine:
-            torch.manual_seed(hash((seed, b)) % 2**63)
-            index = torch.arange(starts[b], min(starts[b] + batch_size, len(dataset)))
-            batch = dataset.batch(index)
-            v, var = estimate(batch, nesting, bar.update)
-            d = predicted_dims(dataset, batch)
-            values.append(v.double() + dequantization_offset(dataset, d))
-            variances.append(var.double())
-            dims.append(d)
-    empty = torch.zeros(0, dtype=torch.float64, device=device)
-    values, variances, dims = (
-        gather_rows(torch.cat(parts) if parts else empty, g) for parts in (values, variances, dims)
-    )
-    return Estimates(values, variances, dims, discrete, guide_tr, model_tr)
-
-
-def _no_guide(*args, **kwargs):
-    """The guide of a model whose every latent is summed out (or drawn from its prior)."""
 
 
 def log_likelihood(
@@ -289,6 +68,7 @@ def log_likelihood(
     loose lower bound: ``lvmkit.ais`` is then the tighter estimate.
     """
     check_count("num_samples", num_samples)
+    check_count("batch_size", batch_size)
     if particle_chunk is not None:
         check_count("particle_chunk", particle_chunk)
     chunk = particle_chunk or max(1, min(num_samples, 65536 // batch_size))
@@ -322,68 +102,3 @@ def log_likelihood(
     # a guide with no latent leaves every latent to exact enumeration
     exact = not any(is_latent(site) for site in est.guide_trace.nodes.values())
     return est.summary(1 if exact else num_samples, "exact" if exact else "importance")
-
-
-def evaluate(
-    model,
-    data,
-    *,
-    method: str = "importance",
-    num_samples: int = 1000,
-    steps: int = 100,
-    batch_size: int = 128,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-) -> LogLikelihood:
-    """log p(x) of a built-in model (``lvmkit.models.BuiltinModel``) on ``data`` (ImageData,
-    which ``model.prepare`` turns into the model's units): exact where the model declares
-    ``density = "exact"`` (mixtures, autoregressive models); otherwise estimated with its guide,
-    by importance sampling with ``num_samples`` draws (``method="importance"``) or by AIS with
-    ``num_samples`` chains and ``steps`` temperatures (``method="ais"``, ``lvmkit.ais``).
-    Discrete data are scored on their levels; a continuous likelihood of discrete data is
-    scored on dequantized pixels, so that its bits/dim bound the discrete likelihood's."""
-    check_builtin(model, data, "evaluate", "lvmkit.log_likelihood(model, guide, data)")
-    if method not in ("importance", "ais"):
-        raise ValueError(f"unknown method {method!r}; choose 'importance' or 'ais'")
-    if model.density is None:
-        raise ValueError(
-            f"{type(model).__name__} defines no density p(x) to evaluate (an autoencoder's code "
-            "has no prior); fit a latent variable model such as lvm instead"
-        )
-    prepared = model.prepare(data)
-    common = dict(batch_size=batch_size, seed=seed, device=device, progress=progress)
-    discrete = model.data_kind != "continuous" or getattr(prepared, "dequantized", False)
-    if model.density == "importance":
-        if method == "ais":
-            from lvmkit.inference.annealing import ais
-
-            return ais(
-                model.model, model.guide, prepared, num_samples=num_samples, steps=steps, **common
-            )
-        return log_likelihood(
-            model.model,
-            model.guide,
-            prepared,
-            num_samples=num_samples,
-            discrete=discrete,
-            **common,
-        )
-
-    def exact(batch, nesting, tick):
-        tick(1)
-        values = model.log_prob(*batch)
-        return values, torch.zeros_like(values)
-
-    est = estimate_per_batch(
-        model.model,
-        None,
-        prepared,
-        exact,
-        what="log p(x)",
-        params=None,
-        discrete=discrete,
-        trace=False,
-        **common,
-    )
-    return est.summary(1, "exact")

@@ -9,8 +9,8 @@ weights) and:
 - ``prepare(data)``: ImageData -> the dataset it trains on, in the units its likelihood scores.
   The default reads ImageData for ``self.obs`` (an observation model) and returns ImageData.
 - ``inputs(data)``: the tensors its per-image methods take for these images, ``(x,)`` or
-  ``(x, y)``, in model units (default: ``(prepare(data).x,)``); ``to_images(x)``: model units ->
-  pictures (N, C, H, W) in [0, 1].
+  ``(x, y)``, in model units (default: ``(prepare(data).pixels(),)``); ``to_images(x)``: model
+  units -> pictures (N, C, H, W) in [0, 1].
 - ``data_kind``: what it scores ("continuous", "binary" or "levels"; the last two get bits/dim);
   by default ``self.obs.data_kind``.
 - ``density``: how log p(x) is had: "exact" (``log_prob(*batch)`` in closed form), "importance"
@@ -88,7 +88,7 @@ class BuiltinModel(nn.Module):
     def inputs(self, data: lvdata.ImageData) -> tuple[Tensor, ...]:
         """The tensors ``complete`` / ``reconstruct`` / ``encode`` take for these images, in
         model units: ``(x,)`` here, where ``prepare`` gives ImageData."""
-        return (self.prepare(data).x,)
+        return (self.prepare(data).pixels(),)
 
     def initialize(self, data, *, seed: int = 0) -> BuiltinModel:
         """Start from the (prepared) training data where the model can; by default nothing."""
@@ -145,11 +145,14 @@ def check_builtin(model, data, what: str, instead: str) -> None:
 
 
 def prepare_images(data: lvdata.ImageData, obs) -> lvdata.ImageData:
-    """The data in the units the observation model ``obs`` scores: [0, 1] for continuous
-    likelihoods, {0, 1} for binary ones, integer levels for level likelihoods."""
+    """The data in the units the observation model ``obs`` scores: [0, 1) for continuous
+    likelihoods (discrete data dequantized, so that the density bounds the discrete
+    likelihood), {0, 1} for binary ones, integer levels for level likelihoods."""
     if obs.data_kind == "continuous":
+        if data.dequantized:
+            return data
         if data.levels is not None:
-            return lvdata.scale(data)
+            return lvdata.dequantize(data)
         lo, hi = float(data.x.min()), float(data.x.max())
         if lo >= 0 and hi > 2:  # unscaled pixel values would train a unit-scale model to noise
             raise ValueError(

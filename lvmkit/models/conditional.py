@@ -72,6 +72,14 @@ class CompletionData:
         x = self.x[index]
         return x, quadrant_masks(len(x), x.shape[1:], given=self.given).to(x.device)
 
+    def pixels(self) -> Tensor:
+        """The full images (N, C, H, W)."""
+        return self.x
+
+    def predicted_dims(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The hidden pixels of each image (N,): what p(y|x) predicts, and bits/dim count."""
+        return (~batch[1]).flatten(1).sum(1)
+
     def to(self, device) -> CompletionData:
         return CompletionData(self.x.to(device), given=self.given)
 
@@ -115,7 +123,7 @@ class ConditionalLVM(BuiltinModel):
 
     def prepare(self, data) -> CompletionData:
         """The completion task on these images: 1 to 3 given quadrants, drawn afresh per batch."""
-        return CompletionData(prepare_images(data, self.obs).x)
+        return CompletionData(prepare_images(data, self.obs).pixels())
 
     def _check(self, x: Tensor, known: Tensor) -> None:
         check_batch(self, x, self.config.image_shape)
@@ -173,7 +181,7 @@ class CompletionBaseline(nn.Module):
 
     def prepare(self, data) -> CompletionData:
         """The same task as ``ConditionalLVM.prepare``: 1 to 3 given quadrants per batch."""
-        return CompletionData(prepare_images(data, self.obs).x)
+        return CompletionData(prepare_images(data, self.obs).pixels())
 
     def model(self, x: Tensor, known: Tensor) -> Tensor:
         check_batch(self, x, self.config.image_shape)
