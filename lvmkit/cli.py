@@ -20,6 +20,8 @@ from lvmkit import data as lvdata
 from lvmkit.data import BUNDLED, DATASETS
 from lvmkit.diagnostics import (
     MIN_PSIS_DRAWS,
+    convergence,
+    convergence_plot,
     diagnose,
     encode,
     image_grid,
@@ -27,11 +29,13 @@ from lvmkit.diagnostics import (
     loss_curve,
     probe_problem,
     reconstructions,
+    sample_counts,
     save_figure,
 )
 from lvmkit.inference import NonFiniteLossError, em, evaluate, fit
 from lvmkit.inference.checkpoint import check_writable, run_lock, write_text
 from lvmkit.inference.distributed import group, process_device, set_threads
+from lvmkit.inference.likelihood import loss_bits_per_dim
 from lvmkit.inference.programs import resolve_device
 from lvmkit.models import MODELS, build_model
 from lvmkit.models.registry import settings_help
@@ -208,7 +212,7 @@ def _fit_into(
         "split_seed": dcfg["split_seed"],
         "val_fraction": dcfg["val_fraction"],
         "image_shape": list(dataset.image_shape),
-        "levels": dcfg["levels"],
+        "levels": dataset.levels,
         "sha256": data_checksum(dataset),  # evaluate and diagnose refuse data changed since
     }
     save_model(model, model_name, data_info, out / "model.pt")
@@ -226,6 +230,9 @@ def _fit_into(
         summary["val_loss"] = result.val_losses[result.params_epoch - 1]  # model.pt's epoch's
         summary["best_epoch"] = result.best_epoch
         summary["best_val_loss"] = result.val_losses[result.best_epoch - 1]
+        if model.data_kind != "continuous" or getattr(val_data, "dequantized", False):
+            # the loss on the data's own scale: bits/dim of a bound on the discrete likelihood
+            summary["val_bits_per_dim"] = loss_bits_per_dim(summary["val_loss"], val_data)
     if dataset.y is not None and model.can_encode and not probe_problem(dataset.y):
         summary["linear_probe_accuracy"] = linear_probe(encode(model, dataset), dataset.y)
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -269,11 +276,13 @@ def run_complete(path: Path, n: int, seed: int) -> int:
 
 def run_evaluate(
     path: Path,
-    num_samples: int,
+    num_samples: int | None,
     seed: int,
     progress: bool = True,
     data: str | None = None,
     split: str | None = None,
+    method: str = "importance",
+    steps: int = 100,
 ) -> int:
     """log p(x) into RUN/evaluation.json: exact where the model can say it, importance-sampled
     with the model's guide otherwise. On the run's own test part by default; ``data`` scores
@@ -305,16 +314,47 @@ def run_evaluate(
             f"{data}: images of shape {scored.image_shape}, but the run's model takes "
             f"{tuple(run.data['image_shape'])}"
         )
-    ll = evaluate(run.model, scored, num_samples=num_samples, seed=seed, progress=progress)
-    est = {"log_likelihood": ll.mean, "stderr": ll.stderr, "exact": ll.exact}
+    model = run.model
+    num_samples = num_samples or (16 if method == "ais" else 1000)
+    common = dict(seed=seed, progress=progress)
+    if model.density == "importance":  # log p(x) as K grows, then the estimate asked for
+        prepared = model.prepare(scored)
+        ks = sample_counts(1000 if method == "ais" else num_samples)
+        ais_steps = steps if method == "ais" else None
+        rows = convergence(
+            model.model,
+            model.guide,
+            prepared,
+            ks=ks,
+            ais_steps=ais_steps,
+            ais_chains=num_samples,
+            **common,
+        )
+        ll = rows[-1]
+    else:
+        rows = []
+        ll = evaluate(model, scored, method=method, num_samples=num_samples, **common)
+    est = {"log_likelihood": ll.mean, "stderr": ll.stderr, "mc_stderr": ll.mc_stderr}
+    est |= {"exact": ll.exact, "method": ll.method}
     if not ll.exact:
         est["num_samples"] = ll.num_samples
+    if ll.steps is not None:
+        est["steps"] = ll.steps
     if ll.bits_per_dim is not None:
         est["bits_per_dim"] = ll.bits_per_dim
+    if rows:
+        est["convergence"] = [r.row() for r in rows]
     est["data"], est["split"] = data or run.data["name"], split
     if group().main:  # under torchrun every process scored its share; rank 0 writes
         write_text(out, json.dumps(est, indent=2) + "\n")
-        print(f"{json.dumps(est)}\nwrote {out}")
+        shown = {k: v for k, v in est.items() if k != "convergence"}
+        print(f"{json.dumps(shown)}\nwrote {out}")
+        if rows:
+            picture = out.with_name(out.stem.replace("evaluation", "convergence") + ".png")
+            save_figure(convergence_plot(rows), picture)
+            for r in rows:
+                print(f"  {r}")
+            print(f"wrote {picture}")
     return 0
 
 
@@ -494,7 +534,18 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="log p(x) and bits/dim on the test split")
     e.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
     e.add_argument(
-        "--num-samples", type=_positive(int), default=1000, help="importance samples per image"
+        "--method",
+        choices=["importance", "ais"],
+        default="importance",
+        help="importance sampling with the model's encoder (default), or AIS from it",
+    )
+    e.add_argument(
+        "--num-samples",
+        type=_positive(int),
+        help="importance samples per image (default 1000), or AIS chains (default 16)",
+    )
+    e.add_argument(
+        "--steps", type=_positive(int), default=100, help="AIS temperatures (default 100)"
     )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--data", help="score other data (a path or a name) instead of the run's")
@@ -603,7 +654,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_diagnose(args.run, args.num_samples, args.num_images, args.seed, progress)
         if args.command == "evaluate":
             return run_evaluate(
-                args.run, args.num_samples, args.seed, progress, args.data, args.split
+                args.run,
+                args.num_samples,
+                args.seed,
+                progress,
+                args.data,
+                args.split,
+                method=args.method,
+                steps=args.steps,
             )
         if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
             return _launch_local(args.nproc, argv if argv is not None else sys.argv[1:])

@@ -140,6 +140,7 @@ def test_diagnose_builds_a_report_that_reads_well(tmp_path):
     assert headings == [
         "Training",
         "Can the guide be trusted",
+        "Has log p(x) settled",
         "Did the code collapse",
         "What does amortization cost",
         "Posterior predictive check",
@@ -153,6 +154,17 @@ def test_diagnose_builds_a_report_that_reads_well(tmp_path):
     def reading(r, name):
         rows = [row for s in r.sections for row in s.rows if row[0] == name]
         return rows[0][2] if rows else None
+
+    rows = report.results["convergence"]  # IS at K = 1, 10, 20, then AIS from the guide
+    assert [(r["method"], r["num_samples"]) for r in rows][:3] == [
+        ("importance", 1),
+        ("importance", 10),
+        ("importance", 20),
+    ]
+    assert rows[3]["method"] == "ais" and rows[3]["steps"] == 50
+    assert rows[0]["mean"] < rows[2]["mean"] < rows[3]["mean"]  # IS rises with K; AIS tighter
+    assert all(r["bits_per_dim"] > 0 for r in rows)  # bounds on a 17-level likelihood
+    assert reading(report, "reading") is not None
 
     ceiling = math.log(40)
     assert report.results["mutual_information_ceiling"] == pytest.approx(ceiling)

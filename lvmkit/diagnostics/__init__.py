@@ -1,6 +1,7 @@
 """Looking inside fitted models: posteriors, their diagnostics, representations, plots, and
 ``diagnose``, which builds a run's report."""
 
+from lvmkit.diagnostics.convergence import convergence, convergence_plot, sample_counts
 from lvmkit.diagnostics.diagnose import SECTIONS, diagnose
 from lvmkit.diagnostics.plots import (
     bars,
@@ -34,6 +35,8 @@ __all__ = [
     "active_units",
     "amortization_gap",
     "bars",
+    "convergence",
+    "convergence_plot",
     "diagnose",
     "encode",
     "histogram",
@@ -49,5 +52,6 @@ __all__ = [
     "probe_problem",
     "psis_khat",
     "reconstructions",
+    "sample_counts",
     "save_figure",
 ]

@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lvmkit.data import ImageData, check_count
+from lvmkit.diagnostics.convergence import convergence, convergence_plot, label, sample_counts
 from lvmkit.diagnostics.plots import bars, histogram, image_grid, latent_space
 from lvmkit.diagnostics.posteriors import (
     MIN_PSIS_DRAWS,
@@ -48,6 +49,7 @@ class Context:
     evaluation: dict | None
     num_samples: int
     seed: int
+    ais_steps: int | None = None
     results: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
     found: dict = field(default_factory=dict)  # tensors later sections reuse
@@ -62,7 +64,15 @@ def _likelihood(ctx: Context) -> Section | None:
     if ctx.evaluation is None:
         return None
     ctx.results["evaluation"] = ctx.evaluation
-    rows = [(k, v, "") for k, v in ctx.evaluation.items()]
+    rows = [(k, v, "") for k, v in ctx.evaluation.items() if k != "convergence"]
+    for r in ctx.evaluation.get("convergence", []):
+        how = (
+            f"AIS {r['num_samples']}x{r['steps']}"
+            if r["method"] == "ais"
+            else (f"IS K={r['num_samples']}")
+        )
+        bits = f", {r['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in r else ""
+        rows.append((how, r["mean"], f"± {r['mc_stderr']:.3f} Monte Carlo{bits}"))
     return Section("Likelihood", rows, "on the test split (lvmkit evaluate)")
 
 
@@ -83,8 +93,9 @@ def _trust(ctx: Context) -> Section:
                 "",
                 "q(z|x) is narrower than p(z|x) or misses part of it for many images: an "
                 "importance-sampled log p(x) is then biased low and needs far more samples. "
-                "Train with elbo='iwae' (more samples widen q), give the encoder more capacity, "
-                "or check a few images against NUTS (lvmkit.nuts)",
+                "Measure log p(x) by AIS instead (lvmkit.ais; lvmkit evaluate RUN --method "
+                "ais), train with elbo='iwae' (more samples widen q), give the encoder more "
+                "capacity, or check a few images against NUTS (lvmkit.nuts)",
             )
         )
     note = (
@@ -92,6 +103,37 @@ def _trust(ctx: Context) -> Section:
         "above 0.7 the guide misses part of the posterior"
     )
     return Section("Can the guide be trusted? (PSIS k-hat, Yao et al. 2018)", rows, note)
+
+
+def _settled(ctx: Context) -> Section | None:
+    """log p(x) of the first images by importance sampling as K grows, and by AIS."""
+    model = ctx.model
+    if model.density != "importance":
+        return None
+    data = model.prepare(ctx.data[: len(ctx.xs)])
+    ks = sample_counts(ctx.num_samples)
+    rows = convergence(model.model, model.guide, data, ks=ks, ais_steps=ctx.ais_steps)
+    ctx.results["convergence"] = [r.row() for r in rows]
+    ctx.figures["convergence.png"] = convergence_plot(rows)
+    table = []
+    for r in rows:
+        bits = f", {r.bits_per_dim:.4f} bits/dim" if r.bits_per_dim is not None else ""
+        note = f"± {r.stderr:.3f} over images, ± {r.mc_stderr:.3f} Monte Carlo{bits}"
+        table.append((label(r), r.mean, f"{note}; {r.seconds:.1f} s"))
+    best = rows[len(ks) - 1]
+    note = f"log p(x) in nats per image, {len(ctx.xs)} images"
+    if ctx.ais_steps:
+        annealed = rows[-1]
+        gap = annealed.mean - best.mean
+        noise = 2 * math.hypot(annealed.mc_stderr, best.mc_stderr)
+        verdict = (
+            f"AIS lies {gap:.2f} nats above IS at K={best.num_samples}: the importance-sampled "
+            "estimate is loose here, so compare models by AIS"
+            if gap > noise
+            else f"IS at K={best.num_samples} agrees with AIS within Monte Carlo error"
+        )
+        table.append(("reading", round(gap, 4), verdict))
+    return Section("Has log p(x) settled? (K and AIS)", table, note)
 
 
 def _collapse(ctx: Context) -> Section:
@@ -211,6 +253,7 @@ SECTIONS = [
     _training,
     _likelihood,
     _needs_gaussian_code(_trust),
+    _settled,
     _needs_gaussian_code(_collapse),
     _needs_gaussian_code(_amortization),
     _needs_gaussian_code(_ppc),
@@ -227,6 +270,7 @@ def diagnose(
     num_samples: int = 200,
     num_images: int = 100,
     seed: int = 0,
+    ais_steps: int | None = 50,
     title: str = "lvmkit report",
     progress: bool = False,
 ) -> Report:
@@ -236,9 +280,12 @@ def diagnose(
 
     summary, evaluation: the fit's summary and ``evaluate``'s figures, shown first.
     num_samples: draws of q(z|x) per image for k-hat and the posterior.
-    num_images: how many of the images (the first) k-hat, KL, mutual information (whose
-        estimate cannot exceed log num_images) and the posterior check look at; the
-        amortization gap looks at up to 50 of them, active units and the latent space at all.
+    num_images: how many of the images (the first) k-hat, log p(x) as K grows, KL, mutual
+        information (whose estimate cannot exceed log num_images) and the posterior check look
+        at; the amortization gap looks at up to 50 of them, active units and the latent space
+        at all.
+    ais_steps: AIS temperatures (16 chains) for the yardstick beside importance sampling;
+        None leaves AIS out.
     """
     instead = "lvmkit.posterior, psis_khat and the other functions of lvmkit.diagnostics"
     check_builtin(model, data, "diagnose", instead)
@@ -246,7 +293,7 @@ def diagnose(
     check_count("num_images", num_images)
     x = model.inputs(data)[0]
     xs = x[:num_images]
-    ctx = Context(model, data, x, xs, summary or {}, evaluation, num_samples, seed)
+    ctx = Context(model, data, x, xs, summary or {}, evaluation, num_samples, seed, ais_steps)
     sections = []
     for section in tqdm(SECTIONS, desc="diagnose", unit="section", disable=not progress):
         found = section(ctx)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lvmkit.data import check_count
-from lvmkit.inference.likelihood import LogLikelihood, estimate_per_batch
+from lvmkit.inference.likelihood import LogLikelihood, estimate_per_batch, no_guide
 from lvmkit.inference.programs import (
     is_latent,
     particle_traces,
@@ -59,7 +59,7 @@ def log_likelihood(
     ``pyro.param`` names to values (``result.params``, or values of your own); None uses Pyro's
     global parameter store, and warns about ``pyro.param`` sites that had no value there.
     Latents the guide does not sample are summed out where marked for enumeration; when the
-    guide samples nothing, log p(x) is exact (``method="exact"``).
+    guide samples nothing (or is None), log p(x) is exact (``method="exact"``).
     Each batch draws from its own stream, seeded by ``seed`` and its number, so the values do
     not depend on how the batches are shared: under torchrun each process estimates its share
     and every process gets all the values, in order, equal to one process's.
@@ -69,6 +69,7 @@ def log_likelihood(
     """
     check_count("num_samples", num_samples)
     check_count("batch_size", batch_size)
+    guide = guide or no_guide
     if particle_chunk is not None:
         check_count("particle_chunk", particle_chunk)
     chunk = particle_chunk or max(1, min(num_samples, 65536 // batch_size))

@@ -7,6 +7,7 @@ Every sample site must sit inside ``pyro.plate("data", N)``, so the estimates sp
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,6 +64,15 @@ class LogLikelihood:
     steps: int | None = None  # AIS temperatures
     dims: float = math.nan  # dimensions predicted per datapoint (mean)
     mc_errors: Tensor | None = field(default=None, repr=False)  # (N,) per datapoint
+    seconds: float = math.nan  # how long the estimate took
+
+    def row(self) -> dict:
+        """The summary as plain numbers, e.g. for JSON: method, samples, steps, mean, both
+        standard errors, bits/dim (where defined) and seconds."""
+        keys = ("method", "num_samples", "steps", "mean", "stderr", "mc_stderr", "bits_per_dim")
+        row = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        row["seconds"] = self.seconds
+        return row
 
     @classmethod
     def of(
@@ -75,6 +85,7 @@ class LogLikelihood:
         method: str,
         mc_var: Tensor | None = None,
         steps: int | None = None,
+        seconds: float = math.nan,
     ) -> LogLikelihood:
         """Summarise per-datapoint values (N,), the dimensions each predicts (N,) and the
         Monte Carlo variance of each (N,; None when exact)."""
@@ -101,6 +112,7 @@ class LogLikelihood:
             steps=steps,
             dims=float(dims.mean()),
             mc_errors=errors,
+            seconds=seconds,
         )
 
     def __str__(self) -> str:
@@ -144,6 +156,7 @@ class Estimates:
     discrete: bool
     guide_trace: object
     model_trace: object
+    seconds: float
 
     def summary(self, num_samples: int, method: str, steps: int | None = None) -> LogLikelihood:
         exact = method == "exact"
@@ -155,6 +168,7 @@ class Estimates:
             method=method,
             mc_var=None if exact else self.mc_var,
             steps=steps,
+            seconds=self.seconds,
         )
 
 
@@ -186,6 +200,7 @@ def estimate_per_batch(
     The values of dequantized data are turned into bounds on the discrete log-likelihood.
     """
     check_count("batch_size", batch_size)
+    start = time.perf_counter()
     if discrete is None:
         discrete = getattr(data, "levels", None) is not None
     device = place(model, guide, device=device)
@@ -213,7 +228,7 @@ def estimate_per_batch(
         first = dataset.batch(torch.arange(min(batch_size, len(dataset))))
         guide_tr = model_tr = nesting = None
         if trace:  # the plate nesting, and the checks of sites and plates it makes
-            guide_tr, model_tr = trace_once(model, guide or _no_guide, *first)
+            guide_tr, model_tr = trace_once(model, guide or no_guide, *first)
             nesting = nesting_of(guide_tr, model_tr, check_guide=check_guide)
         for b in mine:
             torch.manual_seed(hash((seed, b)) % 2**63)
@@ -228,8 +243,22 @@ def estimate_per_batch(
     values, variances, dims = (
         gather_rows(torch.cat(parts) if parts else empty, g) for parts in (values, variances, dims)
     )
-    return Estimates(values, variances, dims, discrete, guide_tr, model_tr)
+    seconds = time.perf_counter() - start
+    return Estimates(values, variances, dims, discrete, guide_tr, model_tr, seconds)
 
 
-def _no_guide(*args, **kwargs):
+def loss_bits_per_dim(nats: float, dataset) -> float:
+    """A loss of discrete ``dataset`` (a Dataset, or tensors) in nats per datapoint (-log p(x),
+    or a negative ELBO, as a fit reports it) in bits per dimension predicted; a density of
+    dequantized pixels gains the bins' width, D log(levels): a bound on the discrete loss."""
+    dataset = as_dataset(dataset)
+    with torch.random.fork_rng():  # a completion's masks are drawn: keep the caller's stream
+        torch.manual_seed(0)
+        batch = dataset.batch(torch.arange(len(dataset)))
+    dims = predicted_dims(dataset, batch)
+    offset = torch.as_tensor(dequantization_offset(dataset, dims)).double().mean()
+    return (nats - float(offset)) / (float(dims.mean()) * math.log(2))
+
+
+def no_guide(*args, **kwargs):
     """The guide of a model whose every latent is summed out (or drawn from its prior)."""
