@@ -29,6 +29,7 @@ def run(script: str) -> list[dict]:
         "likelihoods.py",
         "scaling.py",
         "threads.py",
+        "ais_vs_is.py",
     ],
 )
 def test_benchmark_smoke_runs_print_json(script):
@@ -51,6 +52,13 @@ def test_benchmark_smoke_runs_print_json(script):
     elif script == "threads.py":
         assert [row["load"] for row in rows] == ["idle", "one core busy"]
         assert all(row["seconds_1_thread"] > 0 and row["seconds_auto"] > 0 for row in rows)
+    elif script == "ais_vs_is.py":
+        (row,) = rows
+        assert list(row["rows"]) == [
+            "IS K=1", "IS K=10", "IS K=100", "AIS 16 chains x 5", "AIS 16 chains x 20"
+        ]  # fmt: skip
+        assert all(r["bits_per_dim"] > 0 and r["seconds"] > 0 for r in row["rows"].values())
+        assert row["rows"]["IS K=1"]["mc_stderr"] is None  # one draw: no Monte Carlo error
     elif script == "lvm_em_vs_svi.py":
         (row,) = rows
         assert set(row) >= {"svi", "em_importance"} and row["svi"]["stderr"] > 0

@@ -72,7 +72,8 @@ def _likelihood(ctx: Context) -> Section | None:
             else (f"IS K={r['num_samples']}")
         )
         bits = f", {r['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in r else ""
-        rows.append((how, r["mean"], f"± {r['mc_stderr']:.3f} Monte Carlo{bits}"))
+        mc = "no" if r.get("mc_stderr") is None else f"± {r['mc_stderr']:.3f}"
+        rows.append((how, r["mean"], f"{mc} Monte Carlo error{bits}"))
     return Section("Likelihood", rows, "on the test split (lvmkit evaluate)")
 
 

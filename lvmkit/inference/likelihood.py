@@ -68,11 +68,11 @@ class LogLikelihood:
 
     def row(self) -> dict:
         """The summary as plain numbers, e.g. for JSON: method, samples, steps, mean, both
-        standard errors, bits/dim (where defined) and seconds."""
+        standard errors (None where undefined), bits/dim (where defined) and seconds."""
         keys = ("method", "num_samples", "steps", "mean", "stderr", "mc_stderr", "bits_per_dim")
-        row = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-        row["seconds"] = self.seconds
-        return row
+        row = {k: getattr(self, k) for k in (*keys, "seconds") if getattr(self, k) is not None}
+        # NaN (a standard error from one draw) is not JSON: None says "undefined" there
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
     @classmethod
     def of(
