@@ -92,6 +92,9 @@ SCRIPT = textwrap.dedent(
 
     ll = lvmkit.log_likelihood(*ppca(), x, num_samples=50, batch_size=10, device="cpu")
     results["ll"] = ll.values
+    model, guide = ppca()
+    annealed = lvmkit.ais(model, x, guide=guide, num_samples=4, steps=5, batch_size=10)
+    results["ais"] = annealed.values
     idata = lvmkit.posterior(*ppca(), x, num_samples=20, device="cpu")
     observed = torch.as_tensor(idata.observed_data["x"].values)
     results["posterior"] = (idata.posterior["z"].shape, observed)
@@ -164,6 +167,7 @@ def test_two_process_em_equals_one_process_em(runs):
 def test_two_process_log_likelihood_equals_one_process(runs):
     one, two, _ = runs
     assert one["ll"].shape == (64,) and torch.allclose(one["ll"], two["ll"], atol=1e-5)
+    assert one["ais"].shape == (64,) and torch.allclose(one["ais"], two["ais"], atol=1e-5)
 
 
 def test_two_process_posterior_holds_every_datapoint_in_order(runs):
