@@ -16,7 +16,7 @@ def evaluate(
     data,
     *,
     method: str = "importance",
-    num_samples: int = 1000,
+    num_samples: int | None = None,
     steps: int = 100,
     batch_size: int = 128,
     seed: int = 0,
@@ -26,8 +26,9 @@ def evaluate(
     """log p(x) of a built-in model (``lvmkit.models.BuiltinModel``) on ``data`` (ImageData,
     which ``model.prepare`` turns into the model's units): exact where the model declares
     ``density = "exact"`` (mixtures, autoregressive models); otherwise estimated with its guide,
-    by importance sampling with ``num_samples`` draws (``method="importance"``) or by AIS with
-    ``num_samples`` chains and ``steps`` temperatures (``method="ais"``, ``lvmkit.ais``).
+    by importance sampling with ``num_samples`` draws (``method="importance"``, default 1000) or
+    by AIS with ``num_samples`` chains (default 16) and ``steps`` temperatures
+    (``method="ais"``, ``lvmkit.ais``).
     Discrete data are scored on their levels; a continuous likelihood of discrete data is
     scored on dequantized pixels, so that its bits/dim bound the discrete likelihood's."""
     check_builtin(model, data, "evaluate", "lvmkit.log_likelihood(model, guide, data)")
@@ -38,6 +39,8 @@ def evaluate(
             f"{type(model).__name__} defines no density p(x) to evaluate (an autoencoder's code "
             "has no prior); fit a latent variable model such as lvm instead"
         )
+    if num_samples is None:
+        num_samples = 16 if method == "ais" else 1000
     prepared = model.prepare(data)
     common = dict(batch_size=batch_size, seed=seed, device=device, progress=progress)
     discrete = model.data_kind != "continuous" or getattr(prepared, "dequantized", False)
