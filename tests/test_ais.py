@@ -217,3 +217,25 @@ def test_bad_input_is_a_clear_error(model, guide, settings, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         settings = {"num_samples": 2, "steps": 3} | settings
         lvmkit.ais(model, torch.zeros(4), guide=guide, **settings)
+
+
+def test_bdmc_refuses_an_observation_that_is_not_an_argument():
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=2 * x + 1)  # a transform of the argument
+
+    with pytest.raises(ValueError, match="observed site 'x': its obs is not one of the model"):
+        lvmkit.bdmc(model, torch.randn(5), num_samples=2, steps=2)
+
+
+def test_evaluate_by_ais_for_a_built_in_model_is_at_least_as_tight_as_by_importance():
+    digits = lvmkit.data.load("digits")
+    lvm = lvmkit.models.GaussianLVM(lvmkit.models.GaussianLVMConfig(hidden=(32,)))
+    lvmkit.fit(lvm.model, lvm.guide, lvm.prepare(digits[:300]), epochs=5, progress=False)
+    lvm.eval()
+    sampled = lvmkit.evaluate(lvm, digits[1500:1530], num_samples=50)
+    annealed = lvmkit.evaluate(lvm, digits[1500:1530], method="ais", num_samples=8, steps=30)
+    assert annealed.method == "ais" and annealed.bits_per_dim is not None
+    noise = 3 * math.hypot(sampled.mc_stderr, annealed.mc_stderr)
+    assert annealed.mean > sampled.mean - noise

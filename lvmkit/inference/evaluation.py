@@ -47,7 +47,13 @@ def evaluate(
     if model.density == "importance":
         if method == "ais":
             return ais(
-                model.model, model.guide, prepared, num_samples=num_samples, steps=steps, **common
+                model.model,
+                prepared,
+                guide=model.guide,
+                num_samples=num_samples,
+                steps=steps,
+                discrete=discrete,
+                **common,
             )
         return log_likelihood(
             model.model,
