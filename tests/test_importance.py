@@ -169,8 +169,10 @@ def test_evaluate_is_exact_where_the_model_says_so_and_sampled_otherwise():
     gmm = build_model("gmm", digits.image_shape, digits.levels, {"components": 3})
     gmm.initialize(gmm.prepare(data))
     ll = lvmkit.evaluate(gmm, data, device="cpu")
-    assert ll.exact and ll.bits_per_dim is None  # continuous data: no bits per dimension
-    assert torch.allclose(ll.values, gmm.log_prob(gmm.prepare(data)).double())
+    # a density of the dequantized pixels, made a bound on the 17-level digits' likelihood
+    assert ll.exact and ll.bits_per_dim == pytest.approx(-ll.mean / (64 * math.log(2)))
+    density = gmm.log_prob(gmm.prepare(data)).double()
+    assert torch.allclose(ll.values, density - 64 * math.log(17))
 
     pixelcnn = build_model("pixelcnn", digits.image_shape, digits.levels, {"layers": 2})
     ll = lvmkit.evaluate(pixelcnn, data, batch_size=16)

@@ -7,7 +7,7 @@ import torch
 
 from lvmkit.inference.annealing import ais
 from lvmkit.inference.importance import log_likelihood
-from lvmkit.inference.likelihood import LogLikelihood, estimate_per_batch
+from lvmkit.inference.likelihood import LogLikelihood, dequantized_levels, estimate_per_batch
 from lvmkit.models.base import check_builtin
 
 
@@ -43,8 +43,8 @@ def evaluate(
         num_samples = 16 if method == "ais" else 1000
     prepared = model.prepare(data)
     common = dict(batch_size=batch_size, seed=seed, device=device, progress=progress)
-    discrete = model.data_kind != "continuous" or getattr(prepared, "dequantized", False)
     if model.density == "importance":
+        discrete = model.data_kind != "continuous" or dequantized_levels(prepared) is not None
         if method == "ais":
             return ais(
                 model.model,
@@ -64,6 +64,10 @@ def evaluate(
             **common,
         )
 
+    # a continuous density of discrete images is fitted to dequantized pixels (prepare)
+    dequantized = data.levels if model.data_kind == "continuous" else None
+    discrete = dequantized is not None or model.data_kind != "continuous"
+
     def exact(batch, nesting, tick):
         tick(1)
         values = model.log_prob(*batch)
@@ -78,6 +82,7 @@ def evaluate(
         params=None,
         discrete=discrete,
         trace=False,
+        dequantized=dequantized,
         **common,
     )
     return est.summary(1, "exact")

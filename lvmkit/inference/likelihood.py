@@ -136,13 +136,16 @@ def predicted_dims(dataset, batch: tuple[Tensor, ...]) -> Tensor:
     return torch.full((len(x),), float(x[0].numel()), dtype=torch.float64, device=x.device)
 
 
-def dequantization_offset(dataset, dims: Tensor) -> Tensor | float:
-    """What turns a density of dequantized pixels in [0, 1) into a bound on the discrete
-    log-likelihood: -dims * log(levels) per datapoint (each bin has width 1/levels), or 0 for
-    data that are not dequantized."""
-    if not getattr(dataset, "dequantized", False):
-        return 0.0
-    return -dims * math.log(dataset.levels)
+def dequantization_offset(levels: int | None, dims: Tensor) -> Tensor | float:
+    """What turns a density of pixels dequantized from ``levels`` levels, in [0, 1), into a
+    bound on the discrete log-likelihood: -dims * log(levels) per datapoint (each bin has
+    width 1/levels); 0 when ``levels`` is None (nothing dequantized)."""
+    return 0.0 if levels is None else -dims * math.log(levels)
+
+
+def dequantized_levels(dataset) -> int | None:
+    """The levels of a dataset's dequantized pixels (ImageData.dequantized), else None."""
+    return dataset.levels if getattr(dataset, "dequantized", False) else None
 
 
 @dataclass
@@ -188,6 +191,7 @@ def estimate_per_batch(
     ticks_per_batch: int = 1,
     check_guide: bool = True,
     trace: bool = True,
+    dequantized: int | None = None,
 ) -> Estimates:
     """Run ``estimate(batch, plate_nesting, tick)`` -> (values (N,), mc_var (N,)) over the
     batches of ``data``, as every estimator of log p(x) does: model and guide in eval mode,
@@ -196,6 +200,8 @@ def estimate_per_batch(
     shared: under torchrun each process estimates its share and every process gets all the
     values, in order, equal to one process's. ``tick(n)`` advances the progress bar.
     ``trace=False`` skips tracing model and guide (``plate_nesting`` is then None).
+    ``dequantized``: the levels of the data's dequantized pixels, when the dataset cannot say
+    (``dequantized_levels``).
 
     The values of dequantized data are turned into bounds on the discrete log-likelihood.
     """
@@ -205,6 +211,7 @@ def estimate_per_batch(
         discrete = getattr(data, "levels", None) is not None
     device = place(model, guide, device=device)
     dataset = as_dataset(data, "data").to(device)
+    dequantized = dequantized or dequantized_levels(dataset)
     g = group(device)
     starts = list(range(0, len(dataset), batch_size))
     mine = range(len(starts))[shard(len(starts), g)]
@@ -236,7 +243,7 @@ def estimate_per_batch(
             batch = dataset.batch(index)
             v, var = estimate(batch, nesting, bar.update)
             d = predicted_dims(dataset, batch)
-            values.append(v.double() + dequantization_offset(dataset, d))
+            values.append(v.double() + dequantization_offset(dequantized, d))
             variances.append(var.double())
             dims.append(d)
     empty = torch.zeros(0, dtype=torch.float64, device=device)
@@ -256,7 +263,8 @@ def loss_bits_per_dim(nats: float, dataset) -> float:
         torch.manual_seed(0)
         batch = dataset.batch(torch.arange(len(dataset)))
     dims = predicted_dims(dataset, batch)
-    offset = torch.as_tensor(dequantization_offset(dataset, dims)).double().mean()
+    offset = torch.as_tensor(dequantization_offset(dequantized_levels(dataset), dims))
+    offset = offset.double().mean()
     return (nats - float(offset)) / (float(dims.mean()) * math.log(2))
 
 

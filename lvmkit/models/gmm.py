@@ -254,8 +254,13 @@ class GaussianMixture(BuiltinModel):
         return (self.prepare(data),)
 
     def prepare(self, data: lvdata.ImageData) -> Tensor:
-        """Images as vectors in [0, 1]: (N, C*H*W)."""
-        return lvdata.scale(data).x.flatten(1) if data.levels is not None else data.x.flatten(1)
+        """Images as vectors (N, C*H*W): discrete pixels dequantized once, (v + u) / levels
+        with u ~ U[0, 1) drawn from a fixed seed, so that the mixture's density bounds the
+        discrete likelihood (``lvmkit.evaluate`` reports it so); continuous ones as they are."""
+        if data.levels is None:
+            return data.x.flatten(1)
+        noise = torch.rand(data.x.shape, generator=torch.Generator().manual_seed(0))
+        return ((data.x + noise.to(data.x)) / data.levels).flatten(1)
 
     # ---- uses -----------------------------------------------------------------------------
     @torch.no_grad()
