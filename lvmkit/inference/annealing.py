@@ -37,6 +37,7 @@ from lvmkit.inference.programs import (
 )
 
 TARGET_ACCEPT = 0.65  # HMC's acceptance rate the step size adapts towards (Wu et al. 2017)
+PILOT_CHAINS = 4  # chains per datapoint of the run that tunes the step sizes
 
 
 def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> Tensor:
@@ -191,32 +192,54 @@ def anneal(
     betas: Tensor,
     *,
     leapfrog_steps: int,
-    step_size: float,
+    step_sizes: float | Tensor,
     tick=lambda n: None,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Run the chains from ``u`` along ``betas`` (b_0, ..., b_T): each step adds
     (b_t - b_(t-1)) [log p - log q] at the current latents to the log weights, then (but for the
-    last) moves them by one HMC transition leaving f_(b_t) invariant. Returns the log weights
-    (K, N): forward (0 -> 1) they estimate log p(x), reverse (1 -> 0) -log p(x).
+    last) moves them by one HMC transition leaving f_(b_t) invariant: ``leapfrog_steps``
+    leapfrog steps with a fresh standard-normal momentum.
 
-    HMC: ``leapfrog_steps`` leapfrog steps with a fresh standard-normal momentum; the step size
-    is one per datapoint, multiplied after every transition by exp(rate - 0.65) where rate is
-    the datapoint's acceptance rate over its chains.
+    step_sizes: a (T - 1, N) schedule, one step size per transition and datapoint, held fixed
+        (as AIS's weights need: a step size chosen from the chains' own states would break
+        each transition's invariance); or a number to start from and adapt, multiplying the
+        step size after every transition by exp(rate - 0.65), rate being the datapoint's
+        acceptance rate over its chains: what a pilot run does to make a schedule.
+    Returns the log weights (K, N), which forward (0 -> 1) estimate log p(x) and reverse
+    (1 -> 0) -log p(x), and the step sizes used (T - 1, N).
     """
-    eps = lw = None
+    adapt = not torch.is_tensor(step_sizes)
+    used, lw = [], None
     for t in range(1, len(betas)):
         beta = float(betas[t])
         log_f, delta, grads = path.target(u, beta)
         if t == 1:
             _check_finite(path, u, log_f, delta, beta, t)
             lw = torch.zeros_like(delta)
-            eps = torch.full(delta.shape[1:], step_size, dtype=delta.dtype, device=delta.device)
+            if adapt:
+                eps = torch.full(delta.shape[1:], step_sizes, dtype=delta.dtype)
+                eps = eps.to(delta.device)
         lw = lw + (beta - float(betas[t - 1])) * delta
         if t < len(betas) - 1:
+            if not adapt:
+                eps = step_sizes[t - 1]
+            used.append(eps)
             u, rate = _hmc(path, u, beta, log_f, grads, eps, leapfrog_steps)
-            eps = eps * torch.exp(rate - TARGET_ACCEPT)
+            if adapt:
+                eps = eps * torch.exp(rate - TARGET_ACCEPT)
         tick(1)
-    return lw
+    schedule = torch.stack(used) if used else lw.new_zeros(0, lw.shape[1])
+    return lw, schedule
+
+
+def tuned_step_sizes(model, guide, args, betas, *, plate_nesting, leapfrog_steps, step_size):
+    """A step-size schedule (T - 1, N) from a pilot run of ``PILOT_CHAINS`` chains per
+    datapoint that adapts as it goes; the estimate's own chains then follow it unchanged."""
+    if len(betas) <= 2:  # no transition to tune
+        return torch.zeros(0)
+    pilot = AnnealingPath(model, guide, args, num_chains=PILOT_CHAINS, plate_nesting=plate_nesting)
+    settings = dict(leapfrog_steps=leapfrog_steps, step_sizes=step_size)
+    return anneal(pilot, pilot.start, betas, **settings)[1]
 
 
 def _check_finite(path, u, log_f, delta, beta, t) -> None:
@@ -284,12 +307,14 @@ def ais(
 
     Each datapoint runs ``num_samples`` independent chains from ``guide``'s q(z|x) (the model's
     prior when None) through ``steps`` temperatures on a sigmoid schedule to p(x, z), each
-    moved by HMC (``leapfrog_steps`` steps of a size that starts at ``step_size`` and adapts
-    per datapoint towards 65% acceptance). ``steps=1`` is importance sampling with
-    ``num_samples`` draws. Cost: about steps x (leapfrog_steps + 1) x num_samples evaluations
-    of model and guide with their gradients, per datapoint; memory that of one gradient pass
-    over num_samples x batch_size datapoints. A stochastic lower bound on log p(x) in
-    expectation; ``lvmkit.bdmc`` tells how many steps close the gap.
+    moved by HMC (``leapfrog_steps`` leapfrog steps). The step sizes, one per temperature and
+    datapoint, come from a pilot run of 4 chains that starts at ``step_size`` and adapts towards
+    65% acceptance; the estimate's chains then follow that schedule unchanged, so that every
+    transition leaves its distribution invariant and the weights stay unbiased. ``steps=1`` is
+    importance sampling with ``num_samples`` draws. Cost: about steps x (leapfrog_steps + 1) x
+    (num_samples + 4) evaluations of model and guide with their gradients, per datapoint;
+    memory that of one gradient pass over num_samples x batch_size datapoints. A stochastic
+    lower bound on log p(x) in expectation; ``lvmkit.bdmc`` tells how many steps close the gap.
 
     data, batch_size, discrete, seed, device, progress and params are as for
     ``lvmkit.log_likelihood``: the same data plate, batches, seeding per batch, torchrun
@@ -299,11 +324,11 @@ def ais(
     betas = _check_settings(num_samples, steps, leapfrog_steps, step_size)
 
     def estimate(batch, nesting, tick):
+        tuning = dict(plate_nesting=nesting, leapfrog_steps=leapfrog_steps, step_size=step_size)
+        schedule = tuned_step_sizes(model, guide, batch, betas, **tuning)
         path = AnnealingPath(model, guide, batch, num_chains=num_samples, plate_nesting=nesting)
-        lw = anneal(
-            path, path.start, betas, leapfrog_steps=leapfrog_steps, step_size=step_size, tick=tick
-        )
-        return log_mean_weight(lw)
+        settings = dict(leapfrog_steps=leapfrog_steps, step_sizes=schedule, tick=tick)
+        return log_mean_weight(anneal(path, path.start, betas, **settings)[0])
 
     est = estimate_per_batch(
         model,
@@ -342,10 +367,17 @@ class Sandwich:
         these settings can be from log p(x) on such data."""
         return self.upper.mean - self.lower.mean
 
+    @property
+    def gap_mc_stderr(self) -> float:
+        """The Monte Carlo standard error of ``gap``: a gap within about two of these of zero
+        (even a slightly negative one) says the bounds have met at this precision."""
+        return math.hypot(self.lower.mc_stderr, self.upper.mc_stderr)
+
     def __str__(self) -> str:
         return (
             f"{self.lower.mean:.4f} <= log p(x) <= {self.upper.mean:.4f} nats "
-            f"(gap {self.gap:.4f}; AIS {self.lower.num_samples} chains x {self.lower.steps} steps)"
+            f"(gap {self.gap:.4f} ± {self.gap_mc_stderr:.4f}; AIS {self.lower.num_samples} chains "
+            f"x {self.lower.steps} steps)"
         )
 
 
@@ -420,14 +452,18 @@ def bdmc(
 
     def estimate(batch, nesting, tick):
         args, latents = simulate(model, batch)
+        tuning = dict(plate_nesting=nesting, leapfrog_steps=leapfrog_steps, step_size=step_size)
+        schedule = tuned_step_sizes(model, guide, args, betas, **tuning)
         path = AnnealingPath(model, guide, args, num_chains=num_samples, plate_nesting=nesting)
-        settings = dict(leapfrog_steps=leapfrog_steps, step_size=step_size, tick=tick)
-        lower = anneal(path, path.start, betas, **settings)
+        lower, _ = anneal(path, path.start, betas, leapfrog_steps=leapfrog_steps,
+                          step_sizes=schedule, tick=tick)  # fmt: skip
         exact = {
             n: path.latents[n].transform.inv(latents[n]).expand_as(path.start[n]).clone()
             for n in path.latents
         }
-        reverse = anneal(path, exact, betas.flip(0), **settings)
+        # the reverse chain makes the same transitions in the opposite order
+        reverse, _ = anneal(path, exact, betas.flip(0), leapfrog_steps=leapfrog_steps,
+                            step_sizes=schedule.flip(0), tick=tick)  # fmt: skip
         value, var = log_mean_weight(reverse)
         upper.append(-value.double())
         upper_var.append(var.double())
