@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -351,3 +352,31 @@ def test_params_may_be_a_dict_of_values_of_your_own():
         lvmkit.log_likelihood(mixture, empty_guide, x, params=[1.0])
     with pytest.raises(ValueError, match=r"params\['w'\] is not a tensor"):
         lvmkit.log_likelihood(mixture, empty_guide, x, params={"w": "heavy"})
+
+
+def test_module_weights_in_a_params_dict_that_the_module_lacks_are_named():
+    """A dict of saved weights cannot reach a module (pyro.module keeps its own): say so,
+    rather than score with the module's fresh weights in silence."""
+    import pytest
+    from torch import nn
+
+    import lvmkit
+
+    enc = nn.Linear(1, 2)
+
+    def guide(x):
+        pyro.module("enc", enc)
+        with pyro.plate("data", len(x)):
+            loc, log_scale = enc(x.unsqueeze(-1)).unbind(-1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()))
+
+    xs = x.float()
+    fitted = lvmkit.fit(model, guide, xs, epochs=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the trained module itself: nothing to say
+        lvmkit.log_likelihood(model, guide, xs, num_samples=5, params=fitted.params)
+    saved = {k: v.clone() for k, v in fitted.params.items()}
+    with torch.no_grad():
+        enc.weight.add_(1.0)  # as a fresh module in another process would differ
+    with pytest.warns(UserWarning, match=r"\['enc\$\$\$weight'\] that differ"):
+        lvmkit.log_likelihood(model, guide, xs, num_samples=5, params=saved)

@@ -29,6 +29,7 @@ from lvmkit.inference.fit import FitResult
 from lvmkit.inference.mixture_em import fit_em
 from lvmkit.inference.programs import (
     DATA_PLATE,
+    MODULE_SEPARATOR,
     is_latent,
     max_plate_nesting,
     param_state,
@@ -194,7 +195,9 @@ def starting_params(params=None) -> dict:
     out: ``pyro.module`` registers the module's own tensors, which EM trains in place."""
     state = param_state(params) if params is not None else pyro.get_param_store().get_state()
     values = {
-        n: v.detach().clone().requires_grad_() for n, v in state["params"].items() if "$$$" not in n
+        n: v.detach().clone().requires_grad_()
+        for n, v in state["params"].items()
+        if MODULE_SEPARATOR not in n
     }
     return {"params": values, "constraints": {n: state["constraints"][n] for n in values}}
 
@@ -302,7 +305,7 @@ def em(
         with torch.no_grad():  # parameters must exist before the first E-step
             objective.e_step(model, *first)
         fresh = sorted(set(pyro.get_param_store().keys()) - set(start["params"]))
-        fresh = [n for n in fresh if "$$$" not in n]
+        fresh = [n for n in fresh if MODULE_SEPARATOR not in n]
         if start["params"] and fresh:
             warnings.warn(
                 f"pyro.param site(s) {fresh} had no value in the parameters EM started from and "

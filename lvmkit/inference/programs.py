@@ -70,8 +70,14 @@ def fitted_params(params=None):
     values, such as ``FitResult.params`` or values of your own), or the global store when None. A
     ``pyro.param`` site with no value there is initialised afresh, which after a fit is almost
     always a mistake: warn about it, naming the sites, and take such values out of the store
-    again afterwards, so that every call says so and the store stays as it was."""
-    state = param_state(params)
+    again afterwards, so that every call says so and the store stays as it was.
+
+    A module registered with ``pyro.module`` always runs with its own weights: a dict's entries
+    for them ("name$$$weight") are compared with those, and a warning names any that differ
+    (weights saved from a fit and not loaded back into the module)."""
+    state, given = param_state(params), module_weights(params)
+    if given:
+        state = {k: {n: v for n, v in d.items() if n not in given} for k, d in state.items()}
     store = pyro.get_param_store()
     with store.scope(state) if state is not None else nullcontext():
         before = set(store.keys())
@@ -79,10 +85,13 @@ def fitted_params(params=None):
             yield
         finally:
             created = [n for n in store.keys() if n not in before]
+            ignored = unused_module_weights(given, store)
             for name in created:  # the store (the user's, or the fit's) stays as it was
                 del store[name]
+    if ignored:
+        warn_unused_module_weights(ignored, stacklevel=4)
     # a module's parameters (pyro.module, "name$$$...") keep the module's own values
-    fresh = sorted(n for n in created if "$$$" not in n)
+    fresh = sorted(n for n in created if MODULE_SEPARATOR not in n)
     if fresh:
         warnings.warn(
             f"pyro.param site(s) {fresh} had no value here and were initialised "
@@ -90,6 +99,39 @@ def fitted_params(params=None):
             "inside result.scope()",
             stacklevel=3,
         )
+
+
+MODULE_SEPARATOR = "$$$"  # Pyro's "module$$$parameter" names of pyro.module weights
+STATE_KEYS = {"params", "constraints"}
+
+
+def module_weights(params) -> dict:
+    """The entries of a plain dict ``params`` that name pyro.module weights (empty for a
+    FitResult or a store state, whose modules are the trained objects themselves)."""
+    if not isinstance(params, dict) or set(params) == STATE_KEYS:
+        return {}
+    return {n: v for n, v in params.items() if MODULE_SEPARATOR in n}
+
+
+def unused_module_weights(given: dict, store) -> list[str]:
+    """The names in ``given`` whose values differ from the module weights ``store`` holds
+    after a run (pyro.module registers each module's own tensors)."""
+
+    def same(a, b) -> bool:
+        a, b = a.detach(), torch.as_tensor(b).detach()
+        return a.shape == b.shape and torch.equal(a.cpu(), b.to(a.dtype).cpu())
+
+    return sorted(n for n, v in given.items() if n in store and not same(store[n], v))
+
+
+def warn_unused_module_weights(names: list[str], stacklevel: int) -> None:
+    warnings.warn(
+        f"params holds weights of pyro.module parameters {names} that differ from the modules' "
+        "own, which the model and guide ran with: pyro.module takes no weights from params. "
+        "Load them into the module (module.load_state_dict), or pass params=result (what "
+        "lvmkit.fit returned, whose modules are the trained ones)",
+        stacklevel=stacklevel,
+    )
 
 
 def param_state(params) -> dict | None:
@@ -102,7 +144,7 @@ def param_state(params) -> dict | None:
             f"params must be what lvmkit.fit returned, or a dict of pyro.param names to values; "
             f"got {type(params).__name__}"
         )
-    if set(params) == {"params", "constraints"}:  # a store state (FitResult.param_state)
+    if set(params) == STATE_KEYS:  # a store state (FitResult.param_state)
         return params
     values = {}
     for name, value in params.items():
