@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -636,7 +637,18 @@ def _same(a, b) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``lvmkit`` command; returns its exit code (2 for bad input, 130 if interrupted)."""
+    """The ``lvmkit`` command; returns its exit code (2 for bad input, 130 if interrupted).
+    Warnings print as one line each, like its errors."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"lvmkit: {category.__name__}: {message}", file=sys.stderr)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser(argv).parse_args(argv)
     progress = not getattr(args, "no_progress", False)
     try:

@@ -88,7 +88,7 @@ def convergence_plot(rows: list[LogLikelihood]):
             yerr=[0 if math.isnan(error(r)) else error(r) for r in sampled],
             marker="o",
             capsize=3,
-            label="importance sampling",
+            label="importance sampling (± Monte Carlo error)",
         )
         ax.set_xscale("log")
     for r in rows:

@@ -188,7 +188,7 @@ def _traversals(model, kl: Tensor, seed: int):
 def _amortization(ctx: Context) -> Section:
     xs = ctx.xs[:50]  # refining q per image costs 100 gradient steps each
     gap = amortization_gap(ctx.model, xs, steps=100, seed=ctx.seed)
-    # a density of dequantized pixels, evaluated at the bins' centres, on the discrete scale
+    # a density of dequantized pixels, on the scale of the discrete likelihood
     levels = dequantized_levels(ctx.model.prepare(ctx.data[:1]))
     shift = -xs[0].numel() * math.log(levels) if levels else 0.0
     found = dataclasses.asdict(gap)
@@ -205,8 +205,8 @@ def _amortization(ctx: Context) -> Section:
     note = f"per image, on {len(xs)} images"
     if levels:
         note += (
-            f"; the density at the pixels' bin centres minus {xs[0].numel()} log {levels}: on "
-            "the scale of the discrete likelihood"
+            f"; the density of one dequantized draw minus {xs[0].numel()} log {levels}: on the "
+            "scale of the discrete likelihood"
         )
     return Section("What does amortization cost? (Cremer et al. 2018)", rows, note)
 
@@ -273,6 +273,18 @@ SECTIONS = [
 ]
 
 
+def _images(model, data: ImageData, seed: int) -> Tensor:
+    """The images in model units, as the diagnostics score them: one seeded dequantized draw
+    where the model dequantizes (so that densities minus D log levels bound the discrete
+    likelihood), the model's own inputs otherwise."""
+    prepared = model.prepare(data)
+    if dequantized_levels(prepared) is None:
+        return model.inputs(data)[0]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return prepared.batch(torch.arange(len(prepared)))[0]
+
+
 def diagnose(
     model,
     data: ImageData,
@@ -303,7 +315,7 @@ def diagnose(
     check_builtin(model, data, "diagnose", instead)
     check_count("num_samples", num_samples, minimum=MIN_PSIS_DRAWS)
     check_count("num_images", num_images)
-    x = model.inputs(data)[0]
+    x = _images(model, data, seed)
     xs = x[:num_images]
     ctx = Context(model, data, x, xs, summary or {}, evaluation, num_samples, seed, ais_steps)
     sections = []

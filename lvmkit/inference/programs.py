@@ -201,8 +201,10 @@ def on_device(device: torch.device):
 def _outside_data_plate(name: str) -> ValueError:
     return ValueError(
         f"site {name!r} is not inside pyro.plate({DATA_PLATE!r}, N): importance weights per "
-        "datapoint need every sample site in the data plate. A global latent (one value for "
-        "all datapoints, e.g. a regression weight) has no per-datapoint posterior here: sample "
+        "datapoint need every sample site in the data plate, found by that name (a plate over "
+        f"the datapoints named otherwise must be renamed {DATA_PLATE!r}). A global latent (one "
+        "value for all datapoints, e.g. a regression weight) has no per-datapoint posterior "
+        "here: sample "
         "it with lvmkit.nuts, or make it a pyro.param"
     )
 

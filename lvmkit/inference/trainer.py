@@ -175,11 +175,11 @@ class Trainer:
         for name, marked in unguided.items():
             if self.elbo_name == "enum" and marked:
                 continue
+            fix = "" if self.elbo_name == "enum" else " and use elbo='enum' (or 'iwae')"
             raise ValueError(
                 f"latent site {name!r} is in the model but the guide does not sample it, which "
                 f"elbo={self.elbo_name!r} cannot score: add it to the guide, or, if it is "
-                "discrete, mark it infer={'enumerate': 'parallel'} and use elbo='enum' (or "
-                "'iwae')"
+                f"discrete, mark it infer={{'enumerate': 'parallel'}}{fix}"
             )
 
     def _collect_params(self) -> None:
