@@ -122,15 +122,22 @@ class AnnealingPath:
             shape[b - self.nesting - 1] = t.shape[0]
         return t.reshape(shape)
 
+    def _values(self, u: dict[str, Tensor]) -> poutine.Trace:
+        """A trace holding the latents' values z(u), for model and guide to replay."""
+        values = poutine.Trace()
+        for name, latent in self.latents.items():
+            z = latent.transform(u[name])
+            values.add_node(name, type="sample", value=z, is_observed=False, infer={})
+        return values
+
     def densities(self, u: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x, z), log q(z|x) and the log Jacobian of z(u), each (K, N), at the latents
         ``u`` in unconstrained coordinates (discrete latents marked for enumeration summed
         out of both densities)."""
-        values = poutine.Trace()
+        values = self._values(u)
         log_jac = 0.0
         for name, latent in self.latents.items():
-            z = latent.transform(u[name])
-            values.add_node(name, type="sample", value=z, is_observed=False, infer={})
+            z = values.nodes[name]["value"]
             ladj = latent.transform.log_abs_det_jacobian(u[name], z)
             event_dim = ladj.dim() - (u[name].dim() - latent.event_dim)  # any left unsummed
             log_jac = log_jac + self._per_chain(ladj, _Latent(None, latent.data_dim, event_dim))
@@ -166,11 +173,7 @@ class AnnealingPath:
 
     def nonfinite_site(self, u: dict[str, Tensor]) -> str:
         """The first site whose log density is not finite at ``u``, for an error message."""
-        values = poutine.Trace()
-        for name, latent in self.latents.items():
-            values.add_node(
-                name, type="sample", value=latent.transform(u[name]), is_observed=False, infer={}
-            )
+        values = self._values(u)
         with pyro.plate("particles", self.k, dim=-self.nesting - 1):
             traces = [poutine.trace(poutine.replay(self.model, trace=values)).get_trace(*self.args)]
             if self.guide is not None:

@@ -5,13 +5,16 @@ Every sample site must sit inside ``pyro.plate("data", N)``, so the weights spli
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from lvmkit.data import check_count
-from lvmkit.inference.likelihood import LogLikelihood, estimate_per_batch, no_guide
+from lvmkit.inference.likelihood import (
+    LogLikelihood,
+    estimate_per_batch,
+    no_guide,
+    weight_summary,
+)
 from lvmkit.inference.programs import (
     is_latent,
     particle_traces,
@@ -83,9 +86,7 @@ def log_likelihood(
             lse = parts[0] if lse is None else torch.logaddexp(lse, parts[0])
             lse2 = parts[1] if lse2 is None else torch.logaddexp(lse2, parts[1])
         tick(1)
-        k = num_samples
-        var = (lse2 - 2 * lse).exp() - 1 / k if k > 1 else torch.full_like(lse, math.nan)
-        return lse - math.log(k), var.clamp(min=0)
+        return weight_summary(lse, lse2, num_samples)
 
     est = estimate_per_batch(
         model,

@@ -29,13 +29,17 @@ from lvmkit.inference.programs import (
 
 def log_mean_weight(lw: Tensor) -> tuple[Tensor, Tensor]:
     """From log weights (K, N): log (1/K) sum_k w_k (N,), and its Monte Carlo variance by the
-    delta method, sum_k w~_k^2 - 1/K with w~ the normalised weights (N,); NaN for K = 1, where
-    one draw says nothing of its spread."""
-    k = len(lw)
-    lse = torch.logsumexp(lw, 0)
+    delta method (``weight_summary``)."""
+    return weight_summary(torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0), len(lw))
+
+
+def weight_summary(lse: Tensor, lse2: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """From log sum_k w_k and log sum_k w_k^2 over K weights (N,): log (1/K) sum_k w_k (N,),
+    and its Monte Carlo variance by the delta method, sum_k w~_k^2 - 1/K with w~ the normalised
+    weights (N,); NaN for K = 1, where one draw says nothing of its spread."""
     if k == 1:
         return lse, torch.full_like(lse, math.nan)
-    var = (torch.logsumexp(2 * lw, 0) - 2 * lse).exp() - 1 / k
+    var = (lse2 - 2 * lse).exp() - 1 / k
     return lse - math.log(k), var.clamp(min=0)
 
 
@@ -59,12 +63,16 @@ class LogLikelihood:
     mc_stderr: float  # Monte Carlo error of the mean: sqrt(sum mc_errors^2) / N; 0 when exact
     bits_per_dim: float | None  # -mean / (dims log 2) for discrete data; None otherwise
     num_samples: int  # importance samples (or AIS chains) per datapoint; 1 when exact
-    exact: bool = False  # computed in closed form, not estimated
     method: str = "importance"  # "exact", "importance" or "ais"
     steps: int | None = None  # AIS temperatures
     dims: float = math.nan  # dimensions predicted per datapoint (mean)
     mc_errors: Tensor | None = field(default=None, repr=False)  # (N,) per datapoint
     seconds: float = math.nan  # how long the estimate took
+
+    @property
+    def exact(self) -> bool:
+        """Computed in closed form, not estimated."""
+        return self.method == "exact"
 
     def row(self) -> dict:
         """The summary as plain numbers, e.g. for JSON: method, samples, steps, mean, both
@@ -107,7 +115,6 @@ class LogLikelihood:
             mc_stderr,
             bpd,
             num_samples,
-            exact=method == "exact",
             method=method,
             steps=steps,
             dims=float(dims.mean()),
