@@ -36,6 +36,7 @@ from lvmkit.diagnostics import (
 from lvmkit.inference import NonFiniteLossError, em, evaluate, fit
 from lvmkit.inference.checkpoint import check_writable, run_lock, write_text
 from lvmkit.inference.distributed import group, process_device, set_threads
+from lvmkit.inference.evaluation import DEFAULT_SAMPLES, scores_discrete
 from lvmkit.inference.likelihood import loss_bits_per_dim
 from lvmkit.inference.programs import resolve_device
 from lvmkit.models import MODELS, build_model
@@ -231,7 +232,7 @@ def _fit_into(
         summary["val_loss"] = result.val_losses[result.params_epoch - 1]  # model.pt's epoch's
         summary["best_epoch"] = result.best_epoch
         summary["best_val_loss"] = result.val_losses[result.best_epoch - 1]
-        if model.data_kind != "continuous" or getattr(val_data, "dequantized", False):
+        if scores_discrete(model, val_data):
             # the loss on the data's own scale: bits/dim of a bound on the discrete likelihood
             summary["val_bits_per_dim"] = loss_bits_per_dim(summary["val_loss"], val_data)
     if dataset.y is not None and model.can_encode and not probe_problem(dataset.y):
@@ -316,19 +317,19 @@ def run_evaluate(
             f"{tuple(run.data['image_shape'])}"
         )
     model = run.model
-    num_samples = num_samples or (16 if method == "ais" else 1000)
+    num_samples = num_samples or DEFAULT_SAMPLES[method]
     common = dict(seed=seed, progress=progress)
     if model.density == "importance":  # log p(x) as K grows, then the estimate asked for
         prepared = model.prepare(scored)
-        ks = sample_counts(1000 if method == "ais" else num_samples)
-        ais_steps = steps if method == "ais" else None
+        largest = DEFAULT_SAMPLES["importance"] if method == "ais" else num_samples
         rows = convergence(
             model.model,
             model.guide,
             prepared,
-            ks=ks,
-            ais_steps=ais_steps,
+            ks=sample_counts(largest),
+            ais_steps=steps if method == "ais" else None,
             ais_chains=num_samples,
+            discrete=scores_discrete(model, prepared),
             **common,
         )
         ll = rows[-1]

@@ -117,3 +117,16 @@ def test_bits_per_dim_of_a_completion_count_the_hidden_pixels_only():
     hidden = ll.dims
     assert 16 <= hidden <= 48  # one to three of four 4x4 quadrants hidden, never all 64
     assert ll.bits_per_dim == pytest.approx(-ll.mean / (hidden * math.log(2)))
+
+
+def test_the_cli_evaluates_a_completion_model_in_bits_per_hidden_pixel(tmp_path, capsys):
+    """The conditional model's importance-sampled rows count its hidden pixels, as
+    lvmkit.evaluate does."""
+    from lvmkit.cli import main
+
+    run = tmp_path / "clvm"
+    assert main(["fit", "clvm", "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--num-samples", "10", "--no-progress"]) == 0
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert all(r["bits_per_dim"] > 0 for r in evaluation["convergence"])
+    assert evaluation["bits_per_dim"] == evaluation["convergence"][-1]["bits_per_dim"]

@@ -30,6 +30,7 @@ def convergence(
     ais_steps: int | None = None,
     ais_chains: int = 16,
     batch_size: int = 128,
+    discrete: bool | None = None,
     seed: int = 0,
     device=None,
     progress: bool = False,
@@ -41,7 +42,7 @@ def convergence(
 
     Arguments as for ``lvmkit.log_likelihood`` and ``lvmkit.ais``. Cost: sum(ks) draws per
     datapoint, plus AIS's (about ais_chains x ais_steps x 6 gradient evaluations)."""
-    common = dict(batch_size=batch_size, seed=seed, device=device, params=params)
+    common = dict(batch_size=batch_size, discrete=discrete, seed=seed, device=device, params=params)
     rows = [
         log_likelihood(model, guide, data, num_samples=k, progress=progress, **common) for k in ks
     ]

@@ -10,6 +10,14 @@ from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.likelihood import LogLikelihood, dequantized_levels, estimate_per_batch
 from lvmkit.models.base import check_builtin
 
+DEFAULT_SAMPLES = {"importance": 1000, "ais": 16}  # draws per datapoint, or AIS chains
+
+
+def scores_discrete(model, prepared) -> bool:
+    """Whether a built-in model's density of its ``prepared`` data is a likelihood of discrete
+    values, or a bound on one (dequantized pixels): where bits per dimension are defined."""
+    return model.data_kind != "continuous" or dequantized_levels(prepared) is not None
+
 
 def evaluate(
     model,
@@ -40,11 +48,11 @@ def evaluate(
             "has no prior); fit a latent variable model such as lvm instead"
         )
     if num_samples is None:
-        num_samples = 16 if method == "ais" else 1000
+        num_samples = DEFAULT_SAMPLES[method]
     prepared = model.prepare(data)
     common = dict(batch_size=batch_size, seed=seed, device=device, progress=progress)
     if model.density == "importance":
-        discrete = model.data_kind != "continuous" or dequantized_levels(prepared) is not None
+        discrete = scores_discrete(model, prepared)
         if method == "ais":
             return ais(
                 model.model,
