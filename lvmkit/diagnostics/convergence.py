@@ -37,11 +37,30 @@ def convergence(
     params=None,
 ) -> list[LogLikelihood]:
     """log p(x) of ``data`` by importance sampling with ``guide`` for each K in ``ks``, then, if
-    ``ais_steps``, by AIS from the guide with ``ais_chains`` chains: one LogLikelihood each, in
-    that order (each with its standard errors over data and Monte Carlo, and its seconds).
+    ``ais_steps``, by AIS from the guide with ``ais_chains`` chains. Cost: sum(ks) draws per
+    datapoint, plus AIS's (about ais_chains x ais_steps x 6 gradient evaluations).
 
-    Arguments as for ``lvmkit.log_likelihood`` and ``lvmkit.ais``. Cost: sum(ks) draws per
-    datapoint, plus AIS's (about ais_chains x ais_steps x 6 gradient evaluations)."""
+    Parameters
+    ----------
+    model, guide : callable
+        A Pyro model and guide, as for ``lvmkit.log_likelihood``.
+    data : Tensor of shape (N, ...), tuple of such tensors, or Dataset
+        The data scored.
+    ks : sequence of int
+        Importance samples per datapoint, one estimate each.
+    ais_steps : int or None
+        AIS temperatures; None leaves AIS out.
+    ais_chains : int
+        AIS chains per datapoint.
+    batch_size, discrete, seed, device, progress, params
+        As for ``lvmkit.log_likelihood``.
+
+    Returns
+    -------
+    list of LogLikelihood
+        One per K, in order, then AIS's: each with ``values`` (N,) in nats, both standard errors,
+        bits/dim where defined, and its seconds.
+    """
     common = dict(batch_size=batch_size, discrete=discrete, seed=seed, device=device, params=params)
     rows = [
         log_likelihood(model, guide, data, num_samples=k, progress=progress, **common) for k in ks

@@ -319,10 +319,31 @@ def ais(
     memory that of one gradient pass over num_samples x batch_size datapoints. A stochastic
     lower bound on log p(x) in expectation; ``lvmkit.bdmc`` tells how many steps close the gap.
 
-    data, batch_size, discrete, seed, device, progress and params are as for
-    ``lvmkit.log_likelihood``: the same data plate, batches, seeding per batch, torchrun
-    sharding, and fitted parameters. Returns a LogLikelihood (``method="ais"``) whose
-    ``mc_errors`` come from the chains' weights by the delta method.
+    Parameters
+    ----------
+    model : callable
+        A Pyro program over a batch, every sample site in ``pyro.plate("data", N)``.
+    data : Tensor of shape (N, ...), tuple of such tensors, or Dataset
+        The model's arguments, batched along their first dim.
+    guide : callable or None
+        q(z|x), the chains' start; None starts them from the model's prior.
+    num_samples : int
+        Chains per datapoint.
+    steps : int
+        Temperatures T of the annealing schedule (``steps=1``: importance sampling).
+    leapfrog_steps : int
+        Leapfrog steps per HMC transition.
+    step_size : float
+        The pilot run's first step size.
+    batch_size, discrete, seed, device, progress, params
+        As for ``lvmkit.log_likelihood``: the same batches, seeding per batch, torchrun
+        sharding, and fitted parameters.
+
+    Returns
+    -------
+    LogLikelihood
+        ``values`` (N,) in nats, ``method="ais"``, ``steps``; ``mc_errors`` (N,) from the
+        chains' weights by the delta method.
     """
     betas = _check_settings(num_samples, steps, leapfrog_steps, step_size)
 
@@ -445,6 +466,23 @@ def bdmc(
     and reverse AIS from the latents that generated the data, with the settings of
     ``lvmkit.ais``. Cost: twice that of ``ais`` on the same data. The gap shrinks as ``steps``
     grows: choose the steps of ``ais`` where it is small enough for the question at hand.
+
+    Parameters
+    ----------
+    model : callable
+        A Pyro program whose every observed site's ``obs`` is one of its arguments.
+    data_like : Tensor of shape (N, ...), tuple of such tensors, or Dataset
+        Arguments shaped like the data to simulate, N datapoints.
+    guide, num_samples, steps, leapfrog_steps, step_size, batch_size, seed, device, progress,
+    params
+        As for ``lvmkit.ais``.
+
+    Returns
+    -------
+    Sandwich
+        ``lower`` and ``upper`` (LogLikelihood, values (N,) in nats), ``gap`` and
+        ``gap_mc_stderr`` (nats per datapoint), ``data`` (the simulated arguments, shaped like
+        ``data_like``'s).
     """
     betas = _check_settings(num_samples, steps, leapfrog_steps, step_size)
     dataset = as_dataset(data_like, "data_like")
