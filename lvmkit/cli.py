@@ -337,7 +337,8 @@ def run_evaluate(
         rows = []
         ll = evaluate(model, scored, method=method, num_samples=num_samples, **common)
     est = {"log_likelihood": ll.mean, "stderr": ll.stderr, "mc_stderr": ll.mc_stderr}
-    est |= {"exact": ll.exact, "method": ll.method}
+    # the keys say what they are; the unit, once (bits_per_dim, where defined, is in bits)
+    est |= {"unit": "nats per datapoint", "exact": ll.exact, "method": ll.method}
     if not ll.exact:
         est["num_samples"] = ll.num_samples
     if ll.steps is not None:

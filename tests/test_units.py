@@ -69,6 +69,7 @@ def test_the_cli_fits_low_level_data_on_their_levels(tmp_path, capsys):
     assert main(["evaluate", str(run), *settings]) == 0
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["method"] == "ais" and evaluation["steps"] == 3
+    assert evaluation["unit"] == "nats per datapoint"
     rows = evaluation["convergence"]
     assert [r["num_samples"] for r in rows] == [1, 10, 100, 1000, 2]
     assert rows[-1]["method"] == "ais" and rows[-1]["mean"] == evaluation["log_likelihood"]
