@@ -28,7 +28,7 @@ def worker(kind: str, rounds: int, smoke: bool) -> None:
     import torch
 
     import lvmkit
-    from lvmkit.inference.distributed import group
+    from lvmkit.core.processes import group
 
     torch.set_num_threads(1)
     if kind == "svi":

@@ -30,7 +30,7 @@ def spin() -> None:
 def one_fit(threads: str, epochs: int) -> float:
     code = (
         "import time, torch, lvmkit\n"
-        "from lvmkit.inference.distributed import set_threads\n"
+        "from lvmkit.core.processes import set_threads\n"
         f"set_threads({threads!r} if {threads!r} == 'auto' else int({threads!r}))\n"
         "d = lvmkit.data.load('digits')\n"
         "m = lvmkit.models.build_model('lvm', d.image_shape, d.levels)\n"

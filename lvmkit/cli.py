@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from lvmkit import data as lvdata
+from lvmkit.core.files import check_writable, run_lock, write_text
+from lvmkit.core.processes import group, process_device, set_threads
 from lvmkit.data import BUNDLED, DATASETS
 from lvmkit.diagnostics import (
     MIN_PSIS_DRAWS,
@@ -34,8 +36,6 @@ from lvmkit.diagnostics import (
     save_figure,
 )
 from lvmkit.inference import NonFiniteLossError, em, evaluate, fit
-from lvmkit.inference.checkpoint import check_writable, run_lock, write_text
-from lvmkit.inference.distributed import group, process_device, set_threads
 from lvmkit.inference.evaluation import DEFAULT_SAMPLES, scores_discrete
 from lvmkit.inference.likelihood import loss_bits_per_dim
 from lvmkit.inference.programs import resolve_device

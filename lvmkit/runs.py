@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvmkit import data as lvdata
-from lvmkit.inference.checkpoint import (
+from lvmkit.core.files import (
     CheckpointError,
     checksum,
     load_checkpoint,

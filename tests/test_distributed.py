@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     from torch import nn
 
     import lvmkit
-    from lvmkit.inference.distributed import group
+    from lvmkit.core.processes import group
     from lvmkit.models import GaussianMixture, GaussianMixtureConfig
 
     torch.set_num_threads(1)

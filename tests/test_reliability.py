@@ -15,7 +15,7 @@ from torch import nn
 import lvmkit
 from lvmkit.cli import main
 from lvmkit.inference import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
-from lvmkit.inference.checkpoint import run_lock, write_text
+from lvmkit.core.files import run_lock, write_text
 
 
 def sqrt_pair():
@@ -85,7 +85,7 @@ def test_a_second_process_is_refused_from_a_run_folder_in_use(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from lvmkit.inference.checkpoint import run_lock\n"
+            "import sys, time; from lvmkit.core.files import run_lock\n"
             f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(30)",
         ],
         stdout=subprocess.PIPE,
@@ -272,11 +272,11 @@ def test_crafted_or_foreign_trainer_states_are_refused_on_resume(tmp_path):
     path = tmp_path / "checkpoint.pt"
     good = load_checkpoint(path)
     edits = {
-        "no param_names": lambda s: s["trainer"].pop("param_names"),
-        "a parameter gone": lambda s: s["trainer"]["params"].pop("noise"),
-        "no optimizer state": lambda s: s["trainer"].update(optimizer={}),
-        "a changed dtype": lambda s: s["trainer"]["params"].update(
-            noise=s["trainer"]["params"]["noise"].double()
+        "no param_names": lambda s: s["algorithm"].pop("param_names"),
+        "a parameter gone": lambda s: s["algorithm"]["params"].pop("noise"),
+        "no optimizer state": lambda s: s["algorithm"].update(optimizer={}),
+        "a changed dtype": lambda s: s["algorithm"]["params"].update(
+            noise=s["algorithm"]["params"]["noise"].double()
         ),
     }
     for edit in edits.values():

@@ -433,7 +433,7 @@ def test_outputs_are_checked_writable_before_computing(finished_run, tmp_path, c
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the folder should be")
     with pytest.raises(OSError, match="cannot write into"):
-        lvmkit.inference.checkpoint.check_writable(blocked / "sub" / "x.json")
+        lvmkit.core.files.check_writable(blocked / "sub" / "x.json")
 
 
 def test_labels_a_probe_cannot_use_are_said_at_the_start_and_the_run_finishes(tmp_path, capsys):
@@ -479,7 +479,7 @@ def test_nan_weights_in_a_model_file_are_named_on_loading(finished_run, tmp_path
     state["state_dict"][key] = torch.full_like(state["state_dict"][key], float("nan"))
     state.pop("sha256")
     if with_checksum:  # a file another program wrote whole, checksum and all
-        from lvmkit.inference.checkpoint import checksum
+        from lvmkit.core.files import checksum
 
         state["sha256"] = checksum(state)
     torch.save(state, run / "model.pt")

@@ -132,7 +132,7 @@ def test_nan_loss_names_epoch_and_step_and_keeps_checkpoint(xs, tmp_path):
         (b"garbage, not a zip or pickle", "not a readable checkpoint"),
         ("truncated", "not a readable checkpoint"),
         ("foreign", "not an lvmkit checkpoint"),
-        ("incomplete", r"lacks \['loop', 'rng', 'trainer'\]"),
+        ("incomplete", r"lacks \['algorithm', 'loop', 'rng'\]"),
         ("code", "not a readable checkpoint"),
     ],
 )
@@ -291,7 +291,7 @@ def test_progress_bar_can_be_silenced(xs, capsys):
     assert capsys.readouterr().err == ""
     lvmkit.fit(*user_pair(), xs, epochs=1, progress=True)
     err = capsys.readouterr().err
-    assert "fit" in err and "epoch=1/1" in err and "pts_per_s" in err
+    assert "svi" in err and "epoch=1/1" in err and "pts_per_s" in err
 
 
 def test_trainer_for_a_custom_loop(xs):
@@ -430,7 +430,7 @@ def test_an_optimizer_factory_is_used_and_recorded(xs, tmp_path):
     assert len(built) == 1 and r.losses[-1] < r.losses[0]
     ckpt = lvmkit.inference.load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["config"]["optimizer"].endswith("rmsprop")
-    assert "square_avg" in ckpt["trainer"]["optimizer"]["state"][0]  # RMSprop's own state
+    assert "square_avg" in ckpt["algorithm"]["optimizer"]["state"][0]  # RMSprop's own state
     plain = lvmkit.fit(
         *user_pair(), xs, optimizer=torch.optim.RMSprop, epochs=2, lr=0.01, progress=False
     )

@@ -1,6 +1,6 @@
 """Datasets, transforms and splits. ``load("digits")`` is the bundled default."""
 
-from lvmkit.data.dataset import Dataset, TensorData, as_dataset, check_count
+from lvmkit.data.dataset import Dataset, TensorData, as_dataset
 from lvmkit.data.datasets import BUNDLED, DATASETS, cache_dir, fetch, load, load_digits
 from lvmkit.data.images import ImageData, check_images, check_labels
 from lvmkit.data.loaders import (
@@ -34,7 +34,6 @@ __all__ = [
     "Dataset",
     "TensorData",
     "as_dataset",
-    "check_count",
     "ImageData",
     "binarize",
     "check_images",

@@ -67,16 +67,7 @@ def as_dataset(data, what: str = "data") -> Dataset:
         return TensorData((data,), what)
     if isinstance(data, (tuple, list)):
         return TensorData(tuple(data), what)
-    raise ValueError(
+    raise TypeError(
         f"{what} must be a tensor, a tuple of tensors, or lvmkit ImageData; "
         f"got {type(data).__name__}"
     )
-
-
-def check_count(name: str, value, minimum: int = 1) -> int:
-    """``value`` if it is an int >= ``minimum`` (a number of epochs, samples, images...), else
-    a ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        at_least = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{name} must be {at_least}, got {value!r}")
-    return value

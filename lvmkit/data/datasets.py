@@ -12,7 +12,6 @@ import os
 import tarfile
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lvmkit.core.files import atomic_path
 from lvmkit.data.images import ImageData
 from lvmkit.data.loaders import (
     DataError,
@@ -238,17 +238,14 @@ def _download(name: str, spec: NamedDataset, remote: Remote, path: Path, progres
     failures = []
     for base in spec.mirrors:
         url = base + remote.file
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
         try:
             if progress:
                 print(f"lvmkit: downloading {url} ({remote.size / 2**20:.1f} MiB)")
-            _copy_checked(url, tmp, remote)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                _copy_checked(url, tmp, remote)
             return
         except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as err:
             failures.append(f"{url}: {err}")
-        finally:
-            tmp.unlink(missing_ok=True)
     wanted = "; ".join(f"{r.file} (sha256 {r.sha256})" for r in spec.files)
     raise DataError(
         f"cannot download {name!r} ({' | '.join(failures)}). Offline? Put its files in "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from lvmkit.data import check_count
+from lvmkit.core.checks import check_count
 from lvmkit.diagnostics.plots import Figure
 from lvmkit.inference import LogLikelihood, ais, log_likelihood
 

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lvmkit.data import ImageData, check_count
+from lvmkit.core.checks import check_count
+from lvmkit.core.rng import seeded
+from lvmkit.data import ImageData
 from lvmkit.diagnostics.convergence import convergence, convergence_plot, label, sample_counts
 from lvmkit.diagnostics.plots import bars, histogram, image_grid, latent_space
 from lvmkit.diagnostics.posteriors import (
@@ -177,8 +179,7 @@ def _traversals(model, kl: Tensor, seed: int):
     for row, j in enumerate(dims):
         z[row, :, j] = values
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         images = model.to_images(model.decode_mean(z.reshape(-1, z_dim).to(device)))
     labels = [f"z{j}  KL {float(kl[j]):.2f}" for j in dims]
     title = "latent traversals (rows: the dimensions with the most KL)"
@@ -280,8 +281,7 @@ def _images(model, data: ImageData, seed: int) -> Tensor:
     prepared = model.prepare(data)
     if dequantized_levels(prepared) is None:
         return model.inputs(data)[0]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         return prepared.batch(torch.arange(len(prepared)))[0]
 
 

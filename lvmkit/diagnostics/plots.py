@@ -12,7 +12,7 @@ import torch
 from matplotlib import figure
 from torch import Tensor
 
-from lvmkit.inference.checkpoint import atomic_path
+from lvmkit.core.files import atomic_path
 
 
 class Figure(figure.Figure):

@@ -18,8 +18,9 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from lvmkit.data import check_count
-from lvmkit.inference.distributed import gather_objects, group, shard
+from lvmkit.core.checks import check_count
+from lvmkit.core.processes import gather_objects, group, shard
+from lvmkit.core.rng import seeded
 from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.programs import (
     evaluating,
@@ -86,10 +87,8 @@ def posterior(
     g = group(device)  # under torchrun each process draws for its share of the datapoints
     rows = shard(len(args[0]), g) if g.active else slice(None)
     args = _on(device, tuple(a[rows] if isinstance(a, Tensor) else a for a in args))
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), on_device(device), fitted_params(params):
+    with seeded(seed + g.rank, device), on_device(device), fitted_params(params):
         nesting = max_plate_nesting(model, guide, *args)
-        torch.manual_seed(seed + g.rank)
         guide_tr, model_tr = particle_traces(
             model, guide, args, num_samples=num_samples, plate_nesting=nesting
         )
@@ -236,8 +235,7 @@ def mutual_information(model, x: Tensor, seed: int = 0) -> float:
     with one z per x (Hoffman & Johnson 2016): at most log N nats."""
     device = place(model)
     q = model.encode(x.to(device))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         z = q.sample()  # (N, Z)
     base = q.base_dist
     cross = dist.Normal(base.loc[None], base.scale[None]).log_prob(z[:, None]).sum(-1)  # (N, N)
@@ -281,7 +279,6 @@ def amortization_gap(
     """
     device = place(model, device=device)
     x = x.to(device)
-    devices = [device] if device.type == "cuda" else []
     with evaluating(model), on_device(device):
         with torch.no_grad():
             q = model.encode(x).base_dist
@@ -304,13 +301,11 @@ def amortization_gap(
             return (per_datapoint(tr, 1) - log_q).mean(0)
 
         def evaluate() -> Tensor:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                torch.manual_seed(seed)  # the same draws for every evaluation
+            with seeded(seed, device), torch.no_grad():  # the same draws every time
                 return elbo()
 
         amortized = evaluate()
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed + 1)
+        with seeded(seed + 1, device):
             for _ in range(steps):  # datapoints are independent: the sum optimizes each
                 g_u, g_v = torch.autograd.grad(elbo(sticking=True).sum(), [u, v])
                 with torch.no_grad():  # each datapoint's step at most lr long: far from the

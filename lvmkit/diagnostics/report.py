@@ -12,8 +12,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from lvmkit.core.files import write_text
 from lvmkit.diagnostics.plots import save_figure
-from lvmkit.inference.checkpoint import write_text
 
 
 @dataclass

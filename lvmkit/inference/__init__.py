@@ -1,20 +1,24 @@
 """Inference: one public function per strategy (``fit``, ``em``, ``log_likelihood``, ``ais``,
 ``bdmc``, ``evaluate``, ``nuts``), the ``Trainer`` for loops of your own, and checkpoints."""
 
+from lvmkit.core.files import CheckpointError, load_checkpoint, save_checkpoint
 from lvmkit.inference.annealing import Sandwich, ais, bdmc
-from lvmkit.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lvmkit.inference.elbo import IWAELoss, Objective, ReparamELBO, make_elbo
 from lvmkit.inference.em import em
 from lvmkit.inference.evaluation import evaluate
-from lvmkit.inference.fit import FitResult, fit
+from lvmkit.inference.fit import SVI, fit
 from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.likelihood import LogLikelihood
+from lvmkit.inference.loop import Algorithm, FitResult, run
 from lvmkit.inference.mcmc import nuts
 from lvmkit.inference.mixture_em import GaussianMixtureEM
 from lvmkit.inference.programs import resolve_device
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
+    "SVI",
+    "Algorithm",
+    "run",
     "CheckpointError",
     "FitResult",
     "GaussianMixtureEM",

@@ -22,8 +22,10 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from torch import Tensor
 
-from lvmkit.data import as_dataset, check_count
-from lvmkit.inference.distributed import gather_rows, group
+from lvmkit.core.checks import check_count
+from lvmkit.core.processes import gather_rows, group
+from lvmkit.core.rng import seeded
+from lvmkit.data import as_dataset
 from lvmkit.inference.likelihood import (
     LogLikelihood,
     estimate_per_batch,
@@ -486,8 +488,7 @@ def bdmc(
     """
     betas = _check_settings(num_samples, steps, leapfrog_steps, step_size)
     dataset = as_dataset(data_like, "data_like")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         tensors = dataset.batch(torch.arange(len(dataset)))
     upper, upper_var, simulated = [], [], []
 

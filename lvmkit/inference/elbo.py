@@ -24,7 +24,7 @@ from pyro.infer.elbo import ELBO
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-from lvmkit.data import check_count
+from lvmkit.core.checks import check_count
 from lvmkit.inference.importance import log_weights
 from lvmkit.inference.programs import is_plate_site, max_plate_nesting
 

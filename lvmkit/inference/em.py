@@ -22,10 +22,10 @@ from pyro.infer import config_enumerate
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
+from lvmkit.core.processes import all_reduce_sum, shard
 from lvmkit.data import as_dataset
-from lvmkit.inference.distributed import all_reduce_sum, shard
 from lvmkit.inference.elbo import Objective
-from lvmkit.inference.fit import FitResult
+from lvmkit.inference.loop import FitResult
 from lvmkit.inference.mixture_em import fit_em
 from lvmkit.inference.programs import (
     DATA_PLATE,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lvmkit.data import check_count
+from lvmkit.core.checks import check_count
 from lvmkit.inference.likelihood import (
     LogLikelihood,
     estimate_per_batch,

@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lvmkit.data import as_dataset, check_count
-from lvmkit.inference.distributed import gather_rows, group, shard
+from lvmkit.core.checks import check_count
+from lvmkit.core.processes import gather_rows, group, shard
+from lvmkit.core.rng import seeded
+from lvmkit.data import as_dataset
 from lvmkit.inference.programs import (
     evaluating,
     fitted_params,
@@ -229,16 +231,14 @@ def estimate_per_batch(
         dynamic_ncols=True,
     )
     values, variances, dims = [], [], []
-    devices = [device] if device.type == "cuda" else []
     with (
         evaluating(model, guide),
-        torch.random.fork_rng(devices=devices),
+        seeded(seed, device),
         torch.no_grad(),
         fitted_params(params),
         on_device(device),
         bar,
     ):
-        torch.manual_seed(seed)
         first = dataset.batch(torch.arange(min(batch_size, len(dataset))))
         guide_tr = model_tr = nesting = None
         if trace:  # the plate nesting, and the checks of sites and plates it makes
@@ -266,8 +266,7 @@ def loss_bits_per_dim(nats: float, dataset) -> float:
     or a negative ELBO, as a fit reports it) in bits per dimension predicted; a density of
     dequantized pixels gains the bins' width, D log(levels): a bound on the discrete loss."""
     dataset = as_dataset(dataset)
-    with torch.random.fork_rng():  # a completion's masks are drawn: keep the caller's stream
-        torch.manual_seed(0)
+    with seeded(0):  # a completion's masks are drawn: keep the caller's stream
         batch = dataset.batch(torch.arange(len(dataset)))
     dims = predicted_dims(dataset, batch)
     offset = torch.as_tensor(dequantization_offset(dequantized_levels(dataset), dims))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import warnings
 
 import pyro
-import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS
 
+from lvmkit.core.rng import seeded
 from lvmkit.inference.programs import fitted_params
 
 
@@ -50,8 +50,7 @@ def nuts(
             num_chains=num_chains,
             disable_progbar=not progress,
         )
-    with torch.random.fork_rng(), fitted_params(params):
-        torch.manual_seed(seed)
+    with seeded(seed), fitted_params(params):
         mcmc.run(*args)
         mcmc.lvmkit_dims = _dims(model, args, set(mcmc.get_samples()))
     return mcmc

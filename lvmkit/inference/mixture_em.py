@@ -24,8 +24,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
-from lvmkit.inference.distributed import all_reduce_sum, group, shard
-from lvmkit.inference.fit import FitResult
+from lvmkit.core.processes import all_reduce_sum, group, shard
+from lvmkit.core.rng import seeded
+from lvmkit.inference.loop import FitResult
 from lvmkit.inference.programs import resolve_device
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 
@@ -476,8 +477,7 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             x, z = self.model_.sample(n_samples)
         return x.detach().double().cpu().numpy(), z.cpu().numpy()
 

@@ -12,9 +12,10 @@ import pyro
 import torch
 from torch import Tensor
 
+from lvmkit.core.files import CheckpointError
+from lvmkit.core.processes import all_reduce_sum, broadcast, group, process_device, shard
+from lvmkit.core.rng import seeded
 from lvmkit.data import as_dataset
-from lvmkit.inference.checkpoint import CheckpointError
-from lvmkit.inference.distributed import all_reduce_sum, broadcast, group, process_device, shard
 from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.jit import TracedLoss
 from lvmkit.inference.programs import (
@@ -111,6 +112,7 @@ class Trainer:
         self.device = resolve_device(process_device(device))  # under torchrun: its own GPU
         self.group = group(self.device)  # a world of one outside torchrun
         self.stop_requested = False  # after a step: whether any process asked to stop
+        self.last_count = 0  # after a step: the datapoints it took, over every process
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
         self.param_names: list[str] = []
         self.optimizer: torch.optim.Optimizer | None = None
@@ -169,8 +171,7 @@ class Trainer:
         its log-prior with no log q against it, a wrong objective: refuse, naming it."""
         if self.elbo_name not in ("elbo", "meanfield", "enum"):
             return  # "iwae" checks for itself; other objectives know their own rules
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # a check: the fit's draws stay the same
+        with seeded(None, self.device):  # a check: the fit's draws stay the same
             unguided = unguided_latents(self.model, self.guide, *batch)
         for name, marked in unguided.items():
             if self.elbo_name == "enum" and marked:
@@ -227,6 +228,7 @@ class Trainer:
                 loss.backward()
             total, n = self._share(loss.detach(), len(batch[0]), stop)
             value = self._check_finite(total, n)
+            self.last_count = n  # datapoints in the step over every process
             self.optimizer.step()
             self._collect_params()
         return value
@@ -295,9 +297,7 @@ class Trainer:
             self.init(*data.batch(torch.arange(min(batch_size, len(data)))))
         rows = shard(len(data), self.group)  # under torchrun each process scores its share
         total = 0.0
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), self.scope(), torch.no_grad():
-            torch.manual_seed(seed + self.group.rank)
+        with seeded(seed + self.group.rank, self.device), self.scope(), torch.no_grad():
             for start in range(rows.start, rows.stop, batch_size):
                 batch = data.batch(torch.arange(start, min(start + batch_size, rows.stop)))
                 total += self.loss.loss(self.model, self.guide, *batch)
@@ -329,8 +329,7 @@ class Trainer:
     def _aside(self):
         """Run code that is not a training step (tracing, checking a trace) without leaving a
         mark on the random streams or on module buffers."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), self._buffers_kept():
+        with seeded(None, self.device), self._buffers_kept():
             yield
 
     def _buffers(self) -> dict[str, Tensor]:

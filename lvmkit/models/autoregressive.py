@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lvmkit import data as lvdata
-from lvmkit.data import check_count
+from lvmkit.core.checks import check_count
 from lvmkit.distributions import (
     OBSERVATIONS,
     AutoregressiveImage,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lvmkit import data as lvdata
-from lvmkit.data import check_count
+from lvmkit.core.checks import check_count
 from lvmkit.models.base import BuiltinModel
 
 COVARIANCES = ("diag", "full")

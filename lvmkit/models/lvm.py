@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from lvmkit.data import check_count
+from lvmkit.core.checks import check_count
 from lvmkit.distributions import check_support
 from lvmkit.models.base import BuiltinModel
 from lvmkit.models.common import (

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +70,18 @@ def process_device(device):
         if device == "auto" or torch.cuda.is_available():
             return local_device()
     return device
+
+
+def rank() -> int:
+    """This process's rank: the group's once joined, else torchrun's RANK (0 alone)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched() -> bool:
+    """Whether this process is one of several started by torchrun (or ``launch_local``)."""
+    return "WORLD_SIZE" in os.environ
 
 
 def local_device() -> str:
@@ -167,3 +185,71 @@ def set_threads(threads: int | str | None) -> None:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int or 'auto', got {threads!r}")
     torch.set_num_threads(threads)
+
+
+class StopOnSignal:
+    """Turn SIGINT/SIGTERM into a flag (``signum``) the loop checks between steps; a second
+    signal aborts at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def launch_local(nproc: int, argv: list[str]) -> int:
+    """Run the ``lvmkit`` command ``argv`` as ``nproc`` data-parallel processes on this machine,
+    with the environment torchrun gives its workers (RANK, WORLD_SIZE, MASTER_ADDR, ...). Started
+    here rather than through torchrun so that a signal reaches each worker exactly once (each
+    writes its part and stops cleanly) and the exit code is the workers' own (130 when
+    interrupted); if one fails, the others are stopped rather than left waiting for it."""
+    rest, skip = [], False
+    for a in argv:  # the command without --nproc, which the workers must not act on again
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc" and not skip
+            continue
+        rest.append(a)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workers = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        cmd = [sys.executable, "-m", "lvmkit.cli", *rest]
+        workers.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+
+    def forward(signum, frame):
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(w.poll() is None for w in workers):
+            failed = [w for w in workers if w.poll() not in (None, 0, 130)]
+            if failed:  # the others would wait for it in their next collective call
+                for w in workers:
+                    if w.poll() is None:
+                        w.kill()
+            time.sleep(0.2)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    codes = [w.returncode for w in workers]
+    return next((c for c in codes if c not in (0, 130)), codes[0])

@@ -1,0 +1,43 @@
+"""One validation style for arguments: a TypeError when a value has the wrong type, a ValueError
+when it has the right type and a bad value; each message names the argument and what it takes."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def check_count(name: str, value, minimum: int = 1) -> int:
+    """``value`` if it is an int >= ``minimum`` (epochs, samples, images...)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        at_least = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {at_least}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value, *, positive: bool = True) -> float:
+    """``value`` if it is a finite real number, above 0 when ``positive`` (else at least 0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"got {value!r}")  # fmt: skip
+    return float(value)
+
+
+def check_flag(name: str, value) -> bool:
+    """``value`` if it is True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> str:
+    """``value`` if it is one of ``choices`` (strings)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {list(choices)}, got {value!r}")
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+    return value

@@ -1,0 +1,452 @@
+"""``run``: the one loop every fitting algorithm runs in (SVI, generic EM, closed-form mixture EM,
+and any algorithm written to the ``Algorithm`` contract). It owns epochs, shuffling, sharding
+over torchrun's processes, seeding, checkpoints and exact resume, SIGINT/SIGTERM, early stopping,
+progress and callbacks; the algorithm owns what one step does."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from lvmkit.core.checks import check_count, check_flag
+from lvmkit.core.files import CheckpointError, checksum, load_checkpoint, run_lock, save_checkpoint
+from lvmkit.core.processes import Group, StopOnSignal, gather_objects, share_object, vote
+from lvmkit.core.processes import shard as shard_of
+from lvmkit.core.rng import rng_state, seeded, set_rng_state
+from lvmkit.data import as_dataset
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# Loop settings an algorithm may or may not honour; the others (epochs, seed, checkpoints,
+# progress, callbacks) every algorithm honours.
+OPTIONAL = ("batch_size", "val_data", "patience", "restore_best")
+
+
+@dataclass
+class FitResult:
+    """What ``fit``, ``em`` and ``run`` return. Losses are per datapoint, in nats; index i is
+    epoch (or EM iteration) i + 1."""
+
+    losses: list[float]  # SVI: the objective; EM: -log p(x) (mean, at each E-step)
+    val_losses: list[float]
+    best_epoch: int | None  # 1-based epoch of the lowest validation loss (None without val_data)
+    params_epoch: int  # the epoch whose parameters ``params`` holds (best_epoch if restored)
+    elapsed: float  # seconds of training, summed over resumed runs
+    device: str
+    params: dict[str, Tensor]  # fitted constrained parameter values
+    param_state: dict = field(repr=False)  # the fit's Pyro param store state
+    algorithm: str = "svi"  # the Algorithm.name that made it: "svi", "em" or "mixture-em"
+    converged: bool | None = None  # algorithms with a stopping rule (EM): whether it was met
+    info: dict = field(default_factory=dict)  # what only this algorithm reports (EM's e_step)
+    stopped_early: bool = False
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM after writing a checkpoint
+    checkpoint: Path | None = None
+
+    @property
+    def epochs(self) -> int:
+        """Epochs (SVI) or iterations (EM) run."""
+        return len(self.losses)
+
+    def scope(self):
+        """``with result.scope(): ...`` runs Pyro code against the fitted parameters."""
+        return pyro.get_param_store().scope(self.param_state)
+
+
+class Algorithm:
+    """The contract of an algorithm ``run`` can run. A subclass sets ``name`` (recorded in
+    checkpoints and runs: another algorithm's checkpoint is refused), ``honours`` (which of
+    the loop's OPTIONAL settings it uses: any other one given is an error naming it), and
+    ``device`` and ``group`` (this process's place under torchrun) when it is built; it writes:
+
+    - ``setup(data, batch_size)``: create parameters (from a first batch); nothing is trained.
+    - ``step(index, first, stop)``: one step on the datapoints ``index`` (this process's share
+      of a global batch); returns the loss per datapoint of the global batch, or None if it has
+      none until the epoch ends. ``stop`` is this process's wish to stop; afterwards
+      ``stop_requested`` says whether any process wished it.
+    - ``end_epoch(losses)``: the epoch's loss per datapoint and whether the algorithm's own
+      stopping rule is met, given the losses of the epochs before.
+    - ``state_dict()`` / ``load_state_dict(state, source)``: everything a resume needs.
+    - ``settings()``: what a resumed checkpoint must match (a dict of plain values).
+    - ``params()``, ``param_state``: the fitted parameters; ``info()``: what FitResult.info gets.
+    And, to honour "val_data": ``validate(data, batch_size, seed)`` and ``snapshot()`` /
+    ``restore(snapshot)`` of the parameters (for restore_best).
+    """
+
+    name = "algorithm"
+    honours: frozenset[str] = frozenset()
+    converges = False  # whether it has a stopping rule of its own (a ConvergenceWarning if unmet)
+    advice = ""  # what to change when it does not converge
+    stop_requested = False
+    device: torch.device
+    group: Group
+    param_state: dict
+
+    def setup(self, data, batch_size: int) -> None:
+        raise NotImplementedError
+
+    def step(self, index: Tensor, *, first: bool, stop: bool) -> float | None:
+        raise NotImplementedError
+
+    def end_epoch(self, losses: list[float]) -> tuple[float, bool]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict, *, source: str) -> None:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        return {}
+
+    def params(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        return {}
+
+    def finish(self) -> None:
+        """After the last epoch (write parameters where they belong)."""
+
+
+@dataclass
+class LoopState:
+    """Everything a checkpoint needs to continue a fit exactly where it stopped."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps finished in the current epoch
+    perm: Tensor | None = None  # the current epoch's order of the datapoints
+    losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val: float = math.inf
+    best: dict | None = None  # the best epoch's parameters (Algorithm.snapshot)
+    bad_epochs: int = 0  # epochs since the best validation loss
+    elapsed: float = 0.0
+
+    @classmethod
+    def of(cls, saved: dict) -> LoopState:
+        """A saved state; checkpoints written before the loop served every algorithm kept the
+        best parameters and buffers under other names, and SVI's running sums here."""
+        saved = dict(saved)
+        if "best_params" in saved:
+            params, buffers = saved.pop("best_params"), saved.pop("best_buffers", None)
+            saved["best"] = None if params is None else {"params": params, "buffers": buffers}
+        saved.pop("loss_sum", None), saved.pop("count", None)
+        return cls(**saved)
+
+
+def fingerprint(dataset) -> str:
+    """What identifies a dataset for resuming: its size, the shape and dtype of a batch, and a
+    hash of up to 64 datapoints spread across it (batches drawn with a fixed seed, so that
+    random batches, e.g. dynamic binarization, give the same answer)."""
+    n = len(dataset)
+    index = torch.linspace(0, n - 1, min(n, 64)).long()
+    with seeded(0):
+        batch = dataset.batch(index)  # a CPU index selects from data on any device
+    shapes = ", ".join(f"{tuple(t.shape[1:])} {str(t.dtype).removeprefix('torch.')}" for t in batch)
+    return f"{n} datapoints of {shapes}, sha256 {checksum(batch)[:16]}"
+
+
+def _check_options(algorithm: Algorithm, given: dict, checkpoint_dir, resume) -> None:
+    """ValueError naming a loop setting the algorithm does not use, or a bad combination."""
+    for name, value in given.items():
+        if value is not None and name not in algorithm.honours:
+            raise ValueError(
+                f"{algorithm.name} does not use {name} (it would be ignored); leave it out"
+            )
+    if given.get("batch_size") is not None:
+        check_count("batch_size", given["batch_size"])
+    if given.get("restore_best") and given.get("val_data") is None:
+        raise ValueError("restore_best needs val_data to choose the best epoch; pass val_data")
+    if given.get("patience") is not None:
+        check_count("patience", given["patience"])
+        if given.get("val_data") is None:
+            raise ValueError("patience needs val_data to watch; pass val_data or patience=None")
+    check_flag("resume", resume)
+    if checkpoint_dir is not None and Path(checkpoint_dir).is_file():
+        raise ValueError(f"checkpoint_dir {checkpoint_dir} is a file; give a folder")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir, the folder holding checkpoint.pt")
+
+
+def load_resumable(path: Path, settings: dict) -> dict:
+    """The checkpoint at ``path``, if the loop wrote it with these ``settings``; CheckpointError
+    saying what differs otherwise."""
+    ckpt = load_checkpoint(path)
+    if "trainer" in ckpt and "algorithm" not in ckpt:  # written before EM ran in the loop
+        ckpt["algorithm"] = ckpt.pop("trainer")
+        for key in ("loss_sum", "count"):  # SVI's running sums, now the algorithm's own
+            ckpt["algorithm"][key] = ckpt["loop"].pop(key, 0)
+    missing = {"config", "algorithm", "loop", "rng"} - set(ckpt)
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {sorted(missing)}: it was not written by an lvmkit fit; start over "
+            "with overwrite=True"
+        )
+    saved = dict(ckpt["config"])
+    if "num_particles" in saved:  # checkpoints written before num_samples had this name
+        saved["num_samples"] = saved.pop("num_particles")
+    saved.setdefault("algorithm", "svi")  # checkpoints written before EM could write one
+    saved.setdefault("data", settings.get("data"))  # checkpoints written before data was kept
+    if saved["algorithm"] != settings["algorithm"]:
+        raise CheckpointError(
+            f"{path} holds a {saved['algorithm']} fit; {settings['algorithm']} cannot continue "
+            "it: resume it with the algorithm that wrote it, or start over with overwrite=True"
+        )
+    if saved.get("data") != settings.get("data"):
+        raise CheckpointError(
+            f"{path} was written fitting other data ({saved['data']}) than this fit's "
+            f"({settings['data']}); resume with the data it was fitted on, or start over with "
+            "overwrite=True"
+        )
+    diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"{path} was written with other settings ({details}); pass the same settings to "
+            "resume, or start over with overwrite=True"
+        )
+    return ckpt
+
+
+class _Checkpoints:
+    """Where the loop's checkpoints go and how they are written and read back (rank 0 reads
+    and writes; every process's random streams travel with them)."""
+
+    def __init__(self, folder, settings: dict, algorithm: Algorithm, shuffle: torch.Generator):
+        self.path = None if folder is None else Path(folder) / CHECKPOINT_NAME
+        self.settings, self.algorithm, self.shuffle = settings, algorithm, shuffle
+
+    def save(self, state: LoopState) -> None:
+        if self.path is None:
+            return
+        a = self.algorithm
+        rngs = gather_objects(rng_state(a.device, self.shuffle), a.group)
+        if a.group.main:
+            ckpt = {
+                "config": self.settings,
+                "algorithm": a.state_dict(),
+                "loop": dataclasses.asdict(state),
+                "rng": rngs[0],
+                "rank_rng": rngs if a.group.active else None,
+            }
+            save_checkpoint(ckpt, self.path)
+
+    def load(self, seed: int) -> LoopState:
+        """The saved loop state, the algorithm's state and every stream put back."""
+        a, g = self.algorithm, self.algorithm.group
+        ckpt = None
+        if g.main and self.path.exists():
+            ckpt = load_resumable(self.path, self.settings)
+        ckpt = share_object(ckpt, g)  # read once, by rank 0: the others may not see its disk
+        if ckpt is None:
+            if g.main:
+                warnings.warn(
+                    f"resume=True but {self.path} does not exist yet; starting from scratch",
+                    stacklevel=3,
+                )
+            return LoopState()
+        a.load_state_dict(ckpt["algorithm"], source=str(self.path))
+        state = LoopState.of(ckpt["loop"])
+        rngs = ckpt.get("rank_rng") or [ckpt["rng"]]
+        # the same world size continues every stream; another one gives rank r > 0 a fresh one
+        set_rng_state(rngs[g.rank] if len(rngs) == g.size else ckpt["rng"], a.device, self.shuffle)
+        if len(rngs) != g.size and g.rank > 0:
+            torch.manual_seed(hash((seed, g.rank, state.epoch, state.step)) % 2**63)
+        return state
+
+    def where(self) -> str:
+        return f"; the last good checkpoint is {self.path}" if self.exists() else ""
+
+    def exists(self) -> bool:
+        return self.path is not None and self.path.exists()
+
+
+def run(
+    algorithm: Algorithm,
+    data,
+    *,
+    epochs: int,
+    batch_size: int | None = None,
+    val_data=None,
+    patience: int | None = None,
+    restore_best: bool | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: list[Callable[[dict], None]] = (),
+) -> FitResult:
+    """Run ``algorithm`` over ``data`` (a Dataset) for at most ``epochs`` epochs.
+
+    Each epoch visits the datapoints in an order drawn with ``seed`` (the data's own order
+    when one batch holds them all: a per-datapoint guide may rely on it) in global batches of
+    ``batch_size`` (all of them if None); under torchrun each process steps on its share.
+    ``checkpoint_dir`` gets checkpoint.pt after every epoch and on SIGINT/SIGTERM (which end
+    the run after the current step, ``interrupted=True``); ``resume`` continues from it
+    exactly, ``overwrite`` starts afresh over it (without either it is refused). ``patience``
+    stops after that many epochs without a better validation loss; ``restore_best`` (default:
+    when ``patience`` is set) ends with the best epoch's parameters. Each callback receives a
+    dict after every step ({"event": "step", "epoch", "step", "loss"}) and every epoch
+    ({"event": "epoch", "epoch", "loss", "val_loss"?, "elapsed"}).
+    """
+    given = dict(batch_size=batch_size, val_data=val_data, patience=patience,
+                 restore_best=restore_best)  # fmt: skip
+    _check_options(algorithm, given, checkpoint_dir, resume)
+    check_count("epochs", epochs)
+    data = as_dataset(data, "data").to(algorithm.device)
+    if val_data is not None:
+        val_data = as_dataset(val_data, "val_data").to(algorithm.device)
+    g, n = algorithm.group, len(data)
+    batch_size = batch_size or n
+    pyro.set_rng_seed(seed + g.rank)  # each process its own draws (the same seed alone)
+    algorithm.setup(data, batch_size)
+    steps_per_epoch = math.ceil(n / batch_size)
+    settings = {"algorithm": algorithm.name, **algorithm.settings(), "batch_size": batch_size,
+                "seed": seed, "data": fingerprint(data)}  # fmt: skip
+    shuffle = torch.Generator().manual_seed(seed)  # one batch order, the same everywhere
+    ckpts = _Checkpoints(checkpoint_dir, settings, algorithm, shuffle)
+    if ckpts.exists() and not (resume or overwrite):
+        raise ValueError(
+            f"{ckpts.path} holds an earlier fit: continue it with resume=True, replace it with "
+            "overwrite=True, or give another checkpoint_dir"
+        )
+    s = ckpts.load(seed) if resume else LoopState()
+    lock = run_lock(checkpoint_dir) if checkpoint_dir is not None and g.main else nullcontext()
+    bar = tqdm(total=epochs * steps_per_epoch, initial=min(s.epoch, epochs) * steps_per_epoch +
+               s.step, disable=not progress or not g.main, unit="step", desc=algorithm.name,
+               dynamic_ncols=True)  # fmt: skip
+    loop = _Loop(algorithm, data, s, ckpts, bar, list(callbacks))
+    with lock, StopOnSignal() as stop, bar:
+        converged = loop.epochs(epochs, batch_size, stop, val_data, patience, seed)
+        params_epoch = len(s.losses)
+        if restore_best is None:
+            restore_best = patience is not None
+        if restore_best and s.best is not None and not loop.interrupted:
+            algorithm.restore(s.best)
+            params_epoch = s.best_epoch
+        algorithm.finish()
+    if algorithm.converges and not converged and not loop.interrupted and s.losses:
+        _warn_not_converged(algorithm, s.losses, epochs)
+    return FitResult(
+        losses=s.losses,
+        val_losses=s.val_losses,
+        best_epoch=s.best_epoch,
+        params_epoch=params_epoch,
+        elapsed=s.elapsed,
+        device=str(algorithm.device),
+        params=algorithm.params(),
+        param_state=algorithm.param_state,
+        algorithm=algorithm.name,
+        converged=converged if algorithm.converges else None,
+        info=algorithm.info(),
+        stopped_early=loop.stopped_early,
+        interrupted=loop.interrupted,
+        checkpoint=ckpts.path if ckpts.exists() else None,
+    )
+
+
+def _warn_not_converged(algorithm: Algorithm, losses: list[float], epochs: int) -> None:
+    from sklearn.exceptions import ConvergenceWarning  # scikit-learn's, for filters users have
+
+    change = abs(losses[-1] - losses[-2]) if len(losses) > 1 else "n/a"
+    warnings.warn(
+        f"{algorithm.name} did not converge in {epochs} iterations (last change in the loss "
+        f"{change}); {algorithm.advice}",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
+
+
+class _Loop:
+    """The epochs of one ``run``: its state, checkpoints, progress bar and callbacks."""
+
+    def __init__(self, algorithm, data, state, ckpts, bar, callbacks):
+        self.a, self.data, self.s, self.ckpts, self.bar = algorithm, data, state, ckpts, bar
+        self.callbacks = callbacks
+        self.stopped_early = self.interrupted = False
+
+    def epochs(self, epochs, batch_size, stop, val_data, patience, seed) -> bool:
+        """Run epochs until ``epochs``, a stopping rule, or a signal; whether the algorithm's
+        own rule was met."""
+        a, s, n = self.a, self.s, len(self.data)
+        steps = math.ceil(n / batch_size)
+        self.total = epochs
+        converged = False
+        while s.epoch < epochs and not (self.stopped_early or converged):
+            t0 = self.t0 = time.perf_counter()
+            self.points = 0
+            if s.perm is None:
+                # one batch per epoch keeps the data's order: a per-datapoint guide may rely on it
+                s.perm = (
+                    torch.arange(n)
+                    if steps == 1
+                    else torch.randperm(n, generator=self.ckpts.shuffle)
+                )
+            while s.step < steps and not a.stop_requested:
+                self._step(s.perm[s.step * batch_size : (s.step + 1) * batch_size], stop)
+            s.elapsed += time.perf_counter() - t0
+            if s.step < steps:  # interrupted mid-epoch
+                self.interrupted = True
+                self.ckpts.save(s)
+                return converged
+            loss, converged = a.end_epoch(list(s.losses))
+            s.losses.append(loss)
+            metrics = {"event": "epoch", "epoch": s.epoch + 1, "loss": loss}
+            if val_data is not None:
+                metrics["val_loss"] = self._validate(val_data, batch_size, patience, seed)
+            s.epoch, s.step, s.perm = s.epoch + 1, 0, None
+            self.ckpts.save(s)
+            self._tell(metrics | {"elapsed": s.elapsed})
+            if a.stop_requested or vote(stop.signum is not None, a.group):
+                self.interrupted = True
+                break
+        return converged
+
+    def _step(self, index: Tensor, stop) -> None:
+        a, s = self.a, self.s
+        mine = index[shard_of(len(index), a.group)]  # this process's share of the global batch
+        try:
+            loss = a.step(mine.to(a.device), first=s.step == 0, stop=stop.signum is not None)
+        except FloatingPointError as err:  # NonFiniteLossError: say where, and what is kept
+            raise type(err)(
+                f"{err} at epoch {s.epoch + 1}, step {s.step + 1}; parameters were not "
+                f"updated{self.ckpts.where()}. Try a lower lr or check the data and model"
+            ) from None
+        s.step += 1
+        self.points += len(index)
+        self.bar.update()
+        shown = {} if loss is None else {"loss": f"{loss:.3f}"}
+        speed = self.points / (time.perf_counter() - self.t0 + 1e-9)
+        self.bar.set_postfix(epoch=f"{s.epoch + 1}/{self.total}", **shown,
+                             pts_per_s=f"{speed:.0f}", refresh=False)  # fmt: skip
+        self._tell({"event": "step", "epoch": s.epoch + 1, "step": s.step, "loss": loss})
+
+    def _validate(self, val_data, batch_size, patience, seed) -> float:
+        s = self.s
+        vl = self.a.validate(val_data, batch_size=batch_size, seed=seed)
+        s.val_losses.append(vl)
+        if vl < s.best_val:
+            s.best_val, s.best_epoch, s.bad_epochs = vl, s.epoch + 1, 0
+            s.best = self.a.snapshot()
+        else:
+            s.bad_epochs += 1
+        self.stopped_early = patience is not None and s.bad_epochs >= patience
+        return vl
+
+    def _tell(self, metrics: dict) -> None:
+        if self.a.group.main:
+            for callback in self.callbacks:
+                callback(metrics)
