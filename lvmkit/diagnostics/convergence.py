@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from lvmkit.core.checks import check_count
-from lvmkit.diagnostics.plots import Figure
+from lvmkit.diagnostics.plots import new_figure
 from lvmkit.inference import LogLikelihood, ais, log_likelihood
 
 
@@ -90,7 +90,7 @@ def label(ll: LogLikelihood) -> str:
 def convergence_plot(rows: list[LogLikelihood]):
     """log p(x) (bits/dim where defined) against K, with Monte Carlo error bars; AIS as a
     horizontal line with its band."""
-    fig = Figure(figsize=(5, 3.4), layout="constrained")
+    fig = new_figure(figsize=(5, 3.4), layout="constrained")
     ax = fig.add_subplot()
     bits = all(r.bits_per_dim is not None for r in rows)
 

@@ -4,25 +4,40 @@ PNG."""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib import figure
 from torch import Tensor
 
 from lvmkit.core.files import atomic_path
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-class Figure(figure.Figure):
-    """A matplotlib Figure that Jupyter displays as a PNG: figures made without pyplot have no
-    picture form of their own until pyplot's inline backend is loaded."""
 
-    def _repr_png_(self) -> bytes:
-        buffer = io.BytesIO()
-        self.savefig(buffer, dpi=100, format="png")
-        return buffer.getvalue()
+@functools.cache
+def _figure_class() -> type:
+    """A matplotlib Figure that Jupyter displays as a PNG (figures made without pyplot have no
+    picture form of their own until pyplot's inline backend is loaded); matplotlib is imported
+    here, on the first figure, not with lvmkit."""
+    from matplotlib import figure
+
+    class PictureFigure(figure.Figure):
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, dpi=100, format="png")
+            return buffer.getvalue()
+
+    return PictureFigure
+
+
+def new_figure(**options) -> Figure:
+    """An empty figure (matplotlib's Figure arguments: figsize, layout, ...)."""
+    return _figure_class()(**options)
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -34,7 +49,7 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 
 def loss_curve(losses: list[float], val_losses: list[float]) -> Figure:
     """Training (and validation) loss per epoch, in nats per datapoint."""
-    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    fig = new_figure(figsize=(5, 3.2), layout="constrained")
     ax = fig.add_subplot()
     epochs = range(1, len(losses) + 1)
     ax.plot(epochs, losses, label="train")
@@ -76,7 +91,7 @@ def image_grid(
         # grid itself 4 inches wide, so left / (1 - left) = inches / 4
         inches = 0.1 + 0.06 * max(len(label) for label in row_labels)
         left = max(0.22, inches / (4 + inches))
-    fig = Figure(
+    fig = new_figure(
         figsize=(4 / (1 - left), 4 * grid.shape[0] / grid.shape[1] + (0.3 if title else 0))
     )
     ax = fig.add_axes((left, 0, 1 - left, 0.92 if title else 1))
@@ -116,7 +131,7 @@ def latent_space(codes: Tensor, labels: Tensor | None) -> Figure:
         centred = codes - codes.mean(0)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)
         codes, title = centred @ v[:2].T, "latent means, first two principal axes"
-    fig = Figure(figsize=(4.5, 4), layout="constrained")
+    fig = new_figure(figsize=(4.5, 4), layout="constrained")
     ax = fig.add_subplot()
     points = ax.scatter(
         codes[:, 0],
@@ -134,7 +149,7 @@ def latent_space(codes: Tensor, labels: Tensor | None) -> Figure:
 def histogram(values: Tensor, *, xlabel: str, lines: tuple[float, ...] = ()) -> Figure:
     """A histogram of finite values, with vertical reference lines (e.g. k-hat 0.5 and 0.7)."""
     values = values.detach().double().cpu()
-    fig = Figure(figsize=(4.5, 3), layout="constrained")
+    fig = new_figure(figsize=(4.5, 3), layout="constrained")
     ax = fig.add_subplot()
     ax.hist(values[torch.isfinite(values)].numpy(), bins=30)
     for x in lines:
@@ -147,7 +162,7 @@ def histogram(values: Tensor, *, xlabel: str, lines: tuple[float, ...] = ()) -> 
 def bars(values: Tensor, *, xlabel: str, ylabel: str) -> Figure:
     """One bar per entry, e.g. KL per latent dimension."""
     values = values.detach().double().cpu()
-    fig = Figure(figsize=(4.5, 3), layout="constrained")
+    fig = new_figure(figsize=(4.5, 3), layout="constrained")
     ax = fig.add_subplot()
     ax.bar(range(len(values)), values.numpy())
     ax.set_xlabel(xlabel)

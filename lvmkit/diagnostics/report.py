@@ -9,11 +9,13 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from lvmkit.core.files import write_text
 from lvmkit.diagnostics.plots import save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Report:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         pictures = [
-            save_figure(fig, folder / name) if isinstance(fig, Figure) else Path(fig)
+            Path(fig) if isinstance(fig, (str, Path)) else save_figure(fig, folder / name)
             for name, fig in self.figures.items()
         ]
         if self.posterior is not None:

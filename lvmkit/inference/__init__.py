@@ -4,18 +4,20 @@
 from lvmkit.core.files import CheckpointError, load_checkpoint, save_checkpoint
 from lvmkit.inference.annealing import Sandwich, ais, bdmc
 from lvmkit.inference.elbo import IWAELoss, Objective, ReparamELBO, make_elbo
-from lvmkit.inference.em import em
+from lvmkit.inference.em import GenericEM, em
 from lvmkit.inference.evaluation import evaluate
 from lvmkit.inference.fit import SVI, fit
 from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.likelihood import LogLikelihood
 from lvmkit.inference.loop import Algorithm, FitResult, run
 from lvmkit.inference.mcmc import nuts
-from lvmkit.inference.mixture_em import GaussianMixtureEM
+from lvmkit.inference.mixture_em import MixtureEM
 from lvmkit.inference.programs import resolve_device
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
+    "GenericEM",
+    "MixtureEM",
     "SVI",
     "Algorithm",
     "run",
@@ -41,3 +43,12 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str):
+    # the scikit-learn estimator imports scikit-learn: only when it is asked for
+    if name == "GaussianMixtureEM":
+        from lvmkit.inference.estimator import GaussianMixtureEM
+
+        return GaussianMixtureEM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

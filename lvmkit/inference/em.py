@@ -1,17 +1,18 @@
-"""EM, the one entry point: closed-form for a Gaussian mixture, generic for any Pyro model.
+"""EM, the one entry point: closed-form for a Gaussian mixture, generic for any Pyro model; both
+are algorithms of the loop (``loop.run``), so they checkpoint and resume as SVI does.
 
 ``em(gmm, x)`` with a :class:`~lvmkit.models.GaussianMixture` runs its exact E-step and
-closed-form M-step (``mixture_em.fit_em``). ``em(model, data)`` with a Pyro model function
+closed-form M-step (``mixture_em.MixtureEM``). ``em(model, data)`` with a Pyro model function
 maximises the expected complete-data log-likelihood by gradient steps (the M-step), with an exact
-(enumerated) or importance-sampled E-step.
+(enumerated) or importance-sampled E-step (``GenericEM``).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -19,14 +20,13 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
-from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
-from lvmkit.core.processes import all_reduce_sum, shard
-from lvmkit.data import as_dataset
+from lvmkit.core.checks import check_choice, check_count, check_flag, check_number
+from lvmkit.core.processes import all_reduce_sum
 from lvmkit.inference.elbo import Objective
-from lvmkit.inference.loop import FitResult
-from lvmkit.inference.mixture_em import fit_em
+from lvmkit.inference.loop import Algorithm, FitResult, run
+from lvmkit.inference.mixture_em import MixtureEM
 from lvmkit.inference.programs import (
     DATA_PLATE,
     MODULE_SEPARATOR,
@@ -202,23 +202,131 @@ def starting_params(params=None) -> dict:
     return {"params": values, "constraints": {n: state["constraints"][n] for n in values}}
 
 
+class GenericEM(Algorithm):
+    """EM for any Pyro model: per batch, an E-step (``ExpectedLogJoint.e_step``) then
+    ``m_steps`` gradient steps (Adam, ``lr``) on the expected complete-data log-likelihood.
+    The epoch's loss is -log p(x) per datapoint, from the E-steps; it has settled when it
+    changes by less than ``tol`` (an importance E-step: its mean over IMPORTANCE_WINDOW
+    iterations against the window before)."""
+
+    name = "em"
+    honours = frozenset({"batch_size"})
+    converges = True
+    advice = ("raise max_iter or lr, loosen tol, or, for an importance E-step, raise "
+              "num_samples (its estimate is noisy)")  # fmt: skip
+
+    def __init__(self, model, *, guide=None, e_step="auto", num_samples=64, hard=False,
+                 tol=1e-3, m_steps=10, lr=1e-2, device="auto", params=None):  # fmt: skip
+        check_choice("e_step", e_step, E_STEPS)
+        self.requested, self.hard = e_step, check_flag("hard", hard)
+        self.tol = check_number("tol", tol, positive=False)
+        self.m_steps, self.num_samples = check_count("m_steps", m_steps), num_samples
+        self.model, self.params_given = model, params
+        self.objective = ExpectedLogJoint(e_step, check_count("num_samples", num_samples),
+                                          hard, guide)  # fmt: skip
+        self.trainer = Trainer(model, guide or (lambda *a: None), elbo=self.objective, lr=lr,
+                               device=device)  # fmt: skip
+        self.device, self.group = self.trainer.device, self.trainer.group
+        self.total = 0.0  # the epoch's summed log p(x) estimates, so far (this process's rows)
+
+    @property
+    def param_state(self) -> dict:
+        return self.trainer.param_state
+
+    def settings(self) -> dict:
+        return {"e_step": self.requested, "num_samples": self.num_samples, "hard": self.hard,
+                "tol": self.tol, "m_steps": self.m_steps, "lr": self.trainer.lr}  # fmt: skip
+
+    def setup(self, data, batch_size: int) -> None:
+        """Pick the E-step, start from the given parameters, run a first E-step (parameters
+        must exist before it) and build the optimizer."""
+        self.data, obj = data, self.objective
+        first = data.batch(torch.arange(min(len(data), batch_size), device=self.device))
+        if self.requested != "importance":  # "auto" picks; an explicit "enum" must be possible
+            picked = _pick_e_step(self.model, first)
+            if self.requested == "enum" and picked != "enum":
+                raise ValueError(
+                    "e_step='enum' needs every latent site to have enumerable (discrete, "
+                    "finite) support; this model has a continuous one: use e_step='importance'"
+                    " or 'auto'"
+                )
+            obj.kind = picked
+        obj.seen = torch.zeros(len(data), dtype=torch.bool)
+        self.trainer.param_state = start = starting_params(self.params_given)  # copies
+        with self.trainer.scope():
+            with torch.no_grad():
+                obj.e_step(self.model, *first)
+            fresh = sorted(set(pyro.get_param_store().keys()) - set(start["params"]))
+        fresh = [n for n in fresh if MODULE_SEPARATOR not in n]
+        if start["params"] and fresh:
+            warnings.warn(
+                f"pyro.param site(s) {fresh} had no value in the parameters EM started from and "
+                "were initialised afresh: pass params= with values for them (what lvmkit.fit "
+                "returned holds them all), or run inside that result's scope()",
+                stacklevel=4,
+            )
+        self.trainer.init(*first)
+
+    def step(self, index: Tensor, *, first: bool, stop: bool) -> None:
+        batch = self.data.batch(index)
+        if len(index):  # under torchrun a short last batch leaves some with none
+            with self.trainer.scope(), torch.no_grad():
+                e = self.objective.e_step(self.model, *batch, index=index)
+            self.total += e * len(batch[0])
+        for i in range(self.m_steps):
+            self.trainer.step(*batch, stop=stop and i == self.m_steps - 1)
+        self.stop_requested = self.trainer.stop_requested
+
+    def end_epoch(self, losses: list[float]) -> tuple[float, bool]:
+        summed = torch.tensor([self.total], dtype=torch.float64, device=self.device)
+        all_reduce_sum([summed], self.group)
+        self.total = 0.0
+        loss = -float(summed[0]) / len(self.data)
+        window = 1 if self.objective.kind == "enum" else IMPORTANCE_WINDOW
+        return loss, _settled([*losses, loss], window, self.tol)
+
+    def state_dict(self) -> dict:
+        obj = self.objective
+        return {**self.trainer.state_dict(), "total": self.total, "seen": obj.seen,
+                "adapted": {k: list(v) for k, v in obj.adapted.items()}}  # fmt: skip
+
+    def load_state_dict(self, state: dict, *, source: str) -> None:
+        self.trainer.load_state_dict(state, source=source)
+        obj = self.objective
+        obj.seen = state["seen"].clone()
+        obj.adapted = {k: (loc.to(self.device), scale.to(self.device))
+                       for k, (loc, scale) in state["adapted"].items()}  # fmt: skip
+        self.total = state["total"]
+
+    def params(self) -> dict[str, Tensor]:
+        return self.trainer.params()
+
+    def info(self) -> dict:
+        return {"e_step": self.objective.kind}
+
+
 def em(
     model,
     data,
     *,
     guide=None,
-    e_step: str = "auto",
-    num_samples: int = 64,
-    hard: bool = False,
+    e_step: str | None = None,
+    num_samples: int | None = None,
+    hard: bool | None = None,
     max_iter: int = 100,
     tol: float = 1e-3,
-    m_steps: int = 10,
-    lr: float = 1e-2,
+    m_steps: int | None = None,
+    lr: float | None = None,
     batch_size: int | None = None,
     device: str = "auto",
     seed: int = 0,
     init: str | None = "kmeans",
     params=None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: list[Callable[[dict], None]] = (),
 ) -> FitResult:
     """EM: theta = argmax (1/N) sum_n E_{z ~ p(z|x_n)}[log p_theta(x_n, z)].
 
@@ -239,13 +347,17 @@ def em(
         has no value there starts from its initial value, with a warning naming it when other
         values were given. Modules (``pyro.module``) start from their own weights.
     Generic EM: ``e_step="enum"`` sums over every value of the (discrete) latents, exactly;
-    "importance" draws ``num_samples`` z per datapoint from ``guide`` (a fixed proposal: EM does
-    not train it) or, without one, from the prior, and self-normalises the weights
-    p(x, z) / q(z | x); "auto" picks "enum" when every latent site has enumerable support.
-    ``hard=True`` keeps only the most probable z (hard EM). Each iteration runs one E-step per
-    batch, then ``m_steps`` gradient steps (Adam, ``lr``) on the expected complete-data
+    "importance" draws ``num_samples`` (default 64) z per datapoint from ``guide`` (a fixed
+    proposal: EM does not train it) or, without one, from the prior, and self-normalises the
+    weights p(x, z) / q(z | x); "auto" (the default) picks "enum" when every latent site has
+    enumerable support. ``hard=True`` keeps only the most probable z (hard EM). Each iteration
+    runs one E-step per batch of ``batch_size`` (default: all the data), then ``m_steps``
+    (default 10) gradient steps (Adam, ``lr``, default 0.01) on the expected complete-data
     log-likelihood with that posterior held fixed. Every sample site must sit in
-    ``pyro.plate("data", N)``.
+    ``pyro.plate("data", N)``. The settings of one kind of EM given to the other are refused.
+
+    checkpoint_dir, resume, overwrite, progress, callbacks: as for ``fit``: both kinds write a
+    checkpoint every iteration and resume exactly.
 
     When to prefer it: when the E-step is exact (enumerable discrete latents of moderate
     cardinality) EM needs no guide and every iteration raises the likelihood. With continuous
@@ -254,108 +366,32 @@ def em(
     ``fit`` with an amortized guide there, or pass a good ``guide``.
 
     Returns a FitResult whose ``losses`` are -log p(x) per datapoint at each iteration's E-step
-    (exact for a mixture and for enumeration, an importance-sampled estimate otherwise).
+    (exact for a mixture and for enumeration, an importance-sampled estimate otherwise), and
+    ``info["e_step"]``: "closed-form", "enum" or "importance".
     """
+    generic = dict(guide=guide, e_step=e_step, num_samples=num_samples, hard=hard,
+                   m_steps=m_steps, lr=lr, batch_size=batch_size, params=params)  # fmt: skip
+    loop = dict(epochs=max_iter, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
+                overwrite=overwrite, progress=progress, callbacks=callbacks)  # fmt: skip
     if isinstance(model, GaussianMixture):
-        if guide is not None or e_step != "auto" or hard or batch_size is not None:
-            raise ValueError(
-                "a GaussianMixture is fitted by closed-form EM, which takes no guide, e_step, hard "
-                "or batch_size; for generic EM on the mixture pass its Pyro program, "
-                "lvmkit.em(gmm.model, x)"
-            )
-        if params is not None:
-            raise ValueError(
-                "a GaussianMixture keeps its parameters in the module: to continue from them "
-                "pass init=None instead of params"
-            )
+        _refuse("closed-form EM of a GaussianMixture", generic, "lvmkit.em(gmm.model, x)")
         x = torch.as_tensor(data, device=resolve_device(device))
         # in float64, as scikit-learn: float32 statistics lose tight clusters far from the mean
-        result = fit_em(model, x.double(), tol=tol, max_iter=max_iter, seed=seed, init=init)
+        algorithm = MixtureEM(model, device=x.device, tol=tol, init=init, seed=seed)
+        result = run(algorithm, x.double(), **loop)
         model.to(dtype=x.dtype)
         return result
-    if init != "kmeans":
-        raise ValueError(
-            "init chooses the start of a GaussianMixture's closed-form EM; generic EM starts "
-            "from the model's parameters as they are: leave init out"
-        )
-    if e_step not in E_STEPS:
-        raise ValueError(f"unknown e_step {e_step!r}; choose one of {list(E_STEPS)}")
-    t0 = time.perf_counter()
-    device = resolve_device(device)
-    dataset = as_dataset(data, "data").to(device)
-    pyro.set_rng_seed(seed + int(os.environ.get("RANK", "0")))  # each process its own draws
-    first = dataset.batch(torch.arange(min(len(dataset), batch_size or len(dataset))))
-    if e_step != "importance":  # "auto" picks; an explicit "enum" must be possible
-        picked = _pick_e_step(model, first)
-        if e_step == "enum" and picked != "enum":
+    _refuse("generic EM", {"init": None if init == "kmeans" else init}, "a GaussianMixture")
+    given = {k: v for k, v in generic.items() if v is not None and k != "batch_size"}
+    algorithm = GenericEM(model, tol=tol, device=device, **given)
+    return run(algorithm, data, batch_size=batch_size, **loop)
+
+
+def _refuse(what: str, settings: dict, other: str) -> None:
+    """ValueError naming the first setting given that ``what`` does not use."""
+    for name, value in settings.items():
+        if value is not None:
             raise ValueError(
-                "e_step='enum' needs every latent site to have enumerable (discrete, finite) "
-                "support; this model has a continuous one: use e_step='importance' or 'auto'"
+                f"{what} does not use {name} (it would be ignored): leave it out, or pass "
+                f"{other} for the EM that does"
             )
-        e_step = picked
-    objective = ExpectedLogJoint(e_step, num_samples, hard, guide, size=len(dataset))
-    trainer = Trainer(model, guide or (lambda *a: None), elbo=objective, lr=lr, device=device)
-    trainer.param_state = start = starting_params(params)  # copies: the user's stay as they are
-    g = trainer.group  # under torchrun each process takes its share of every batch
-    order = torch.Generator().manual_seed(seed)  # one batch order, the same on every process
-    batch_size = batch_size or len(dataset)
-    losses, converged = [], False
-    window = 1 if e_step == "enum" else IMPORTANCE_WINDOW
-    with trainer.scope():
-        with torch.no_grad():  # parameters must exist before the first E-step
-            objective.e_step(model, *first)
-        fresh = sorted(set(pyro.get_param_store().keys()) - set(start["params"]))
-        fresh = [n for n in fresh if MODULE_SEPARATOR not in n]
-        if start["params"] and fresh:
-            warnings.warn(
-                f"pyro.param site(s) {fresh} had no value in the parameters EM started from and "
-                "were initialised afresh: pass params= with values for them (what lvmkit.fit "
-                "returned holds them all), or run inside that result's scope()",
-                stacklevel=2,
-            )
-        for _ in range(max_iter):
-            total = 0.0
-            # one batch keeps the data's order: a per-datapoint guide may rely on it
-            single = batch_size >= len(dataset)
-            perm = (
-                torch.arange(len(dataset))
-                if single
-                else torch.randperm(len(dataset), generator=order)
-            )
-            for start in range(0, len(dataset), batch_size):
-                index = perm[start : start + batch_size]
-                index = index[shard(len(index), g)].to(device)
-                batch = dataset.batch(index)
-                if len(index):  # under torchrun a short last batch leaves some with none
-                    with torch.no_grad():
-                        total += objective.e_step(model, *batch, index=index) * len(batch[0])
-                for _ in range(m_steps):
-                    trainer.step(*batch)
-            summed = torch.tensor([total], dtype=torch.float64, device=device)
-            all_reduce_sum([summed], g)
-            losses.append(-float(summed[0]) / len(dataset))
-            if _settled(losses, window, tol):
-                converged = True
-                break
-    if not converged:
-        change = abs(losses[-1] - losses[-2]) if len(losses) > 1 else "n/a"
-        warnings.warn(
-            f"EM did not converge in {max_iter} iterations (last change in mean log p(x) "
-            f"{change} >= tol={tol}); raise max_iter or lr, loosen tol, or, for an importance "
-            "E-step, raise num_samples (its estimate is noisy)",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    return FitResult(
-        losses=losses,
-        val_losses=[],
-        best_epoch=None,
-        params_epoch=len(losses),
-        elapsed=time.perf_counter() - t0,
-        device=str(device),
-        params=trainer.params(),
-        param_state=trainer.param_state,
-        method="em",
-        e_step=e_step,
-        converged=converged,
-    )

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from lvmkit import data as lvdata
 from lvmkit.core.checks import check_count
 from lvmkit.models.base import BuiltinModel
+from lvmkit.models.kmeans import initial_responsibilities
 
 COVARIANCES = ("diag", "full")
 
@@ -148,32 +149,24 @@ class GaussianMixture(BuiltinModel):
             )
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, *, method: str = "kmeans++", seed: int = 0) -> GaussianMixture:
-        """Start from the data: means from ``method`` ("kmeans++" or "random_from_data"),
-        every covariance the data's (diagonal) variance, equal weights."""
+    def initialize(self, x: Tensor, *, method: str = "kmeans", seed: int = 0) -> GaussianMixture:
+        """Start from x (N, dim) as scikit-learn's ``init_params`` do: ``method`` ("kmeans",
+        "k-means++", "random" or "random_from_data", see ``kmeans.INITS``) gives
+        responsibilities, drawn with ``seed``; weights, means and covariances are their
+        weighted moments, plus ``min_variance`` on the diagonal (scikit-learn's reg_covar)."""
         self.check_data(x)
-        g = torch.Generator().manual_seed(seed)
-        k = self.config.components
-        if len(x) < k:
-            raise ValueError(f"{len(x)} datapoints cannot initialise {k} components")
-        if method == "random_from_data":
-            means = x[torch.randperm(len(x), generator=g)[:k]]
-        elif method == "kmeans++":
-            idx = [int(torch.randint(len(x), (1,), generator=g))]
-            d2 = ((x - x[idx[0]]) ** 2).sum(-1)
-            for _ in range(1, k):
-                idx.append(int(torch.multinomial(d2 / d2.sum(), 1, generator=g)))
-                d2 = torch.minimum(d2, ((x - x[idx[-1]]) ** 2).sum(-1))
-            means = x[idx]
+        resp = initial_responsibilities(x, self.config.components, method, seed)  # (N, K)
+        nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps  # as scikit-learn: no division by 0
+        means = resp.T @ x / nk[:, None]  # (K, D)
+        centred = x[None] - means[:, None]  # (K, N, D)
+        weighted = resp.T[:, :, None] * centred
+        if self.config.covariance == "diag":
+            cov = (weighted * centred).sum(1) / nk[:, None] + self.config.min_variance
         else:
-            raise ValueError(f"unknown init {method!r}; choose 'kmeans++' or 'random_from_data'")
-        var = x.var(0) + 1e-6
-        cov = (
-            var.expand(k, -1)
-            if self.config.covariance == "diag"
-            else torch.diag(var).expand(k, -1, -1)
-        )
-        self.set_params(torch.full((k,), 1.0 / k, dtype=x.dtype), means, cov.clone())
+            eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+            cov = weighted.transpose(1, 2) @ centred / nk[:, None, None]
+            cov = cov + self.config.min_variance * eye
+        self.set_params(nk / len(x), means, cov)
         return self
 
     # ---- the probabilistic program ---------------------------------------------------------
