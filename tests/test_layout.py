@@ -1,12 +1,25 @@
-"""The house rules of DESIGN.md, checked: data -> nets -> distributions -> models -> inference ->
-diagnostics -> runs -> cli, nothing imports from a layer above it, and no import circle
-(function-level imports included, since they are how a circle hides)."""
+"""The house rules of DESIGN.md, checked: core -> data -> nets -> distributions -> models ->
+inference -> diagnostics -> runs -> cli, nothing imports from a layer above it, no import circle
+(function-level imports included, since they are how a circle hides), small modules, a CLI that
+only parses, and a start that loads heavy libraries only when they are needed."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lvmkit"
-LAYERS = ["data", "nets", "distributions", "models", "inference", "diagnostics", "runs", "cli"]
+LAYERS = [
+    "core",
+    "data",
+    "nets",
+    "distributions",
+    "models",
+    "inference",
+    "diagnostics",
+    "runs",
+    "cli",
+]
 
 
 def module_name(path: Path) -> str:
@@ -66,3 +79,31 @@ def test_no_import_circle():
 
     for m in sorted(graph):
         visit(m)
+
+
+def test_no_module_is_over_450_lines_and_the_cli_only_parses():
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines())
+             for p in PACKAGE.rglob("*.py")}  # fmt: skip
+    assert {p: n for p, n in sizes.items() if n > 450} == {}
+    assert sizes["lvmkit/cli.py"] <= 350
+
+
+def loaded_after(code: str) -> set[str]:
+    """Which of torch, pyro, sklearn, arviz, matplotlib a fresh interpreter holds after code."""
+    heavy = ["torch", "pyro", "sklearn", "arviz", "matplotlib"]
+    probe = f"{code}\nimport sys\nprint('LOADED', *(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(out.stdout.split("LOADED")[-1].split())
+
+
+def test_help_and_argument_errors_answer_without_torch():
+    for argv in (["--help"], ["fit", "lvm", "--epochs", "0"], ["evaluate"]):
+        code = f"from lvmkit.cli import main\ntry:\n    main({argv})\nexcept SystemExit:\n    pass"
+        assert loaded_after(code) == set(), argv
+    assert loaded_after("import lvmkit") == set()
+
+
+def test_the_library_loads_scikit_learn_arviz_and_matplotlib_only_when_used():
+    used = "import lvmkit\nlvmkit.fit, lvmkit.em, lvmkit.diagnose, lvmkit.load_run, lvmkit.data"
+    assert loaded_after(used) == {"torch", "pyro"}
+    assert "sklearn" in loaded_after("import lvmkit\nlvmkit.GaussianMixtureEM")

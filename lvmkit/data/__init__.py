@@ -9,9 +9,9 @@ from lvmkit.data.loaders import (
     load_array,
     load_idx,
     load_idx_folder,
-    load_image_folder,
     read_idx,
 )
+from lvmkit.data.png import load_image_folder
 from lvmkit.data.transforms import (
     binarize,
     dequantize,

@@ -28,8 +28,8 @@ from lvmkit.data.loaders import (
     load_array,
     load_idx,
     load_idx_folder,
-    load_image_folder,
 )
+from lvmkit.data.png import load_image_folder
 
 BUNDLED = ("digits",)
 

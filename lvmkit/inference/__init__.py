@@ -2,7 +2,8 @@
 ``bdmc``, ``evaluate``, ``nuts``), the ``Trainer`` for loops of your own, and checkpoints."""
 
 from lvmkit.core.files import CheckpointError, load_checkpoint, save_checkpoint
-from lvmkit.inference.annealing import Sandwich, ais, bdmc
+from lvmkit.inference.annealing import ais
+from lvmkit.inference.bdmc import Sandwich, bdmc
 from lvmkit.inference.elbo import IWAELoss, Objective, ReparamELBO, make_elbo
 from lvmkit.inference.em import GenericEM, em
 from lvmkit.inference.evaluation import evaluate
