@@ -30,8 +30,7 @@ import torch
 from sklearn.datasets import make_blobs
 from sklearn.mixture import GaussianMixture as SklearnGMM
 
-from lvmkit.inference import resolve_device
-from lvmkit.inference.mixture_em import GaussianMixtureEM
+from lvmkit.inference import GaussianMixtureEM, resolve_device
 
 
 def peak_memory_run(n: int, device: str) -> None:

@@ -45,7 +45,8 @@ SHORT_FLAGS = {
 }
 # How the library's words for arguments read on the command line.
 FLAG_WORDS = {"resume=True": "--resume", "overwrite=True": "--overwrite",
-              "leave config out": "leave --config out", "out folder": "--out folder"}  # fmt: skip
+              "leave config out": "leave --config out", "out folder": "--out folder",
+              "inference 'em'": "--inference em"}  # fmt: skip
 
 
 def _fit_help(argv: list[str]) -> str:
@@ -207,13 +208,13 @@ def _fit(model: str, out: Path, progress: bool, **options) -> int:
     from lvmkit.runs import fit_run
 
     done = fit_run(model, out, progress=progress, **options)
-    if done.summary is None and not done.interrupted:
-        return 0  # under torchrun, a process other than rank 0: it writes nothing
-    if done.interrupted:
+    if done.interrupted and done.main:
         print(f"interrupted after {done.result.epochs} epochs; checkpoint: "
               f"{done.result.checkpoint}\ncontinue with: lvmkit fit {model} --out {out} "
               "--resume", file=sys.stderr)  # fmt: skip
         return 130
+    if not done.main:  # under torchrun, a process other than rank 0: it writes nothing
+        return 130 if done.interrupted else 0
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in done.summary.items()}
     print(f"fitted {model}: {json.dumps(shown)}\nrun directory: {out}")
     _print_files(done.written)

@@ -14,8 +14,8 @@ from torch import nn
 
 import lvmkit
 from lvmkit.cli import main
-from lvmkit.inference import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
 from lvmkit.core.files import run_lock, write_text
+from lvmkit.inference import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
 
 
 def sqrt_pair():

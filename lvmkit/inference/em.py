@@ -24,6 +24,7 @@ from torch import Tensor
 
 from lvmkit.core.checks import check_choice, check_count, check_flag, check_number
 from lvmkit.core.processes import all_reduce_sum
+from lvmkit.inference.draws import PositionDraws
 from lvmkit.inference.elbo import Objective
 from lvmkit.inference.loop import Algorithm, FitResult, run
 from lvmkit.inference.mixture_em import MixtureEM
@@ -228,6 +229,7 @@ class GenericEM(Algorithm):
                                device=device)  # fmt: skip
         self.device, self.group = self.trainer.device, self.trainer.group
         self.total = 0.0  # the epoch's summed log p(x) estimates, so far (this process's rows)
+        self.unseeded: set[str] = set()  # latent sites the E-step drew from the stream
 
     @property
     def param_state(self) -> dict:
@@ -267,11 +269,12 @@ class GenericEM(Algorithm):
             )
         self.trainer.init(*first)
 
-    def step(self, index: Tensor, *, first: bool, stop: bool) -> None:
+    def step(self, index: Tensor, *, keys: Tensor, first: bool, stop: bool) -> None:
         batch = self.data.batch(index)
         if len(index):  # under torchrun a short last batch leaves some with none
-            with self.trainer.scope(), torch.no_grad():
+            with self.trainer.scope(), torch.no_grad(), PositionDraws(keys) as draws:
                 e = self.objective.e_step(self.model, *batch, index=index)
+            self.unseeded |= draws.unseeded
             self.total += e * len(batch[0])
         for i in range(self.m_steps):
             self.trainer.step(*batch, stop=stop and i == self.m_steps - 1)

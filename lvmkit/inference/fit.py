@@ -40,9 +40,9 @@ class SVI(Algorithm):
         self.data = data
         self.trainer.init(*data.batch(torch.arange(min(batch_size, len(data)), device=self.device)))
 
-    def step(self, index: Tensor, *, first: bool, stop: bool) -> float:
+    def step(self, index: Tensor, *, keys: Tensor, first: bool, stop: bool) -> float:
         t = self.trainer
-        loss = t.step(*self.data.batch(index), validate=first, stop=stop)
+        loss = t.step(*self.data.batch(index), validate=first, stop=stop, keys=keys)
         self.stop_requested = t.stop_requested  # any process's signal stops them all
         self.loss_sum += loss * t.last_count
         self.count += t.last_count
@@ -73,6 +73,10 @@ class SVI(Algorithm):
 
     def params(self) -> dict[str, Tensor]:
         return self.trainer.params()
+
+    @property
+    def unseeded(self) -> set[str]:
+        return self.trainer.unseeded
 
 
 def fit(

@@ -7,11 +7,14 @@ regions out of the gradient) and refuses a tensor read into Python. One trace pe
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 
 import pyro
 import torch
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
+
+from lvmkit.inference.draws import PositionDraws
 
 
 class TracedLoss:
@@ -29,31 +32,35 @@ class TracedLoss:
         self.active = True
         self._traces: dict[tuple, torch.fx.GraphModule] = {}
 
-    def get(self, leaves: list[Tensor], batch: tuple):
-        """The traced loss for batches shaped like ``batch``, or None once jit is off."""
+    def get(self, leaves: list[Tensor], batch: tuple, keys: Tensor | None = None):
+        """The traced loss for batches shaped like ``batch``, or None once jit is off; with
+        ``keys`` (``draws.draw_keys``) the latents are drawn from them, an input of the trace:
+        call it as ``trace(*leaves, *batch, keys)``."""
         if not self.active:
             return None
         if not all(isinstance(t, Tensor) for t in batch):
             return self.stop("a trace takes tensor arguments only")
-        key = (len(leaves), *((t.shape, t.dtype, t.device) for t in batch))
+        extra = () if keys is None else (keys,)
+        key = (len(leaves), *((t.shape, t.dtype, t.device) for t in (*batch, *extra)))
         if key not in self._traces:
 
             def loss_fn(*inputs):
-                args = inputs[len(leaves) :]
-                return self.loss.differentiable_loss(self.model, self.guide, *args)
+                args = inputs[len(leaves) : len(leaves) + len(batch)]
+                with PositionDraws(inputs[-1]) if extra else nullcontext():
+                    return self.loss.differentiable_loss(self.model, self.guide, *args)
 
             with self.aside(), pyro.validation_enabled(False):
                 try:
-                    self._traces[key] = make_fx(loss_fn, pre_dispatch=True)(*leaves, *batch)
+                    self._traces[key] = make_fx(loss_fn, pre_dispatch=True)(*leaves, *batch, *extra)
                 except Exception as err:  # whatever stops the trace, the model still runs
                     what = str(err).strip().split("\n")[0][:300]
                     return self.stop(f"the step cannot be traced ({type(err).__name__}: {what})")
         return self._traces[key]
 
-    def replay(self, trace, leaves: list[Tensor], batch: tuple) -> Tensor:
+    def replay(self, trace, leaves: list[Tensor], batch: tuple, keys=None) -> Tensor:
         """The trace's loss, leaving random streams and buffers as they were: for ``check``."""
         with self.aside(), torch.no_grad():
-            return trace(*leaves, *batch)
+            return trace(*leaves, *batch, *(() if keys is None else (keys,)))
 
     def check(self, traced: Tensor, loss: Tensor) -> None:
         """The trace must give the loss the model gives from the same draws; else jit stops."""

@@ -23,6 +23,7 @@ from lvmkit.core.files import run_lock
 from lvmkit.core.processes import Group, StopOnSignal, vote
 from lvmkit.core.processes import shard as shard_of
 from lvmkit.data import as_dataset
+from lvmkit.inference.draws import draw_keys
 from lvmkit.inference.resume import Checkpoints, LoopState, fingerprint
 
 # Loop settings an algorithm may or may not honour; the others (epochs, seed, checkpoints,
@@ -67,10 +68,12 @@ class Algorithm:
     ``device`` and ``group`` (this process's place under torchrun) when it is built; it writes:
 
     - ``setup(data, batch_size)``: create parameters (from a first batch); nothing is trained.
-    - ``step(index, first, stop)``: one step on the datapoints ``index`` (this process's share
-      of a global batch); returns the loss per datapoint of the global batch, or None if it has
-      none until the epoch ends. ``stop`` is this process's wish to stop; afterwards
-      ``stop_requested`` says whether any process wished it.
+    - ``step(index, keys, first, stop)``: one step on the datapoints ``index`` (this process's
+      share of a global batch); returns the loss per datapoint of the global batch, or None if
+      it has none until the epoch ends. ``keys`` seed the step's draws by the datapoints'
+      positions (``draws.PositionDraws``: the same draws on any number of processes). ``stop``
+      is this process's wish to stop; afterwards ``stop_requested`` says whether any process
+      wished it.
     - ``end_epoch(losses)``: the epoch's loss per datapoint and whether the algorithm's own
       stopping rule is met, given the losses of the epochs before.
     - ``state_dict()`` / ``load_state_dict(state, source)``: everything a resume needs.
@@ -92,7 +95,7 @@ class Algorithm:
     def setup(self, data, batch_size: int) -> None:
         raise NotImplementedError
 
-    def step(self, index: Tensor, *, first: bool, stop: bool) -> float | None:
+    def step(self, index: Tensor, *, keys: Tensor, first: bool, stop: bool) -> float | None:
         raise NotImplementedError
 
     def end_epoch(self, losses: list[float]) -> tuple[float, bool]:
@@ -204,6 +207,14 @@ def run(
             algorithm.restore(s.best)
             params_epoch = s.best_epoch
         algorithm.finish()
+    unseeded = sorted(getattr(algorithm, "unseeded", ()))
+    if unseeded and g.active and g.main:
+        warnings.warn(
+            f"latent site(s) {unseeded} have distributions lvmkit cannot draw by position "
+            "(lvmkit.inference.draws): each process drew them from its own stream, so this fit "
+            "differs from a 1-process fit by those draws",
+            stacklevel=2,
+        )
     if algorithm.converges and not converged and not loop.interrupted and s.losses:
         _warn_not_converged(algorithm, s.losses, epochs)
     return FitResult(
@@ -249,7 +260,7 @@ class _Loop:
         own rule was met."""
         a, s, n = self.a, self.s, len(self.data)
         steps = math.ceil(n / batch_size)
-        self.total = epochs
+        self.total, self.seed = epochs, seed
         converged = False
         while s.epoch < epochs and not (self.stopped_early or converged):
             t0 = self.t0 = time.perf_counter()
@@ -283,9 +294,10 @@ class _Loop:
 
     def _step(self, index: Tensor, stop) -> None:
         a, s = self.a, self.s
-        mine = index[shard_of(len(index), a.group)]  # this process's share of the global batch
+        mine = index[shard_of(len(index), a.group)].to(a.device)  # this process's share
+        keys = draw_keys(self.seed, s.epoch, s.step, mine)
         try:
-            loss = a.step(mine.to(a.device), first=s.step == 0, stop=stop.signum is not None)
+            loss = a.step(mine, keys=keys, first=s.step == 0, stop=stop.signum is not None)
         except FloatingPointError as err:  # NonFiniteLossError: say where, and what is kept
             raise type(err)(
                 f"{err} at epoch {s.epoch + 1}, step {s.step + 1}; parameters were not "

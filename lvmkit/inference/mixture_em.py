@@ -156,7 +156,7 @@ class MixtureEM(Algorithm):
             return lambda: iter(cached)
         return lambda: (_features(mine[i : i + size], diag) for i in range(0, len(mine), size))
 
-    def step(self, index: Tensor, *, first: bool, stop: bool) -> float:
+    def step(self, index: Tensor, *, keys: Tensor, first: bool, stop: bool) -> float:
         """One EM iteration over this process's rows (``index`` is all of them)."""
         self.previous = self.lower
         self.lower, stats = _e_step_stats(self.chunks, self.weights, self.means, self.cov,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pyro
 import torch
@@ -16,6 +16,7 @@ from lvmkit.core.files import CheckpointError
 from lvmkit.core.processes import all_reduce_sum, broadcast, group, process_device, shard
 from lvmkit.core.rng import seeded
 from lvmkit.data import as_dataset
+from lvmkit.inference.draws import PositionDraws
 from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.jit import TracedLoss
 from lvmkit.inference.programs import (
@@ -113,6 +114,7 @@ class Trainer:
         self.group = group(self.device)  # a world of one outside torchrun
         self.stop_requested = False  # after a step: whether any process asked to stop
         self.last_count = 0  # after a step: the datapoints it took, over every process
+        self.unseeded: set[str] = set()  # latent sites drawn from the stream, not by position
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
         self.param_names: list[str] = []
         self.optimizer: torch.optim.Optimizer | None = None
@@ -203,12 +205,15 @@ class Trainer:
         else:
             self.optimizer.add_param_group({"params": params})
 
-    def step(self, *batch, validate: bool = True, stop: bool = False) -> float:
+    def step(self, *batch, validate: bool = True, stop: bool = False, keys=None) -> float:
         """One gradient step on ``batch``; returns the loss in nats per datapoint.
 
         ``validate=True`` runs Pyro's checks, on the model itself; under ``jit`` it also checks
         the trace against the model, so run most steps with ``validate=False`` (as ``fit`` does)
         for them to run from the trace.
+
+        ``keys`` (``draws.draw_keys``, as the loop gives them) draw the latents by the
+        datapoints' positions instead of from the random stream.
 
         Under torchrun each process passes its shard of the batch: the gradients (the loss is a
         sum over datapoints, so their sum is the whole batch's gradient), the loss, the count
@@ -222,7 +227,7 @@ class Trainer:
             if len(batch[0]) == 0:  # under torchrun, this process's share of a short last batch
                 loss = torch.zeros((), device=self.device)
             else:
-                loss = self._loss(batch, validate)
+                loss = self._loss(batch, validate, keys)
                 if not loss.requires_grad:
                     raise ValueError("the loss does not depend on any parameter; nothing to fit")
                 loss.backward()
@@ -270,14 +275,17 @@ class Trainer:
             raise NonFiniteLossError(problem)
         return value
 
-    def _loss(self, batch: tuple, validate: bool) -> Tensor:
+    def _loss(self, batch: tuple, validate: bool, keys: Tensor | None) -> Tensor:
         """The step's loss: from the trace, or from the model (checked against the trace)."""
-        trace = self.traced.get(self.leaves(), batch) if self.jit else None
+        trace = self.traced.get(self.leaves(), batch, keys) if self.jit else None
+        extra = () if keys is None else (keys,)
         if trace is not None and not validate:
-            return trace(*self.leaves(), *batch)
-        expected = None if trace is None else self.traced.replay(trace, self.leaves(), batch)
-        with pyro.validation_enabled(validate):
+            return trace(*self.leaves(), *batch, *extra)
+        expected = None if trace is None else self.traced.replay(trace, self.leaves(), batch, keys)
+        draws = PositionDraws(keys) if keys is not None else nullcontext()
+        with pyro.validation_enabled(validate), draws:
             loss = self.loss.differentiable_loss(self.model, self.guide, *batch)
+        self.unseeded |= draws.unseeded if keys is not None else set()
         if expected is not None:
             self.traced.check(expected, loss)
         return loss

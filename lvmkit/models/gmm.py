@@ -158,14 +158,20 @@ class GaussianMixture(BuiltinModel):
         resp = initial_responsibilities(x, self.config.components, method, seed)  # (N, K)
         nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps  # as scikit-learn: no division by 0
         means = resp.T @ x / nk[:, None]  # (K, D)
-        centred = x[None] - means[:, None]  # (K, N, D)
-        weighted = resp.T[:, :, None] * centred
-        if self.config.covariance == "diag":
-            cov = (weighted * centred).sum(1) / nk[:, None] + self.config.min_variance
-        else:
-            eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-            cov = weighted.transpose(1, 2) @ centred / nk[:, None, None]
-            cov = cov + self.config.min_variance * eye
+        covs = []
+        for k in range(len(means)):  # two passes: a tight cluster far from 0 keeps its spread
+            centred = x - means[k]
+            weighted = resp[:, k, None] * centred
+            diag = self.config.covariance == "diag"
+            covs.append((weighted * centred).sum(0) if diag else weighted.T @ centred)
+        cov = torch.stack(covs) / (nk[:, None] if diag else nk[:, None, None])
+        floor = self.config.min_variance
+        cov = cov + (floor if diag else floor * torch.eye(x.shape[1]).to(x))
+        if not diag and torch.linalg.cholesky_ex(cov).info.any():
+            raise ValueError(
+                f"the start's covariances are not positive definite in {x.dtype}, which cannot "
+                "resolve a cluster this tight: fit in float64 (x.double()), or raise min_variance"
+            )
         self.set_params(nk / len(x), means, cov)
         return self
 

@@ -1,0 +1,124 @@
+"""Draws seeded by position: every latent value a training step draws comes from uniforms hashed
+from (seed, epoch, the datapoint's index in the dataset, the site, the element), not from the
+process's random stream. So a datapoint gets the same draws whichever process holds it and
+whatever else shares its batch: a fit over N processes equals the 1-process fit with the same
+global batch, and a resume on another world size continues exactly.
+
+The hash is PCG's output permutation on 32-bit words held in int64 tensors (no overflow), so it
+runs where the data are and inside a traced step (the keys are an input of the trace). Sites
+are drawn by inverse CDF from the uniforms: Normal (also wrapped by ``to_event``, ``expand`` or
+``mask``), MultivariateNormal, Uniform, Bernoulli and Categorical; reparameterized where the
+distribution is. Any other site is drawn from the process's stream, as before (``unseeded``
+names them).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.distributions as tdist
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.poutine.messenger import Messenger
+from torch import Tensor
+
+from lvmkit.inference.programs import DATA_PLATE
+
+MASK = 2**32 - 1
+WRAPPERS = (tdist.Independent, ExpandedDistribution, MaskedDistribution)
+
+
+def mix(x: Tensor) -> Tensor:
+    """PCG's hash of 32-bit words (int64 tensors, values in [0, 2^32)): a bijection whose output
+    bits all depend on every input bit."""
+    x = (x * 747796405 + 2891336453) & MASK
+    word = (((x >> ((x >> 28) + 4)) ^ x) * 277803737) & MASK
+    return (word >> 22) ^ word
+
+
+def draw_keys(seed: int, epoch: int, step: int, index: Tensor) -> Tensor:
+    """The keys of one step's draws: (1 + n,) int64, the step's own (for sites outside the data
+    plate, the same on every process) then one per datapoint, from its dataset ``index``."""
+    base = mix(torch.tensor((seed & MASK) ^ (epoch * 0x9E3779B9 & MASK), device=index.device))
+    step_key = mix((base + step + 1) & MASK)
+    rows = mix((mix(base) + index.long()) & MASK)
+    return torch.cat([step_key.reshape(1), rows])
+
+
+class PositionDraws(Messenger):
+    """Inside: latent sites take their values from ``keys`` (``draw_keys``); observed, replayed,
+    conditioned and enumerated sites are left alone."""
+
+    def __init__(self, keys: Tensor):
+        super().__init__()
+        self.keys = keys
+        self.calls: dict[str, int] = {}  # a site drawn again in one step gets fresh uniforms
+        self.unseeded: set[str] = set()
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["value"] is not None or msg["infer"].get("enumerate"):
+            return
+        fn, name = msg["fn"], msg["name"]
+        if not isinstance(fn, tdist.Distribution):  # a plate's subsample, not a latent
+            return
+        if msg["kwargs"].get("sample_shape"):
+            self.unseeded.add(name)
+            return
+        count = self.calls[name] = self.calls.get(name, 0) + 1
+        site = (zlib.crc32(name.encode()) + 7919 * count) & MASK
+        shape = fn.batch_shape + fn.event_shape
+        u = uniforms(self.keys, shape, _data_dim(msg, fn), site)
+        value = inverse_cdf(fn, u)
+        if value is None:
+            self.unseeded.add(name)
+        else:
+            msg["value"] = value
+
+
+def _data_dim(msg, fn) -> int | None:
+    """The position of the data plate's dim in the site's value shape, or None."""
+    for frame in msg["cond_indep_stack"]:
+        if frame.name == DATA_PLATE and frame.vectorized:
+            return len(fn.batch_shape) + frame.dim
+    return None
+
+
+def uniforms(keys: Tensor, shape: torch.Size, data_dim: int | None, site: int) -> Tensor:
+    """Uniforms in (0, 1), float64, of ``shape``: along ``data_dim`` each row from its
+    datapoint's key (when the dim holds this step's datapoints), elsewhere from the step's."""
+    rows = len(keys) - 1
+    if data_dim is not None and data_dim >= 0 and shape[data_dim] == rows:
+        per_row = mix((keys[1:] + site) & MASK)  # (rows,)
+        rest = shape[:data_dim] + shape[data_dim + 1 :]
+        offsets = torch.arange(math.prod(rest), device=keys.device).reshape(rest)
+        offsets = offsets.unsqueeze(data_dim)
+        view = [1] * len(shape)
+        view[data_dim] = rows
+        h = mix((per_row.reshape(view) * 0x3C6EF372 + offsets + 1) & MASK)
+    else:
+        start = mix((keys[0] + site) & MASK)
+        offsets = torch.arange(math.prod(shape), device=keys.device).reshape(shape)
+        h = mix((start * 0x3C6EF372 + offsets + 1) & MASK)
+    return (mix(h).double() + 0.5) / 2**32
+
+
+def inverse_cdf(fn, u: Tensor) -> Tensor | None:
+    """A draw of ``fn`` from uniforms ``u`` (float64, its batch + event shape), or None for a
+    distribution this module does not know."""
+    while isinstance(fn, WRAPPERS):
+        fn = fn.base_dist
+    if isinstance(fn, tdist.Normal):
+        return fn.loc + fn.scale * torch.special.ndtri(u).to(fn.loc.dtype)
+    if isinstance(fn, tdist.MultivariateNormal):
+        eps = torch.special.ndtri(u).to(fn.loc.dtype)
+        return fn.loc + (fn.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+    if isinstance(fn, tdist.Uniform):
+        return fn.low + (fn.high - fn.low) * u.to(fn.low.dtype)
+    if isinstance(fn, tdist.Bernoulli):
+        return (u.to(fn.probs.dtype) < fn.probs).to(fn.probs.dtype).detach()
+    if isinstance(fn, tdist.Categorical):
+        cdf = fn.probs.cumsum(-1)
+        below = (cdf < u.to(cdf.dtype).unsqueeze(-1)).sum(-1)
+        return below.clamp_max(cdf.shape[-1] - 1).detach()
+    return None
