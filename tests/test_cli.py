@@ -311,3 +311,52 @@ def test_flat_28x28_rows_with_a_split_resume_verbatim_after_sigterm(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 6
+
+
+def test_settings_em_does_not_use_are_refused_and_an_svi_run_is_not_continued_by_em(
+    tmp_path, capsys
+):
+    run = tmp_path / "gmm"
+    argv = ["fit", "gmm", "--inference", "em", "--out", str(run), "--no-progress"]
+    assert main([*argv, "--lr", "0.5", "--batch-size", "7", "--set", "fit.optimizer=sgd"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch_size = 7, lr = 0.5, optimizer = 'sgd'" in err
+    assert "not used by --inference em" in err and not run.exists()
+    svi = ["fit", "gmm", "--epochs", "1", "--out", str(run), "--no-progress"]
+    assert main(svi) == 0
+    before = (run / "model.pt").read_bytes(), (run / "summary.json").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "[fit] inference = 'svi', not 'em'" in err and err.count("\n") == 1
+    assert ((run / "model.pt").read_bytes(), (run / "summary.json").read_text()) == before
+
+
+def test_an_em_run_checkpoints_and_resumes_and_records_only_what_em_uses(tmp_path, capsys):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    em = ["fit", "gmm", "--inference", "em", "--no-progress", "--set", "fit.seed=3"]
+    assert main([*em, "--epochs", "4", "--out", str(whole)]) == 0
+    assert main([*em, "--epochs", "2", "--out", str(part)]) == 0
+    assert main([*em, "--epochs", "4", "--out", str(part), "--resume"]) == 0
+    assert "ConvergenceWarning: mixture-em did not converge in 4" in capsys.readouterr().err
+    assert (part / "model.pt").read_bytes() == (whole / "model.pt").read_bytes()
+    config = (part / "config.toml").read_text()
+    assert 'inference = "em"' in config and "epochs = 4" in config and "lr" not in config
+    metrics = (part / "metrics.jsonl").read_text()
+    assert metrics == (whole / "metrics.jsonl").read_text() and metrics.count("\n") == 4
+
+
+def test_a_python_caller_writes_the_same_run_as_the_command(tmp_path, capsys):
+    from lvmkit.runs import fit_run
+
+    assert main(["fit", "gmm", "--epochs", "2", "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 0  # fmt: skip
+    done = fit_run("gmm", tmp_path / "api", settings={"fit": {"epochs": 2}}, progress=False)
+    names = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "api").iterdir())
+    for name in ("model.pt", "metrics.jsonl", "config.toml"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
+    assert done.summary["epochs"] == 2 and not done.interrupted
+    assert {p.name for p in done.written} <= set(names)
+    with pytest.raises(ValueError, match="holds a run already.*resume=True.*overwrite=True"):
+        fit_run("gmm", tmp_path / "api", progress=False)

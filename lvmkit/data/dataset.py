@@ -28,8 +28,14 @@ class TensorData:
     """A tuple of tensors sharing their first dim, batched along it."""
 
     def __init__(self, tensors: tuple[Tensor, ...], what: str = "data"):
-        if not tensors or not all(isinstance(t, Tensor) for t in tensors):
-            raise ValueError(f"{what} must be a tensor, a tuple of tensors, or lvmkit ImageData")
+        if not tensors:
+            raise ValueError(f"{what} is an empty tuple; give a tensor or a tuple of tensors")
+        if not all(isinstance(t, Tensor) for t in tensors):
+            kinds = ", ".join(type(t).__name__ for t in tensors)
+            raise TypeError(
+                f"{what} must be a tensor, a tuple of tensors, or lvmkit ImageData; got {kinds} "
+                "(torch.as_tensor converts arrays and lists)"
+            )
         n = len(tensors[0]) if tensors[0].dim() else 0
         if n == 0:
             raise ValueError(f"{what} is empty (0 datapoints); nothing to fit")
