@@ -12,7 +12,10 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _WHERE = {
-    "data": "lvmkit.data",
+    **{
+        package: f"lvmkit.{package}"
+        for package in "core data nets distributions models inference diagnostics runs".split()
+    },
     "diagnose": "lvmkit.diagnostics",
     "encode": "lvmkit.diagnostics",
     "linear_probe": "lvmkit.diagnostics",

@@ -46,7 +46,8 @@ SHORT_FLAGS = {
 # How the library's words for arguments read on the command line.
 FLAG_WORDS = {"resume=True": "--resume", "overwrite=True": "--overwrite",
               "leave config out": "leave --config out", "out folder": "--out folder",
-              "inference 'em'": "--inference em"}  # fmt: skip
+              "inference 'em'": "--inference em", "config file ": "--config ",
+              "setting '": "--set '"}  # fmt: skip
 
 
 def _fit_help(argv: list[str]) -> str:
@@ -118,8 +119,16 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
                                      "models.")  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _fit_parser(sub, argv)
+    _run_parsers(sub)
+    return parser
+
+
+def _fit_parser(sub, argv: list[str]) -> None:
+    """``lvmkit fit``'s flags."""
     asks_help = argv[:1] == ["fit"] and ("-h" in argv or "--help" in argv)
     epilog = _fit_help(argv) if asks_help else EXAMPLES
+    fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("fit", help="fit a built-in model", epilog=epilog, formatter_class=fmt)
     p.add_argument("model", help="a built-in model (lvmkit fit --help lists them)")
     p.add_argument("--data", help="a named dataset (digits, mnist5k, mnist, fashion-mnist, "
@@ -152,6 +161,10 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
                    help="data-parallel processes on this machine (as torchrun would start "
                    "them)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_parsers(sub) -> None:
+    """The flags of the commands that use a run: sample, complete, diagnose, evaluate, demo."""
     pictures = {"sample": "write RUN/samples.png from a fitted model",
                 "complete": "fill in the bottom half of test images: completions.png"}  # fmt: skip
     for name, help_ in pictures.items():
@@ -188,7 +201,6 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--epochs", type=_positive(int), default=DEMO_EPOCHS)
     d.add_argument("--no-progress", action="store_true")
-    return parser
 
 
 def _settings(args) -> dict:
@@ -311,7 +323,7 @@ def _error_line(err: Exception) -> str:
     text = str(err)
     for words, flag in FLAG_WORDS.items():
         text = text.replace(words, flag)
-    return text
+    return "--" + text if text.startswith("out ") else text  # the argument, named as a flag
 
 
 if __name__ == "__main__":

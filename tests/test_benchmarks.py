@@ -30,6 +30,7 @@ def run(script: str) -> list[dict]:
         "scaling.py",
         "threads.py",
         "ais_vs_is.py",
+        "startup.py",
     ],
 )
 def test_benchmark_smoke_runs_print_json(script):
@@ -62,6 +63,11 @@ def test_benchmark_smoke_runs_print_json(script):
     elif script == "lvm_em_vs_svi.py":
         (row,) = rows
         assert set(row) >= {"svi", "em_importance"} and row["svi"]["stderr"] > 0
+    elif script == "startup.py":
+        (row,) = rows
+        assert set(row["median_s"]) == {"lvmkit_help", "import_torch", "import_lvmkit",
+                                        "import_pyro", "lvmkit_fit_loaded"}  # fmt: skip
+        assert row["help_over_import_torch"] > 0 and row["import_lvmkit_over_import_pyro"] > 0
     else:
         fits, digits, memory = rows[:2], rows[2:4], rows[4]
         for row in fits:

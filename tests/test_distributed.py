@@ -90,7 +90,8 @@ SCRIPT = textwrap.dedent(
 
         return model, guide
 
-    results["vae"] = lvmkit.fit(*ppca(), x, epochs=3, **common).params  # z drawn every step
+    vae = lvmkit.fit(*ppca(), x, epochs=3, val_data=x[:20], **common)  # z drawn every step
+    results["vae"], results["vae_val"] = vae.params, torch.tensor(vae.val_losses)
     iwae = dict(elbo="iwae", num_samples=4)
     results["iwae"] = lvmkit.fit(*ppca(), x, epochs=2, **iwae, **common).params
     results["vae4"] = lvmkit.fit(*ppca(), x, epochs=4, **common).params
@@ -167,6 +168,7 @@ def test_a_fit_continues_exactly_on_another_number_of_processes(runs):
 def test_a_vae_with_random_draws_fits_on_two_processes_as_on_one_and_resumes_across(runs):
     one, two, back = runs
     assert close(one["vae"], two["vae"]) and close(one["iwae"], two["iwae"])
+    assert torch.allclose(one["vae_val"], two["vae_val"], atol=1e-5)  # drawn by position too
     assert close(two["vae_resumed"], one["vae4"])  # written by 1 process, continued by 2
     assert close(back["vae_resumed"], one["vae4"])  # written by 2, continued by 1
 

@@ -420,12 +420,13 @@ def test_outputs_are_checked_writable_before_computing(finished_run, tmp_path, c
     (run / "evaluation.json").mkdir()  # in the way of the file evaluate writes
     (run / "samples.png").unlink()
     (run / "samples.png").mkdir()
-    import lvmkit.cli as cli
+    import lvmkit.runs.scoring as scoring
 
     def never(*args, **kwargs):
         raise AssertionError("computed before checking that the result can be written")
 
-    monkeypatch.setattr(cli, "evaluate", never)
+    monkeypatch.setattr(scoring, "evaluate", never)
+    monkeypatch.setattr(scoring, "convergence", never)
     assert main(["evaluate", str(run)]) == 2
     assert "evaluation.json: a folder of that name is in the way" in capsys.readouterr().err
     assert main(["sample", str(run)]) == 2
@@ -463,7 +464,7 @@ def test_resume_without_a_run_says_so_in_one_line_and_starts_one(tmp_path, capsy
     config.write_text("[model]\nhidden = [16]\nz_dim = 2\n")
     args = ["fit", "lvm", "--epochs", "1", "--config", str(config), "--no-progress"]
     assert main([*args, "--out", str(out), "--resume"]) == 0
-    assert f"lvmkit: {out} holds no checkpoint to resume; starting a new run" in (
+    assert f"lvmkit: UserWarning: {out} holds no checkpoint to resume; starting a new run" in (
         capsys.readouterr().err
     )
     assert not [w for w in recwarn if "resume" in str(w.message)]  # no raw warning
@@ -529,27 +530,27 @@ def test_a_damaged_model_file_says_the_checkpoint_can_rebuild_it(finished_run, t
     run = copy_run(finished_run, tmp_path)
     (run / "model.pt").write_bytes(b"")
     assert main(["evaluate", str(run)]) == 2
-    assert f"move model.pt away and run lvmkit fit MODEL --out {run} --resume" in (
+    assert f"move model.pt away and resume the run (lvmkit.runs.fit_run with resume, or lvmkit fit MODEL --out {run} --resume)" in (  # noqa: E501
         capsys.readouterr().err
     )
 
 
 def test_a_folder_in_the_way_of_a_run_file_is_found_before_training(tmp_path, capsys, monkeypatch):
-    import lvmkit.cli as cli
+    import lvmkit.runs.fitting as fitting
 
-    monkeypatch.setattr(cli, "fit", lambda *a, **k: pytest.fail("trained before checking"))
+    monkeypatch.setattr(fitting, "fit", lambda *a, **k: pytest.fail("trained before checking"))
     (tmp_path / "run" / "model.pt").mkdir(parents=True)
     assert main(["fit", "lvm", "--out", str(tmp_path / "run"), "--overwrite"]) == 2
     assert "model.pt: a folder of that name is in the way" in capsys.readouterr().err
 
 
 def test_an_os_error_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
-    import lvmkit.cli as cli
+    import lvmkit.runs as runs
 
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system", str(tmp_path / "x"))
 
-    monkeypatch.setattr(cli, "run_sample", read_only)
+    monkeypatch.setattr(runs, "write_samples", read_only)
     assert main(["sample", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (

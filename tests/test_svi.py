@@ -272,7 +272,6 @@ def test_bad_fit_inputs_name_the_problem(xs):
         (dict(data=torch.zeros(0, 6)), "empty"),
         (dict(data=torch.full((4, 6), float("nan"))), r"24 NaN/inf values \(first in row 0\)"),
         (dict(data=(torch.zeros(5, 6), torch.zeros(4))), "tensor 1 has 4 rows but tensor 0 has 5"),
-        (dict(data=[[1.0, 2.0]]), "must be a tensor"),
         (dict(data=xs, device="cuda:7" if torch.cuda.is_available() else "cuda"), "cuda"),
         (dict(data=xs, device="tpu"), "unknown device 'tpu'"),
         (dict(data=xs, patience=3), "patience needs val_data"),
@@ -284,6 +283,8 @@ def test_bad_fit_inputs_name_the_problem(xs):
             continue
         with pytest.raises(ValueError, match=message):
             lvmkit.fit(*pair, progress=False, **kwargs)
+    with pytest.raises(TypeError, match="must be a tensor.*got list"):  # a wrong type
+        lvmkit.fit(*pair, [[1.0, 2.0]], progress=False)
 
 
 def test_progress_bar_can_be_silenced(xs, capsys):

@@ -88,30 +88,68 @@ def posterior(
     rows = shard(len(args[0]), g) if g.active else slice(None)
     args = _on(device, tuple(a[rows] if isinstance(a, Tensor) else a for a in args))
     with seeded(seed + g.rank, device), on_device(device), fitted_params(params):
-        nesting = max_plate_nesting(model, guide, *args)
-        guide_tr, model_tr = particle_traces(
-            model, guide, args, num_samples=num_samples, plate_nesting=nesting
-        )
-        log_joint = per_datapoint(model_tr, nesting)  # (E..., K, N)
-        log_w = sum_out_enumerated(log_joint) - per_datapoint(guide_tr, nesting)
-        log_w = log_w.expand(num_samples, -1)
-        discrete = _draw_enumerated(model_tr, log_joint, nesting)  # name -> (K, N, ...)
-        with pyro.plate("particles", num_samples, dim=-nesting - 1):
-            replayed = poutine.replay(model, trace=guide_tr)
-            given_tr = model_tr  # log p(x | z); with enumerated c, at the c drawn above
-            if discrete:
-                given_tr = poutine.trace(poutine.condition(replayed, data=discrete)).get_trace(
-                    *args
-                )
-            unconditioned = poutine.condition(poutine.uncondition(replayed), data=discrete)
-            rep_tr = poutine.trace(unconditioned).get_trace(*args)
-        pick = None
-        if resample:  # (K, N): which proposal each resampled draw is
-            pick = dist.Categorical(logits=log_w.T).sample((num_samples,))
+        t = _posterior_traces(model, guide, args, num_samples, resample)
+    groups, dims = _groups(t, num_samples, g)
+    which = (
+        "p(z|x): the guide's draws resampled in proportion to exp(log_importance_weight), the "
+        "weights of the proposals they were drawn from"
+        if resample
+        else "q(z|x): the guide's draws; weight each by exp(log_importance_weight) for p(z|x)"
+    )
+    if not any(is_latent(s) for s in t.guide_tr.nodes.values()):
+        which = "p(c|x): every latent is enumerated and drawn from its exact conditional"
+    log_w = _all_rows(t.log_w.detach().cpu().numpy()[None], 2, g)
+    idata = az.from_dict(**groups, sample_stats={"log_importance_weight": log_w},
+                         dims={**dims, "log_importance_weight": ["datapoint"]})  # fmt: skip
+    idata.posterior.attrs["draws"] = which
+    return idata
+
+
+@dataclass
+class _Traces:
+    """What ``posterior`` draws: the guide's and model's traces of K particles, the log
+    weights (K, N), the enumerated sites' draws, the model given them, its replicates, and
+    (resampling) which proposal each draw is."""
+
+    guide_tr: object
+    log_w: Tensor
+    discrete: dict
+    given_tr: object
+    rep_tr: object
+    nesting: int
+    pick: Tensor | None
+
+
+def _posterior_traces(model, guide, args, num_samples: int, resample: bool) -> _Traces:
+    nesting = max_plate_nesting(model, guide, *args)
+    guide_tr, model_tr = particle_traces(
+        model, guide, args, num_samples=num_samples, plate_nesting=nesting
+    )
+    log_joint = per_datapoint(model_tr, nesting)  # (E..., K, N)
+    log_w = sum_out_enumerated(log_joint) - per_datapoint(guide_tr, nesting)
+    log_w = log_w.expand(num_samples, -1)
+    discrete = _draw_enumerated(model_tr, log_joint, nesting)  # name -> (K, N, ...)
+    with pyro.plate("particles", num_samples, dim=-nesting - 1):
+        replayed = poutine.replay(model, trace=guide_tr)
+        given_tr = model_tr  # log p(x | z); with enumerated c, at the c drawn above
+        if discrete:
+            conditioned = poutine.condition(replayed, data=discrete)
+            given_tr = poutine.trace(conditioned).get_trace(*args)
+        unconditioned = poutine.condition(poutine.uncondition(replayed), data=discrete)
+        rep_tr = poutine.trace(unconditioned).get_trace(*args)
+    pick = None
+    if resample:  # (K, N): which proposal each resampled draw is
+        pick = dist.Categorical(logits=log_w.T).sample((num_samples,))
+    return _Traces(guide_tr, log_w, discrete, given_tr, rep_tr, nesting, pick)
+
+
+def _groups(t: _Traces, num_samples: int, g) -> tuple[dict, dict]:
+    """The InferenceData groups (posterior, log_likelihood, posterior_predictive,
+    observed_data) as ``arviz.from_dict`` takes them, and their dims."""
 
     def draws(value: Tensor) -> np.ndarray:  # (K, N, ...) -> (chain 1, draw K, N, ...)
-        if pick is not None:
-            index = pick.reshape(pick.shape + (1,) * (value.dim() - 2)).expand(value.shape)
+        if t.pick is not None:
+            index = t.pick.reshape(t.pick.shape + (1,) * (value.dim() - 2)).expand(value.shape)
             value = value.gather(0, index)
         return _all_rows(value.detach().cpu().numpy()[None], 2, g)
 
@@ -119,42 +157,27 @@ def posterior(
         return ["datapoint"] + [f"{name}_dim_{i}" for i in range(value.dim() - lead)]
 
     post, dims = {}, {}
-    latents = {n: s["value"] for n, s in guide_tr.nodes.items() if is_latent(s)} | discrete
+    latents = {n: s["value"] for n, s in t.guide_tr.nodes.items() if is_latent(s)} | t.discrete
     for name, value in latents.items():
         value = value.expand(num_samples, *value.shape[1:])
         post[name], dims[name] = draws(value), dims_of(name, value, 2)
     observed, log_lik, predictive = {}, {}, {}
-    for name, site in given_tr.nodes.items():
-        if site["type"] == "sample" and site["is_observed"] and name in rep_tr.nodes:
-            if name in discrete:
-                continue
-            lp = site["fn"].log_prob(site["value"])
-            lp = lp.reshape((1,) * (nesting + 1 - lp.dim()) + lp.shape)
-            lp = lp.reshape(lp.shape[0], lp.shape[-1]).expand(num_samples, -1)  # (K, N)
-            log_lik[name] = draws(lp)
-            observed[name] = _all_rows(site["value"].detach().cpu().numpy(), 0, g)
-            dims[name] = dims_of(name, site["value"], 1)
-            predictive[name] = draws(
-                rep_tr.nodes[name]["value"].expand(num_samples, *site["value"].shape)
-            )
-    which = (
-        "p(z|x): the guide's draws resampled in proportion to exp(log_importance_weight), the "
-        "weights of the proposals they were drawn from"
-        if resample
-        else "q(z|x): the guide's draws; weight each by exp(log_importance_weight) for p(z|x)"
-    )
-    if not any(is_latent(s) for s in guide_tr.nodes.values()):
-        which = "p(c|x): every latent is enumerated and drawn from its exact conditional"
-    idata = az.from_dict(
-        posterior=post,
-        posterior_predictive=predictive,
-        log_likelihood=log_lik,
-        observed_data=observed,
-        sample_stats={"log_importance_weight": _all_rows(log_w.detach().cpu().numpy()[None], 2, g)},
-        dims={**dims, "log_importance_weight": ["datapoint"]},
-    )
-    idata.posterior.attrs["draws"] = which
-    return idata
+    for name, site in t.given_tr.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or name not in t.rep_tr.nodes:
+            continue
+        if name in t.discrete:
+            continue
+        lp = site["fn"].log_prob(site["value"])
+        lp = lp.reshape((1,) * (t.nesting + 1 - lp.dim()) + lp.shape)
+        lp = lp.reshape(lp.shape[0], lp.shape[-1]).expand(num_samples, -1)  # (K, N)
+        log_lik[name] = draws(lp)
+        observed[name] = _all_rows(site["value"].detach().cpu().numpy(), 0, g)
+        dims[name] = dims_of(name, site["value"], 1)
+        replicate = t.rep_tr.nodes[name]["value"].expand(num_samples, *site["value"].shape)
+        predictive[name] = draws(replicate)
+    groups = dict(posterior=post, posterior_predictive=predictive, log_likelihood=log_lik,
+                  observed_data=observed)  # fmt: skip
+    return groups, dims
 
 
 def _all_rows(array: np.ndarray, axis: int, g) -> np.ndarray:

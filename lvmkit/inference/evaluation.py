@@ -54,23 +54,10 @@ def evaluate(
     if model.density == "importance":
         discrete = scores_discrete(model, prepared)
         if method == "ais":
-            return ais(
-                model.model,
-                prepared,
-                guide=model.guide,
-                num_samples=num_samples,
-                steps=steps,
-                discrete=discrete,
-                **common,
-            )
-        return log_likelihood(
-            model.model,
-            model.guide,
-            prepared,
-            num_samples=num_samples,
-            discrete=discrete,
-            **common,
-        )
+            return ais(model.model, prepared, guide=model.guide, num_samples=num_samples,
+                       steps=steps, discrete=discrete, **common)  # fmt: skip
+        return log_likelihood(model.model, model.guide, prepared, num_samples=num_samples,
+                              discrete=discrete, **common)  # fmt: skip
 
     # a continuous density of discrete images is fitted to dequantized pixels (prepare)
     dequantized = data.levels if model.data_kind == "continuous" else None
@@ -81,16 +68,7 @@ def evaluate(
         values = model.log_prob(*batch)
         return values, torch.zeros_like(values)
 
-    est = estimate_per_batch(
-        model.model,
-        None,
-        prepared,
-        exact,
-        what="log p(x)",
-        params=None,
-        discrete=discrete,
-        trace=False,
-        dequantized=dequantized,
-        **common,
-    )
+    est = estimate_per_batch(model.model, None, prepared, exact, what="log p(x)", params=None,
+                             discrete=discrete, trace=False, dequantized=dequantized,
+                             **common)  # fmt: skip
     return est.summary(1, "exact")

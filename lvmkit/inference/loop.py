@@ -180,22 +180,22 @@ def run(
         val_data = as_dataset(val_data, "val_data").to(algorithm.device)
     g, n = algorithm.group, len(data)
     batch_size = batch_size or n
-    pyro.set_rng_seed(seed + g.rank)  # each process its own draws (the same seed alone)
-    algorithm.setup(data, batch_size)
-    steps_per_epoch = math.ceil(n / batch_size)
     settings = {"algorithm": algorithm.name, **algorithm.settings(), "batch_size": batch_size,
                 "seed": seed, "data": fingerprint(data)}  # fmt: skip
     shuffle = torch.Generator().manual_seed(seed)  # one batch order, the same everywhere
     ckpts = Checkpoints(checkpoint_dir, settings, algorithm, shuffle)
-    if ckpts.exists() and not (resume or overwrite):
+    if ckpts.exists() and not (resume or overwrite):  # refused before anything is touched
         raise ValueError(
             f"{ckpts.path} holds an earlier fit: continue it with resume=True, replace it with "
             "overwrite=True, or give another checkpoint_dir"
         )
+    pyro.set_rng_seed(seed + g.rank)  # each process its own draws (the same seed alone)
+    algorithm.setup(data, batch_size)
     s = ckpts.load(seed) if resume else LoopState()
     lock = run_lock(checkpoint_dir) if checkpoint_dir is not None and g.main else nullcontext()
-    bar = tqdm(total=epochs * steps_per_epoch, initial=min(s.epoch, epochs) * steps_per_epoch +
-               s.step, disable=not progress or not g.main, unit="step", desc=algorithm.name,
+    steps = math.ceil(n / batch_size)
+    bar = tqdm(total=epochs * steps, initial=min(s.epoch, epochs) * steps + s.step,
+               disable=not progress or not g.main, unit="step", desc=algorithm.name,
                dynamic_ncols=True)  # fmt: skip
     loop = _Loop(algorithm, data, s, ckpts, bar, list(callbacks))
     with lock, StopOnSignal() as stop, bar:
@@ -207,16 +207,12 @@ def run(
             algorithm.restore(s.best)
             params_epoch = s.best_epoch
         algorithm.finish()
-    unseeded = sorted(getattr(algorithm, "unseeded", ()))
-    if unseeded and g.active and g.main:
-        warnings.warn(
-            f"latent site(s) {unseeded} have distributions lvmkit cannot draw by position "
-            "(lvmkit.inference.draws): each process drew them from its own stream, so this fit "
-            "differs from a 1-process fit by those draws",
-            stacklevel=2,
-        )
-    if algorithm.converges and not converged and not loop.interrupted and s.losses:
-        _warn_not_converged(algorithm, s.losses, epochs)
+    _warn_after(algorithm, loop, converged, epochs)
+    return _result(algorithm, loop, converged, params_epoch)
+
+
+def _result(algorithm: Algorithm, loop: _Loop, converged: bool, params_epoch: int) -> FitResult:
+    s, path = loop.s, loop.ckpts.path
     return FitResult(
         losses=s.losses,
         val_losses=s.val_losses,
@@ -231,8 +227,24 @@ def run(
         info=algorithm.info(),
         stopped_early=loop.stopped_early,
         interrupted=loop.interrupted,
-        checkpoint=ckpts.path if ckpts.exists() else None,
+        checkpoint=path if loop.ckpts.exists() else None,
     )
+
+
+def _warn_after(algorithm: Algorithm, loop: _Loop, converged: bool, epochs: int) -> None:
+    """Say when latents were drawn by each process's stream under torchrun, and when an
+    algorithm with a stopping rule ran out of epochs."""
+    g, losses = algorithm.group, loop.s.losses
+    unseeded = sorted(getattr(algorithm, "unseeded", ()))
+    if unseeded and g.active and g.main:
+        warnings.warn(
+            f"latent site(s) {unseeded} have distributions lvmkit cannot draw by position "
+            "(lvmkit.inference.draws): each process drew them from its own stream, so this fit "
+            "differs from a 1-process fit by those draws",
+            stacklevel=4,
+        )
+    if algorithm.converges and not converged and not loop.interrupted and losses:
+        _warn_not_converged(algorithm, losses, epochs)
 
 
 def _warn_not_converged(algorithm: Algorithm, losses: list[float], epochs: int) -> None:
@@ -243,7 +255,7 @@ def _warn_not_converged(algorithm: Algorithm, losses: list[float], epochs: int) 
         f"{algorithm.name} did not converge in {epochs} iterations (last change in the loss "
         f"{change}); {algorithm.advice}",
         ConvergenceWarning,
-        stacklevel=3,
+        stacklevel=5,
     )
 
 

@@ -12,11 +12,12 @@ import pyro
 import torch
 from torch import Tensor
 
+from lvmkit.core.checks import check_flag, check_number
 from lvmkit.core.files import CheckpointError
 from lvmkit.core.processes import all_reduce_sum, broadcast, group, process_device, shard
 from lvmkit.core.rng import seeded
 from lvmkit.data import as_dataset
-from lvmkit.inference.draws import PositionDraws
+from lvmkit.inference.draws import PositionDraws, draw_keys
 from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.jit import TracedLoss
 from lvmkit.inference.programs import (
@@ -44,6 +45,9 @@ def _quiet(logger: str):
         yield
     finally:
         log.setLevel(level)
+
+
+EVALUATION_EPOCH = 2**31 - 1  # the draws of evaluate: none of a training epoch's
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,11 +105,9 @@ class Trainer:
                 "a factory such as torch.optim.RMSprop"
             )
         if not callable(optimizer) and not isinstance(optimizer, str):
-            raise ValueError(f"optimizer must be a name or a callable, got {optimizer!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr!r}")
-        if not isinstance(jit, bool):
-            raise ValueError(f"jit must be True or False, got {jit!r}")
+            raise TypeError(f"optimizer must be a name or a callable, got {optimizer!r}")
+        check_number("lr", lr)
+        check_flag("jit", jit)
         self.model, self.guide = model, guide
         self.loss = make_elbo(elbo, num_samples) if isinstance(elbo, str) else elbo
         self.elbo_name = elbo if isinstance(elbo, str) else None
@@ -297,7 +299,8 @@ class Trainer:
     def evaluate(self, data, *, batch_size: int = 256, seed: int = 0) -> float:
         """Mean loss per datapoint over ``data`` (tensor, tuple or Dataset), no update.
 
-        Uses its own seeded random stream, so successive evaluations are comparable and the
+        Draws by position (``draws``, with ``seed`` and an epoch of its own), so successive
+        evaluations are comparable, any number of processes gives the same value, and the
         training stream is left untouched.
         """
         data = as_dataset(data, "data").to(self.device)
@@ -307,8 +310,10 @@ class Trainer:
         total = 0.0
         with seeded(seed + self.group.rank, self.device), self.scope(), torch.no_grad():
             for start in range(rows.start, rows.stop, batch_size):
-                batch = data.batch(torch.arange(start, min(start + batch_size, rows.stop)))
-                total += self.loss.loss(self.model, self.guide, *batch)
+                index = torch.arange(start, min(start + batch_size, rows.stop))
+                keys = draw_keys(seed, EVALUATION_EPOCH, 0, index.to(self.device))
+                with PositionDraws(keys):
+                    total += self.loss.loss(self.model, self.guide, *data.batch(index))
         summed = torch.tensor(
             [total, rows.stop - rows.start], dtype=torch.float64, device=self.device
         )

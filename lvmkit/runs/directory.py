@@ -52,7 +52,8 @@ class Run:
         if stored is not None and data_checksum(data) != stored:
             raise ValueError(
                 f"{self.data['name']} changed since {self.path} was fitted on it (its SHA-256 "
-                "differs): give the data it was fitted on, or score these with --data"
+                "differs): give the data it was fitted on, or score these as other data "
+                "(evaluate_run's data, lvmkit evaluate --data)"
             )
         return lvdata.train_val_test(
             data,
@@ -80,12 +81,12 @@ def load_run(path: str | Path) -> Run:
     if not (path / "model.pt").is_file():
         if (path / "checkpoint.pt").is_file():
             raise ValueError(
-                f"{path} holds a run that did not finish (a checkpoint, no model.pt): continue "
-                f"it with lvmkit fit MODEL --out {path} --resume"
+                f"{path} holds a run that did not finish (a checkpoint, no model.pt): resume it "
+                f"(lvmkit.runs.fit_run with resume, or lvmkit fit MODEL --out {path} --resume)"
             )
         raise ValueError(
-            f"{path} is not a finished run (no model.pt in it); give the --out folder of a "
-            "completed lvmkit fit"
+            f"{path} is not a finished run (no model.pt in it); give the folder a finished "
+            "fit wrote (fit_run's out, lvmkit fit's --out)"
         )
     file = path / "model.pt"
     try:
@@ -94,8 +95,9 @@ def load_run(path: str | Path) -> Run:
         if not (path / "checkpoint.pt").is_file():
             raise
         raise CheckpointError(
-            f"{err}; the run's checkpoint.pt can write it again: move model.pt away and run "
-            f"lvmkit fit MODEL --out {path} --resume"
+            f"{err}; the run's checkpoint.pt can write it again: move model.pt away and "
+            f"resume the run (lvmkit.runs.fit_run with resume, or lvmkit fit MODEL --out {path} "
+            "--resume)"
         ) from None
     if state.get("kind") != "model" or not {"config", "state_dict", "data"} <= set(state):
         raise CheckpointError(f"{file} does not hold a built-in lvmkit model")
