@@ -14,6 +14,7 @@ names them).
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 
@@ -29,9 +30,9 @@ MASK = 2**32 - 1
 WRAPPERS = (tdist.Independent, ExpandedDistribution, MaskedDistribution)
 
 
-def mix(x: Tensor) -> Tensor:
-    """PCG's hash of 32-bit words (int64 tensors, values in [0, 2^32)): a bijection whose output
-    bits all depend on every input bit."""
+def mix(x):
+    """PCG's output hash of 32-bit words (ints, or int64 tensors of values in [0, 2^32)): a
+    bijection whose output bits all depend on every input bit; products stay below 2^62."""
     x = (x * 747796405 + 2891336453) & MASK
     word = (((x >> ((x >> 28) + 4)) ^ x) * 277803737) & MASK
     return (word >> 22) ^ word
@@ -40,10 +41,10 @@ def mix(x: Tensor) -> Tensor:
 def draw_keys(seed: int, epoch: int, step: int, index: Tensor) -> Tensor:
     """The keys of one step's draws: (1 + n,) int64, the step's own (for sites outside the data
     plate, the same on every process) then one per datapoint, from its dataset ``index``."""
-    base = mix(torch.tensor((seed & MASK) ^ (epoch * 0x9E3779B9 & MASK), device=index.device))
+    base = mix(mix(seed & MASK) ^ (epoch & MASK))  # Python ints: no tensor op
     step_key = mix((base + step + 1) & MASK)
-    rows = mix((mix(base) + index.long()) & MASK)
-    return torch.cat([step_key.reshape(1), rows])
+    rows = mix((index.long() + mix(base)) & MASK)
+    return torch.cat([rows.new_tensor([step_key]), rows])
 
 
 class PositionDraws(Messenger):
@@ -68,12 +69,24 @@ class PositionDraws(Messenger):
         count = self.calls[name] = self.calls.get(name, 0) + 1
         site = (zlib.crc32(name.encode()) + 7919 * count) & MASK
         shape = fn.batch_shape + fn.event_shape
-        u = uniforms(self.keys, shape, _data_dim(msg, fn), site)
+        dtype = torch.float64 if _dtype(fn) == torch.float64 else torch.float32
+        u = uniforms(self.keys, shape, _data_dim(msg, fn), site, dtype)
         value = inverse_cdf(fn, u)
         if value is None:
             self.unseeded.add(name)
         else:
             msg["value"] = value
+
+
+def _dtype(fn) -> torch.dtype:
+    """The floating dtype of a distribution's parameters (float32 when it has none)."""
+    while isinstance(fn, WRAPPERS):
+        fn = fn.base_dist
+    for name in ("loc", "probs", "low"):
+        value = getattr(fn, name, None)
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value.dtype
+    return torch.float32
 
 
 def _data_dim(msg, fn) -> int | None:
@@ -84,27 +97,35 @@ def _data_dim(msg, fn) -> int | None:
     return None
 
 
-def uniforms(keys: Tensor, shape: torch.Size, data_dim: int | None, site: int) -> Tensor:
-    """Uniforms in (0, 1), float64, of ``shape``: along ``data_dim`` each row from its
-    datapoint's key (when the dim holds this step's datapoints), elsewhere from the step's."""
+def uniforms(keys: Tensor, shape: torch.Size, data_dim: int | None, site: int,
+             dtype: torch.dtype = torch.float64) -> Tensor:  # fmt: skip
+    """Uniforms in (0, 1) of ``shape`` and ``dtype`` (32 random bits in float64, 23 in float32,
+    so that none rounds to 0 or 1): along ``data_dim`` each row from its datapoint's key (when
+    the dim holds this step's datapoints), elsewhere from the step's. One hash per element, of
+    its row's key plus its offset within the row."""
     rows = len(keys) - 1
+    salt = mix(site)
     if data_dim is not None and data_dim >= 0 and shape[data_dim] == rows:
-        per_row = mix((keys[1:] + site) & MASK)  # (rows,)
         rest = shape[:data_dim] + shape[data_dim + 1 :]
-        offsets = torch.arange(math.prod(rest), device=keys.device).reshape(rest)
-        offsets = offsets.unsqueeze(data_dim)
+        offsets = _offsets(tuple(rest), salt, keys.device).unsqueeze(data_dim)
         view = [1] * len(shape)
         view[data_dim] = rows
-        h = mix((per_row.reshape(view) * 0x3C6EF372 + offsets + 1) & MASK)
+        h = mix((keys[1:].reshape(view) + offsets) & MASK)
     else:
-        start = mix((keys[0] + site) & MASK)
-        offsets = torch.arange(math.prod(shape), device=keys.device).reshape(shape)
-        h = mix((start * 0x3C6EF372 + offsets + 1) & MASK)
-    return (mix(h).double() + 0.5) / 2**32
+        h = mix((keys[0] + _offsets(tuple(shape), salt, keys.device)) & MASK)
+    bits = 32 if dtype == torch.float64 else 23
+    return ((h >> (32 - bits)).to(dtype) + 0.5) * 2.0**-bits
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(shape: tuple, salt: int, device) -> Tensor:
+    """Each element's offset within its row, spread over the 32-bit words: (shape). Kept:
+    the same sites come back every step."""
+    return torch.arange(math.prod(shape), device=device).reshape(shape) * 0x9E3779B9 + salt
 
 
 def inverse_cdf(fn, u: Tensor) -> Tensor | None:
-    """A draw of ``fn`` from uniforms ``u`` (float64, its batch + event shape), or None for a
+    """A draw of ``fn`` from uniforms ``u`` (its batch + event shape), or None for a
     distribution this module does not know."""
     while isinstance(fn, WRAPPERS):
         fn = fn.base_dist
