@@ -339,6 +339,8 @@ def test_an_em_run_checkpoints_and_resumes_and_records_only_what_em_uses(tmp_pat
     assert main([*em, "--epochs", "2", "--out", str(part)]) == 0
     assert main([*em, "--epochs", "4", "--out", str(part), "--resume"]) == 0
     assert "ConvergenceWarning: mixture-em did not converge in 4" in capsys.readouterr().err
+    assert main([*em, "--out", str(part), "--resume", "--lr", "0.5"]) == 2  # EM uses no lr
+    assert "lr = 0.5: not used by --inference em" in capsys.readouterr().err
     assert (part / "model.pt").read_bytes() == (whole / "model.pt").read_bytes()
     config = (part / "config.toml").read_text()
     assert 'inference = "em"' in config and "epochs = 4" in config and "lr" not in config

@@ -95,6 +95,12 @@ SCRIPT = textwrap.dedent(
     iwae = dict(elbo="iwae", num_samples=4)
     results["iwae"] = lvmkit.fit(*ppca(), x, epochs=2, **iwae, **common).params
     results["vae4"] = lvmkit.fit(*ppca(), x, epochs=4, **common).params
+    # batches with noise of their own: dequantized levels, dynamically binarized probabilities
+    levels = lvmkit.data.ImageData(x=(x.sigmoid() * 3).round().reshape(64, 1, 1, 3), levels=4)
+    flat = lambda pair: [lambda x, f=f: f(x.flatten(1)) for f in pair]  # noqa: E731
+    for name, data in [("dequantized", lvmkit.data.dequantize(levels)),
+                       ("binarized", lvmkit.data.dynamic_binarize(levels))]:  # fmt: skip
+        results[name] = lvmkit.fit(*flat(ppca()), data, epochs=2, **common).params
     if resume_from != "-":
         resumed = lvmkit.fit(*ppca(), x, epochs=4, checkpoint_dir=out / f"vae_{resume_from}",
                              resume=True, **common)  # fmt: skip
@@ -169,6 +175,9 @@ def test_a_vae_with_random_draws_fits_on_two_processes_as_on_one_and_resumes_acr
     one, two, back = runs
     assert close(one["vae"], two["vae"]) and close(one["iwae"], two["iwae"])
     assert torch.allclose(one["vae_val"], two["vae_val"], atol=1e-5)  # drawn by position too
+    # a batch's own noise (dequantization, binarization) is drawn by position as well
+    assert close(one["dequantized"], two["dequantized"])
+    assert close(one["binarized"], two["binarized"])
     assert close(two["vae_resumed"], one["vae4"])  # written by 1 process, continued by 2
     assert close(back["vae_resumed"], one["vae4"])  # written by 2, continued by 1
 

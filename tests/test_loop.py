@@ -10,7 +10,8 @@ from torch import nn
 
 import lvmkit
 from lvmkit.core.files import CheckpointError
-from lvmkit.inference.draws import PositionDraws, draw_keys, inverse_cdf, uniforms
+from lvmkit.core.rng import draw_keys, uniforms
+from lvmkit.inference.draws import PositionDraws, inverse_cdf
 from lvmkit.models import GaussianMixture, GaussianMixtureConfig
 
 
@@ -84,7 +85,7 @@ def test_another_algorithms_checkpoint_is_refused(tmp_path):
     gmm = GaussianMixture(GaussianMixtureConfig(dim=2, components=3)).initialize(x)
     lvmkit.fit(gmm.model, gmm.guide, x, elbo="enum", epochs=1, progress=False,
                checkpoint_dir=tmp_path)  # fmt: skip
-    with pytest.raises(CheckpointError, match="holds a svi fit; mixture-em cannot continue it"):
+    with pytest.raises(CheckpointError, match="a fit by svi, which mixture-em cannot continue"):
         lvmkit.em(gmm, x, checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
@@ -161,3 +162,40 @@ def test_position_draws_have_the_right_distributions():
     # neighbouring rows and columns are not correlated
     assert abs(float(torch.corrcoef(u.T)[0, 1])) < 0.03
     assert abs(float(torch.corrcoef(torch.stack([u[:-1, 0], u[1:, 0]]))[0, 1])) < 0.03
+
+
+def test_a_resume_asks_for_what_it_can_do(tmp_path):
+    x = clusters(60).repeat(1, 2)
+    kw = dict(progress=False, checkpoint_dir=tmp_path)
+    lvmkit.fit(*user_ppca(), x, epochs=3, **kw)
+    with pytest.raises(ValueError, match="holds 3 epochs already, more than epochs=2"):
+        lvmkit.fit(*user_ppca(), x, epochs=2, resume=True, **kw)
+    with pytest.raises(ValueError, match="opposite things"):
+        lvmkit.fit(*user_ppca(), x, epochs=4, resume=True, overwrite=True, **kw)
+    with pytest.raises(ValueError, match="max_iter must be a positive int"):
+        lvmkit.em(user_mixture, x[:, :2], max_iter=0)
+
+
+def test_em_steps_tell_no_loss_and_epochs_tell_it():
+    seen = []
+    result = lvmkit.em(user_mixture, clusters(60), max_iter=2, tol=0.0, batch_size=30,
+                       progress=False, callbacks=[seen.append])  # fmt: skip
+    assert [m for m in seen if m["event"] == "step"] == [
+        {"event": "step", "epoch": e, "step": s} for e in (1, 2) for s in (1, 2)
+    ]
+    assert [m["loss"] for m in seen if m["event"] == "epoch"] == result.losses
+
+
+def test_a_run_being_fitted_is_said_to_be_in_use(tmp_path):
+    import subprocess
+
+    from lvmkit.core.files import LOCK_NAME
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(str(other.pid))
+        with pytest.raises(ValueError, match=rf"being fitted by .* \(pid {other.pid}\)"):
+            lvmkit.load_run(tmp_path)
+    finally:
+        other.kill()

@@ -183,6 +183,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def lock_holder(folder: str | Path) -> int | None:
+    """The pid of a live process holding ``folder``'s run lock, else None."""
+    try:
+        pid = int((Path(folder) / LOCK_NAME).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and pid != os.getpid() and _alive(pid) else None
+
+
 @contextlib.contextmanager
 def run_lock(folder: str | Path):
     """Hold ``folder`` for this process: a second process gets a CheckpointError naming the pid

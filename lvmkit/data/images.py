@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from lvmkit.core.rng import uniform
+
 
 @dataclass(frozen=True)
 class ImageData:
@@ -71,13 +73,15 @@ class ImageData:
 
     def batch(self, index: Tensor) -> tuple[Tensor]:
         """The training batch for ``index``: ``(x,)``; a fresh Bernoulli draw if dynamically
-        binarized, a fresh dequantization if dequantized (from torch's global stream, which
-        checkpoints save)."""
+        binarized, a fresh dequantization if dequantized (``core.rng.uniform``: by the
+        datapoints' positions in the loop, from torch's stream elsewhere)."""
         x = self.x[index]
         if self.dynamic_binarization:
-            x = torch.bernoulli(x)
+            x = (uniform(x.shape, device=x.device, dtype=x.dtype, purpose="binarize") < x)
+            x = x.to(self.x.dtype)
         if self.dequantized:
-            x = (x + torch.rand_like(x)) / self.levels
+            u = uniform(x.shape, device=x.device, dtype=x.dtype, purpose="dequantize")
+            x = (x + u) / self.levels
         return (x,)
 
     def pixels(self) -> Tensor:

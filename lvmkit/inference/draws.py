@@ -4,9 +4,8 @@ process's random stream. So a datapoint gets the same draws whichever process ho
 whatever else shares its batch: a fit over N processes equals the 1-process fit with the same
 global batch, and a resume on another world size continues exactly.
 
-The hash is PCG's output permutation on 32-bit words held in int64 tensors (no overflow), so it
-runs where the data are and inside a traced step (the keys are an input of the trace). Sites
-are drawn by inverse CDF from the uniforms: Normal (also wrapped by ``to_event``, ``expand`` or
+The uniforms are ``core.rng``'s (the keys are an input of a jit trace). Sites are drawn by
+inverse CDF from them: Normal (also wrapped by ``to_event``, ``expand`` or
 ``mask``), MultivariateNormal, Uniform, Bernoulli and Categorical; reparameterized where the
 distribution is. Any other site is drawn from the process's stream, as before (``unseeded``
 names them).
@@ -14,8 +13,6 @@ names them).
 
 from __future__ import annotations
 
-import functools
-import math
 import zlib
 
 import torch
@@ -24,27 +21,10 @@ from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDi
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
+from lvmkit.core.rng import MASK, uniforms
 from lvmkit.inference.programs import DATA_PLATE
 
-MASK = 2**32 - 1
 WRAPPERS = (tdist.Independent, ExpandedDistribution, MaskedDistribution)
-
-
-def mix(x):
-    """PCG's output hash of 32-bit words (ints, or int64 tensors of values in [0, 2^32)): a
-    bijection whose output bits all depend on every input bit; products stay below 2^62."""
-    x = (x * 747796405 + 2891336453) & MASK
-    word = (((x >> ((x >> 28) + 4)) ^ x) * 277803737) & MASK
-    return (word >> 22) ^ word
-
-
-def draw_keys(seed: int, epoch: int, step: int, index: Tensor) -> Tensor:
-    """The keys of one step's draws: (1 + n,) int64, the step's own (for sites outside the data
-    plate, the same on every process) then one per datapoint, from its dataset ``index``."""
-    base = mix(mix(seed & MASK) ^ (epoch & MASK))  # Python ints: no tensor op
-    step_key = mix((base + step + 1) & MASK)
-    rows = mix((index.long() + mix(base)) & MASK)
-    return torch.cat([rows.new_tensor([step_key]), rows])
 
 
 class PositionDraws(Messenger):
@@ -95,33 +75,6 @@ def _data_dim(msg, fn) -> int | None:
         if frame.name == DATA_PLATE and frame.vectorized:
             return len(fn.batch_shape) + frame.dim
     return None
-
-
-def uniforms(keys: Tensor, shape: torch.Size, data_dim: int | None, site: int,
-             dtype: torch.dtype = torch.float64) -> Tensor:  # fmt: skip
-    """Uniforms in (0, 1) of ``shape`` and ``dtype`` (32 random bits in float64, 23 in float32,
-    so that none rounds to 0 or 1): along ``data_dim`` each row from its datapoint's key (when
-    the dim holds this step's datapoints), elsewhere from the step's. One hash per element, of
-    its row's key plus its offset within the row."""
-    rows = len(keys) - 1
-    salt = mix(site)
-    if data_dim is not None and data_dim >= 0 and shape[data_dim] == rows:
-        rest = shape[:data_dim] + shape[data_dim + 1 :]
-        offsets = _offsets(tuple(rest), salt, keys.device).unsqueeze(data_dim)
-        view = [1] * len(shape)
-        view[data_dim] = rows
-        h = mix((keys[1:].reshape(view) + offsets) & MASK)
-    else:
-        h = mix((keys[0] + _offsets(tuple(shape), salt, keys.device)) & MASK)
-    bits = 32 if dtype == torch.float64 else 23
-    return ((h >> (32 - bits)).to(dtype) + 0.5) * 2.0**-bits
-
-
-@functools.lru_cache(maxsize=256)
-def _offsets(shape: tuple, salt: int, device) -> Tensor:
-    """Each element's offset within its row, spread over the 32-bit words: (shape). Kept:
-    the same sites come back every step."""
-    return torch.arange(math.prod(shape), device=device).reshape(shape) * 0x9E3779B9 + salt
 
 
 def inverse_cdf(fn, u: Tensor) -> Tensor | None:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from lvmkit.core.checks import check_choice, check_count, check_flag, check_number
 from lvmkit.core.processes import all_reduce_sum
+from lvmkit.core.rng import drawn_by
 from lvmkit.inference.draws import PositionDraws
 from lvmkit.inference.elbo import Objective
 from lvmkit.inference.loop import Algorithm, FitResult, run
@@ -270,7 +271,8 @@ class GenericEM(Algorithm):
         self.trainer.init(*first)
 
     def step(self, index: Tensor, *, keys: Tensor, first: bool, stop: bool) -> None:
-        batch = self.data.batch(index)
+        with drawn_by(keys):
+            batch = self.data.batch(index)
         if len(index):  # under torchrun a short last batch leaves some with none
             with self.trainer.scope(), torch.no_grad(), PositionDraws(keys) as draws:
                 e = self.objective.e_step(self.model, *batch, index=index)
@@ -372,6 +374,7 @@ def em(
     (exact for a mixture and for enumeration, an importance-sampled estimate otherwise), and
     ``info["e_step"]``: "closed-form", "enum" or "importance".
     """
+    check_count("max_iter", max_iter)
     generic = dict(guide=guide, e_step=e_step, num_samples=num_samples, hard=hard,
                    m_steps=m_steps, lr=lr, batch_size=batch_size, params=params)  # fmt: skip
     loop = dict(epochs=max_iter, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,

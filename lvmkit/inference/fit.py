@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lvmkit.core.processes import set_threads
+from lvmkit.core.rng import drawn_by
 from lvmkit.inference.loop import OPTIONAL, Algorithm, FitResult, run
 from lvmkit.inference.trainer import Trainer, optimizer_name
 
@@ -42,7 +43,9 @@ class SVI(Algorithm):
 
     def step(self, index: Tensor, *, keys: Tensor, first: bool, stop: bool) -> float:
         t = self.trainer
-        loss = t.step(*self.data.batch(index), validate=first, stop=stop, keys=keys)
+        with drawn_by(keys):  # the batch's own noise (dequantization, ...) by position too
+            batch = self.data.batch(index)
+        loss = t.step(*batch, validate=first, stop=stop, keys=keys)
         self.stop_requested = t.stop_requested  # any process's signal stops them all
         self.loss_sum += loss * t.last_count
         self.count += t.last_count

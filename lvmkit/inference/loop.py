@@ -22,8 +22,8 @@ from lvmkit.core.checks import check_count, check_flag
 from lvmkit.core.files import run_lock
 from lvmkit.core.processes import Group, StopOnSignal, vote
 from lvmkit.core.processes import shard as shard_of
+from lvmkit.core.rng import draw_keys
 from lvmkit.data import as_dataset
-from lvmkit.inference.draws import draw_keys
 from lvmkit.inference.resume import Checkpoints, LoopState, fingerprint
 
 # Loop settings an algorithm may or may not honour; the others (epochs, seed, checkpoints,
@@ -39,7 +39,9 @@ class FitResult:
     losses: list[float]  # SVI: the objective; EM: -log p(x) (mean, at each E-step)
     val_losses: list[float]
     best_epoch: int | None  # 1-based epoch of the lowest validation loss (None without val_data)
-    params_epoch: int  # the epoch whose parameters ``params`` holds (best_epoch if restored)
+    # the epoch whose parameters ``params`` holds (best_epoch if restored; interrupted
+    # mid-epoch, the epoch it stopped in)
+    params_epoch: int
     elapsed: float  # seconds of training, summed over resumed runs
     device: str
     params: dict[str, Tensor]  # fitted constrained parameter values
@@ -120,7 +122,7 @@ class Algorithm:
         """After the last epoch (write parameters where they belong)."""
 
 
-def _check_options(algorithm: Algorithm, given: dict, checkpoint_dir, resume) -> None:
+def _check_options(algorithm: Algorithm, given: dict, checkpoint_dir, resume, overwrite) -> None:
     """ValueError naming a loop setting the algorithm does not use, or a bad combination."""
     for name, value in given.items():
         if value is not None and name not in algorithm.honours:
@@ -136,6 +138,8 @@ def _check_options(algorithm: Algorithm, given: dict, checkpoint_dir, resume) ->
         if given.get("val_data") is None:
             raise ValueError("patience needs val_data to watch; pass val_data or patience=None")
     check_flag("resume", resume)
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True ask for opposite things; choose one")
     if checkpoint_dir is not None and Path(checkpoint_dir).is_file():
         raise ValueError(f"checkpoint_dir {checkpoint_dir} is a file; give a folder")
     if resume and checkpoint_dir is None:
@@ -173,7 +177,7 @@ def run(
     """
     given = dict(batch_size=batch_size, val_data=val_data, patience=patience,
                  restore_best=restore_best)  # fmt: skip
-    _check_options(algorithm, given, checkpoint_dir, resume)
+    _check_options(algorithm, given, checkpoint_dir, resume, overwrite)
     check_count("epochs", epochs)
     data = as_dataset(data, "data").to(algorithm.device)
     if val_data is not None:
@@ -192,6 +196,11 @@ def run(
     pyro.set_rng_seed(seed + g.rank)  # each process its own draws (the same seed alone)
     algorithm.setup(data, batch_size)
     s = ckpts.load(seed) if resume else LoopState()
+    if s.epoch > epochs:
+        raise ValueError(
+            f"{ckpts.path} holds {s.epoch} epochs already, more than epochs={epochs}: pass "
+            f"epochs >= {s.epoch} to continue it, or overwrite=True to start over"
+        )
     lock = run_lock(checkpoint_dir) if checkpoint_dir is not None and g.main else nullcontext()
     steps = math.ceil(n / batch_size)
     bar = tqdm(total=epochs * steps, initial=min(s.epoch, epochs) * steps + s.step,
@@ -200,7 +209,7 @@ def run(
     loop = _Loop(algorithm, data, s, ckpts, bar, list(callbacks))
     with lock, StopOnSignal() as stop, bar:
         converged = loop.epochs(epochs, batch_size, stop, val_data, patience, seed)
-        params_epoch = len(s.losses)
+        params_epoch = len(s.losses) + (s.step > 0)  # interrupted mid-epoch: that epoch, partly
         if restore_best is None:
             restore_best = patience is not None
         if restore_best and s.best is not None and not loop.interrupted:
@@ -322,7 +331,8 @@ class _Loop:
         speed = self.points / (time.perf_counter() - self.t0 + 1e-9)
         self.bar.set_postfix(epoch=f"{s.epoch + 1}/{self.total}", **shown,
                              pts_per_s=f"{speed:.0f}", refresh=False)  # fmt: skip
-        self._tell({"event": "step", "epoch": s.epoch + 1, "step": s.step, "loss": loss})
+        shown = {} if loss is None else {"loss": loss}  # EM's loss is known at the epoch's end
+        self._tell({"event": "step", "epoch": s.epoch + 1, "step": s.step, **shown})
 
     def _validate(self, val_data, batch_size, patience, seed) -> float:
         s = self.s

@@ -80,8 +80,9 @@ def load_resumable(path: Path, settings: dict) -> dict:
     saved.setdefault("data", settings.get("data"))  # checkpoints written before data was kept
     if saved["algorithm"] != settings["algorithm"]:
         raise CheckpointError(
-            f"{path} holds a {saved['algorithm']} fit; {settings['algorithm']} cannot continue "
-            "it: resume it with the algorithm that wrote it, or start over with overwrite=True"
+            f"{path} holds a fit by {saved['algorithm']}, which {settings['algorithm']} cannot "
+            "continue: resume it with the algorithm that wrote it, or start over with "
+            "overwrite=True"
         )
     if saved.get("data") != settings.get("data"):
         raise CheckpointError(
@@ -133,7 +134,7 @@ class Checkpoints:
             if g.main:
                 warnings.warn(
                     f"resume=True but {self.path} does not exist yet; starting from scratch",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             return LoopState()
         a.load_state_dict(ckpt["algorithm"], source=str(self.path))

@@ -15,9 +15,9 @@ from torch import Tensor
 from lvmkit.core.checks import check_flag, check_number
 from lvmkit.core.files import CheckpointError
 from lvmkit.core.processes import all_reduce_sum, broadcast, group, process_device, shard
-from lvmkit.core.rng import seeded
+from lvmkit.core.rng import draw_keys, drawn_by, seeded
 from lvmkit.data import as_dataset
-from lvmkit.inference.draws import PositionDraws, draw_keys
+from lvmkit.inference.draws import PositionDraws
 from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.jit import TracedLoss
 from lvmkit.inference.programs import (
@@ -312,8 +312,10 @@ class Trainer:
             for start in range(rows.start, rows.stop, batch_size):
                 index = torch.arange(start, min(start + batch_size, rows.stop))
                 keys = draw_keys(seed, EVALUATION_EPOCH, 0, index.to(self.device))
+                with drawn_by(keys):
+                    batch = data.batch(index)
                 with PositionDraws(keys):
-                    total += self.loss.loss(self.model, self.guide, *data.batch(index))
+                    total += self.loss.loss(self.model, self.guide, *batch)
         summed = torch.tensor(
             [total, rows.stop - rows.start], dtype=torch.float64, device=self.device
         )

@@ -15,6 +15,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from lvmkit.core.rng import uniform
 from lvmkit.distributions import check_support
 from lvmkit.models.base import BuiltinModel, prepare_images
 from lvmkit.models.common import (
@@ -49,11 +50,13 @@ def quadrant_masks(
     quads = torch.zeros(4, c, h, w, dtype=torch.bool)
     quads[0, :, : h // 2, : w // 2] = quads[1, :, : h // 2, w // 2 :] = True
     quads[2, :, h // 2 :, : w // 2] = quads[3, :, h // 2 :, w // 2 :] = True
-    if given is None:
-        counts = torch.randint(1, 4, (n, 1), generator=generator)
+    # (n, 5): the count's uniform, then the quadrants' (by position in the loop: core.rng)
+    if generator is not None:
+        u = torch.rand(n, 5, generator=generator)
     else:
-        counts = torch.full((n, 1), given)
-    rank = torch.rand(n, 4, generator=generator).argsort(-1).argsort(-1)  # random order
+        u = uniform((n, 5), purpose="masks").cpu()
+    counts = 1 + (u[:, :1] * 3).long() if given is None else torch.full((n, 1), given)
+    rank = u[:, 1:].argsort(-1).argsort(-1)  # a random order of the quadrants
     chosen = rank < counts  # (n, 4): the first `count` quadrants in that order
     return (chosen[:, :, None, None, None] & quads).any(1)
 

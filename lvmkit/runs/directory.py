@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvmkit import data as lvdata
-from lvmkit.core.files import CheckpointError, checksum, load_checkpoint, save_checkpoint
+from lvmkit.core.files import (
+    CheckpointError,
+    checksum,
+    load_checkpoint,
+    lock_holder,
+    save_checkpoint,
+)
 from lvmkit.models import MODELS
 from lvmkit.models.registry import rebuild
 from lvmkit.runs.config import DATA_DEFAULTS, read_config
@@ -79,6 +85,12 @@ def load_run(path: str | Path) -> Run:
     """Rebuild the built-in model of a run directory from its model.pt (config and weights)."""
     path = Path(path)
     if not (path / "model.pt").is_file():
+        holder = lock_holder(path)
+        if holder is not None:
+            raise ValueError(
+                f"{path} is being fitted by another lvmkit process (pid {holder}); wait for it "
+                "to finish"
+            )
         if (path / "checkpoint.pt").is_file():
             raise ValueError(
                 f"{path} holds a run that did not finish (a checkpoint, no model.pt): resume it "

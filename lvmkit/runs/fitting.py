@@ -104,8 +104,13 @@ def run_config(model_name: str, out, *, settings=None, config=None, resume=False
 
 
 def _refuse_changes(config: dict, settings: dict, out: Path) -> None:
+    """ValueError naming a setting the resumed run was fitted with otherwise (keys its
+    inference does not use are left to ``unused_settings``, which says so)."""
+    used = USED_BY[config["fit"]["inference"]]
     for table, values in settings.items():
         for key, value in values.items():
+            if table == "fit" and key not in used and key != "inference":
+                continue
             was = config.get(table, {}).get(key, value)
             same = list(was) == list(value) if isinstance(was, (list, tuple)) else was == value
             if (table, key) not in RESUME_MAY_CHANGE and not same:
@@ -231,6 +236,8 @@ def _summary(model_name, model, config, dataset, val_data, result: FitResult) ->
         "device": result.device,
         "model_epoch": result.params_epoch,  # the epoch whose parameters model.pt holds
     }
+    if result.converged is not None:  # EM: whether its stopping rule was met
+        summary["converged"] = result.converged
     if result.val_losses:
         summary["val_loss"] = result.val_losses[result.params_epoch - 1]  # model.pt's epoch's
         summary["best_epoch"] = result.best_epoch
