@@ -57,7 +57,8 @@ def _fit_help(argv: list[str]) -> str:
     from lvmkit.models.registry import settings_help
     from lvmkit.runs.config import KEY_HELP, default_config
 
-    lines = ["models:", *(f"  {n:9} {e.description}" for n, e in MODELS.items()), ""]
+    width = max(map(len, MODELS))
+    lines = ["models:", *(f"  {n:{width}} {e.description}" for n, e in MODELS.items()), ""]
     named = argv[1] if len(argv) > 1 and argv[1] in MODELS else None
     if named:
         lines.append(settings_help(named))
@@ -134,10 +135,10 @@ def _fit_parser(sub, argv: list[str]) -> None:
     p.add_argument("--data", help="a named dataset (digits, mnist5k, mnist, fashion-mnist, "
                    "cifar10) or a path (IDX files, .npy/.npz, PNG folder)")  # fmt: skip
     p.add_argument("--config", type=Path, help="a TOML file with [data], [model], [fit] tables")
-    p.add_argument("--epochs", type=_positive(int))
-    p.add_argument("--batch-size", type=_positive(int))
-    p.add_argument("--lr", type=_positive(float))
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=_positive(int), help="epochs, or EM iterations at most")
+    p.add_argument("--batch-size", type=_positive(int), help="datapoints per step (SVI)")
+    p.add_argument("--lr", type=_positive(float), help="learning rate (SVI)")
+    p.add_argument("--seed", type=int, help="seed of the initial weights, draws and order")
     p.add_argument("--val-fraction", type=_fraction,
                    help="validation share: of the train part if the data carry a split "
                    "(default 0.1)")  # fmt: skip
