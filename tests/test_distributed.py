@@ -239,7 +239,7 @@ def test_a_signal_stops_every_process_of_a_cli_fit_cleanly(tmp_path):
     assert parent.returncode == 130, err[-2000:]
     assert err.count("continue with: lvmkit fit lvm") == 1 and "Traceback" not in err
     assert not (out / ".lvmkit.lock").exists()  # every worker has exited
-    resumed = subprocess.run([*cmd[:5], "--epochs", "1", "--out", str(out), "--resume",
+    resumed = subprocess.run([*cmd[:5], "--epochs", "2", "--out", str(out), "--resume",
                               "--no-progress"], env=env, capture_output=True, text=True,
                              timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -156,6 +156,12 @@ def gather_objects(value, g: Group) -> list:
     return values
 
 
+def barrier(g: Group) -> None:
+    """Wait until every process gets here (nothing alone)."""
+    if g.active:
+        dist.barrier()
+
+
 def vote(flag: bool, g: Group) -> bool:
     """Whether ``flag`` is True on any process."""
     return any(gather_objects(bool(flag), g))

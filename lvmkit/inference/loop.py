@@ -196,11 +196,7 @@ def run(
     pyro.set_rng_seed(seed + g.rank)  # each process its own draws (the same seed alone)
     algorithm.setup(data, batch_size)
     s = ckpts.load(seed) if resume else LoopState()
-    if s.epoch > epochs:
-        raise ValueError(
-            f"{ckpts.path} holds {s.epoch} epochs already, more than epochs={epochs}: pass "
-            f"epochs >= {s.epoch} to continue it, or overwrite=True to start over"
-        )
+    _check_not_past(s, epochs, ckpts.path)
     lock = run_lock(checkpoint_dir) if checkpoint_dir is not None and g.main else nullcontext()
     steps = math.ceil(n / batch_size)
     bar = tqdm(total=epochs * steps, initial=min(s.epoch, epochs) * steps + s.step,
@@ -238,6 +234,17 @@ def _result(algorithm: Algorithm, loop: _Loop, converged: bool, params_epoch: in
         interrupted=loop.interrupted,
         checkpoint=path if loop.ckpts.exists() else None,
     )
+
+
+def _check_not_past(s: LoopState, epochs: int, path) -> None:
+    """ValueError when a resumed checkpoint is further on than ``epochs``."""
+    done = s.epoch + (s.step > 0)  # an epoch begun counts: its steps changed the parameters
+    if done > epochs:
+        begun = f" and {s.step} steps of the next" if s.step else ""
+        raise ValueError(
+            f"{path} holds {s.epoch} epochs{begun} already, more than epochs={epochs}: pass "
+            f"epochs >= {done} to continue it, or overwrite=True to start over"
+        )
 
 
 def _warn_after(algorithm: Algorithm, loop: _Loop, converged: bool, epochs: int) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from lvmkit import data as lvdata
 from lvmkit.core.files import check_writable, run_lock, write_text
-from lvmkit.core.processes import group, process_device, rank, set_threads
+from lvmkit.core.processes import barrier, group, process_device, rank, set_threads
 from lvmkit.data import BUNDLED, DATASETS
 from lvmkit.diagnostics import encode, linear_probe, loss_curve, probe_problem, save_figure
 from lvmkit.inference import FitResult, em, fit
@@ -146,15 +146,20 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
         warnings.warn(f"no linear probe: {probe_problem(dataset.y)}", stacklevel=2)
     check_writable(*(out / name for name in RUN_OUTPUTS))  # before the fit, not after it
     set_threads(fcfg["threads"])
-    main = group(resolve_device(process_device(fcfg["device"]))).main  # torchrun: rank 0 writes
-    with run_lock(out) if main else nullcontext():  # a second process here is refused
-        result = _fit(model, config, out, splits, resume=resume, progress=progress, main=main)
-        if not main:
-            return FittedRun(out, result, main=False)
-        write_text(out / "metrics.jsonl", _metrics(result))
-        if result.interrupted:
-            return FittedRun(out, result, written=[out / "metrics.jsonl", result.checkpoint])
-        return _write_run(model_name, model, config, out, dataset, splits, result)
+    g = group(resolve_device(process_device(fcfg["device"])))  # torchrun: rank 0 writes
+    with run_lock(out) if g.main else nullcontext():  # a second process here is refused
+        result = _fit(model, config, out, splits, resume=resume, progress=progress, main=g.main)
+        if not g.main:
+            done = FittedRun(out, result, main=False)
+        else:
+            write_text(out / "metrics.jsonl", _metrics(result))
+            written = [out / "metrics.jsonl", result.checkpoint]
+            done = FittedRun(out, result, written=written)
+            if not result.interrupted:
+                done = _write_run(model_name, model, config, out, dataset, splits, result)
+    # the processes leave together: a group torn down while another still works aborts it
+    barrier(g)
+    return done
 
 
 def _fit(model, config, out, splits, *, resume, progress, main) -> FitResult:
