@@ -36,11 +36,11 @@ def seconds(cmd: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="2 rounds")
+    parser.add_argument("--smoke", action="store_true", help="1 round, no warm-up")
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
-    rounds = 2 if args.smoke else args.rounds
-    for cmd in CONTENDERS.values():  # warm the file cache once
+    rounds = 1 if args.smoke else args.rounds
+    for cmd in () if args.smoke else CONTENDERS.values():  # warm the file cache once
         seconds(cmd)
     times = {name: [] for name in CONTENDERS}
     for _ in range(rounds):  # interleaved: the machine's noise falls on every contender alike
