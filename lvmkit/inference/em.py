@@ -68,14 +68,15 @@ class ExpectedLogJoint(Objective):
 
     WIDEN = 1.5  # the adapted proposal's scale over the posterior's: heavier tails are safer
 
-    def __init__(self, e_step: str, num_samples: int, hard: bool, proposal, size: int = 0):
+    def __init__(self, e_step: str, num_samples: int, hard: bool, proposal):
         super().__init__(num_samples)
         self.kind, self.hard = e_step, hard
         self.proposal = proposal  # a guide, or None to propose from the model's prior
         self.nesting: int | None = None
         self.values, self.weights = None, None
         self.adapted: dict[str, tuple[Tensor, Tensor]] = {}  # site -> loc, scale (size, ...)
-        self.seen = torch.zeros(size, dtype=torch.bool)  # datapoints with an adapted proposal
+        # datapoints with an adapted proposal; GenericEM.setup sizes it to the dataset
+        self.seen = torch.zeros(0, dtype=torch.bool)
 
     def _enumerated_log_joint(self, model, args) -> Tensor:
         """log p(x_n, z = e) for every joint value e of the discrete latents: (E, N)."""

@@ -162,18 +162,47 @@ def run(
     progress: bool = True,
     callbacks: list[Callable[[dict], None]] = (),
 ) -> FitResult:
-    """Run ``algorithm`` over ``data`` (a Dataset) for at most ``epochs`` epochs.
+    """Run ``algorithm`` over ``data`` for at most ``epochs`` epochs.
 
     Each epoch visits the datapoints in an order drawn with ``seed`` (the data's own order
-    when one batch holds them all: a per-datapoint guide may rely on it) in global batches of
-    ``batch_size`` (all of them if None); under torchrun each process steps on its share.
-    ``checkpoint_dir`` gets checkpoint.pt after every epoch and on SIGINT/SIGTERM (which end
-    the run after the current step, ``interrupted=True``); ``resume`` continues from it
-    exactly, ``overwrite`` starts afresh over it (without either it is refused). ``patience``
-    stops after that many epochs without a better validation loss; ``restore_best`` (default:
-    when ``patience`` is set) ends with the best epoch's parameters. Each callback receives a
-    dict after every step ({"event": "step", "epoch", "step", "loss"}) and every epoch
-    ({"event": "epoch", "epoch", "loss", "val_loss"?, "elapsed"}).
+    when one batch holds them all: a per-datapoint guide may rely on it); under torchrun each
+    process steps on its share of every global batch, its draws seeded by position.
+
+    Parameters
+    ----------
+    algorithm : Algorithm
+        What one step does (``SVI``, ``GenericEM``, ``MixtureEM`` or your own).
+    data : Tensor of shape (N, ...), tuple of such tensors, or Dataset
+    epochs : int
+        The total to reach (with ``resume``, counting the checkpoint's).
+    batch_size : int, optional
+        Datapoints per global step; None: all of them (one step per epoch).
+    val_data : like ``data``, optional
+        Scored after every epoch (algorithms that honour it).
+    patience : int, optional
+        Stop after this many epochs without a better validation loss.
+    restore_best : bool, optional
+        End with the best validation epoch's parameters (default: when ``patience`` is set).
+    seed : int
+        Seeds the batch order and every draw.
+    checkpoint_dir : str or Path, optional
+        Gets checkpoint.pt after every epoch and on SIGINT/SIGTERM (which end the run after
+        the current step, ``interrupted=True``).
+    resume, overwrite : bool
+        Continue the checkpoint there exactly, or start afresh over it; without either a
+        checkpoint there is refused.
+    progress : bool
+        A progress bar (rank 0).
+    callbacks : list of callables
+        Each gets a dict after every step (``{"event": "step", "epoch", "step"}``, plus
+        ``"loss"`` where the step has one) and every epoch (``{"event": "epoch", "epoch",
+        "loss", "elapsed"}``, plus ``"val_loss"`` with ``val_data``), on rank 0.
+
+    Returns
+    -------
+    FitResult
+        Losses per datapoint in nats, per epoch; the fitted parameters; ``algorithm``,
+        ``converged`` and the algorithm's ``info``.
     """
     given = dict(batch_size=batch_size, val_data=val_data, patience=patience,
                  restore_best=restore_best)  # fmt: skip

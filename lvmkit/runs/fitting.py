@@ -124,9 +124,31 @@ def _refuse_changes(config: dict, settings: dict, out: Path) -> None:
 def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, overwrite=False,
             progress=True) -> FittedRun:  # fmt: skip
     """Fit the built-in model ``model_name`` and write the run directory ``out``: config.toml,
-    checkpoint.pt, model.pt, summary.json, metrics.jsonl and pictures. ``settings`` and
-    ``config`` (a TOML file) are as ``run_config`` takes them; ``resume`` continues the run
-    in ``out``, ``overwrite`` replaces it (without either, a run there is refused)."""
+    checkpoint.pt, model.pt, summary.json, metrics.jsonl and pictures.
+
+    Parameters
+    ----------
+    model_name : str
+        A registered built-in model ("lvm", "gmm", ...).
+    out : str or Path
+        The run directory.
+    settings : dict, optional
+        ``{table: {key: value}}`` over the defaults and ``config``, e.g.
+        ``{"fit": {"epochs": 50, "inference": "em"}}``.
+    config : str or Path, optional
+        A TOML file with [data], [model], [fit] tables.
+    resume, overwrite : bool
+        Continue the run in ``out`` (only epochs, jit, threads and where the data are may
+        change), or replace it; without either, a run there is refused.
+    progress : bool
+        A progress bar.
+
+    Returns
+    -------
+    FittedRun
+        The FitResult, summary.json's contents and the files written (none but the checkpoint
+        and metrics when interrupted; under torchrun, nothing on ranks other than 0).
+    """
     out = Path(out)
     config, resume = run_config(model_name, out, settings=settings, config=config,
                                 resume=resume, overwrite=overwrite)  # fmt: skip
