@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -52,6 +53,12 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if server.mode == "drip":  # a byte at a time, each well within the timeout
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.02)
+                    return
                 self.wfile.write(body[: len(body) // 2] if server.mode == "cut" else body)
 
             def log_message(self, *args):
@@ -121,6 +128,14 @@ def test_an_interrupted_or_wrong_download_leaves_nothing_and_a_retry_works(
     assert list(cached.iterdir()) == []  # no partial file, no temporary
     server.mode = "ok"
     assert len(lvdata.load("mnist")) == 40
+
+
+def test_a_download_that_trickles_meets_its_deadline(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(lvdata.datasets, "download_deadline", lambda size: 0.3)
+    server.mode = "drip"
+    with pytest.raises(DataError, match=r"stalled: \d+ of \d+ bytes in 0 s, below 50 kB/s"):
+        lvdata.load("mnist")
+    assert list((tmp_path / "cache" / "mnist").iterdir()) == []
 
 
 def test_offline_the_error_names_the_files_and_where_to_put_them(server, tmp_path, monkeypatch):

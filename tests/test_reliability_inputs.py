@@ -129,7 +129,7 @@ def test_declared_levels_override_and_are_checked(tmp_path):
         ),
         (np.array(["a", "b", "c"]), "the labels have dtype <U1, not numbers"),
         (np.zeros((3, 2)), r"labels must be one number per image, got shape \(3, 2\)"),
-        (np.array([-1, 0, 1]), "labels must be class numbers 0..K-1, got -1"),
+        (np.array([-1, 0, 1]), "labels must be class numbers 0..K-1 with K <= 65536, got -1"),
         (np.array([0, 1]), "3 images but 2 labels"),
     ],
 )

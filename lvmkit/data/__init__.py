@@ -6,6 +6,7 @@ from lvmkit.data.images import ImageData, check_images, check_labels
 from lvmkit.data.loaders import (
     DataError,
     LevelsInferred,
+    PixelRange,
     load_array,
     load_idx,
     load_idx_folder,
@@ -31,6 +32,7 @@ __all__ = [
     "train_val_test",
     "DataError",
     "LevelsInferred",
+    "PixelRange",
     "Dataset",
     "TensorData",
     "as_dataset",

@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import os
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -196,8 +197,19 @@ def fetch(name: str, *, progress: bool = True) -> Path:
     A cached file whose SHA-256 is wrong is deleted and downloaded again."""
     spec = _named(name)
     folder = cache_dir() / name
+    for where in (folder.parent, folder):
+        if where.exists() and not where.is_dir():
+            raise DataError(
+                f"{where} is a file where lvmkit keeps the {name!r} dataset's folder; move it "
+                "away, or set LVMKIT_DATA to a folder (made if missing)"
+            )
     for remote in spec.files:
         path = folder / remote.file
+        if path.is_dir():
+            raise DataError(
+                f"{path} is a folder where the file {remote.file} of {name!r} belongs; move it "
+                "away (its download takes that name)"
+            )
         if path.exists():
             found = _sha256(path)
             if found == remote.sha256:
@@ -254,10 +266,25 @@ def _download(name: str, spec: NamedDataset, remote: Remote, path: Path, progres
     )
 
 
+READ_TIMEOUT = 60.0  # seconds a download may wait for its next bytes
+MIN_RATE = 50_000  # bytes per second a download must average, after a minute's grace
+
+
+def download_deadline(size: int) -> float:
+    """Seconds a download of ``size`` bytes may take in all: a minute and MIN_RATE."""
+    return 60.0 + size / MIN_RATE
+
+
 def _copy_checked(url: str, tmp: Path, remote: Remote) -> None:
     h, got = hashlib.sha256(), 0
-    with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-        while chunk := response.read(1 << 20):
+    deadline = time.monotonic() + download_deadline(remote.size)
+    with urllib.request.urlopen(url, timeout=READ_TIMEOUT) as response, open(tmp, "wb") as f:
+        while chunk := response.read1(1 << 20):  # what has come, so a trickle meets the deadline
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"stalled: {got} of {remote.size} bytes in {download_deadline(remote.size):.0f}"
+                    f" s, below {MIN_RATE // 1000} kB/s"
+                )
             got += len(chunk)
             if got > remote.size:
                 raise ValueError(f"more than the {remote.size} bytes expected")

@@ -77,7 +77,7 @@ class ImageData:
         datapoints' positions in the loop, from torch's stream elsewhere)."""
         x = self.x[index]
         if self.dynamic_binarization:
-            x = (uniform(x.shape, device=x.device, dtype=x.dtype, purpose="binarize") < x)
+            x = uniform(x.shape, device=x.device, dtype=x.dtype, purpose="binarize") < x
             x = x.to(self.x.dtype)
         if self.dequantized:
             u = uniform(x.shape, device=x.device, dtype=x.dtype, purpose="dequantize")
@@ -98,6 +98,9 @@ class ImageData:
         return replace(self, x=self.x.to(device), y=y)
 
 
+MAX_CLASSES = 2**16  # labels are class numbers; more classes than this is an id, not a class
+
+
 def check_images(x, levels: int | None, what: str = "data", probabilities: bool = False) -> None:
     """Raise ValueError naming the problem (and the fix) if ``x`` is not a valid image batch."""
     if not isinstance(x, Tensor):
@@ -109,6 +112,11 @@ def check_images(x, levels: int | None, what: str = "data", probabilities: bool 
         )
     if len(x) == 0:
         raise ValueError(f"{what}: the dataset is empty (0 images); check the file or the filter")
+    if 0 in x.shape[1:]:
+        raise ValueError(
+            f"{what}: images of shape {tuple(x.shape[1:])} (C, H, W) hold no pixels; check the "
+            "file (a channel count, height or width of 0)"
+        )
     if not x.is_floating_point():
         raise ValueError(f"{what}: images must be floating point, got {x.dtype}; use x.float()")
     bad = ~torch.isfinite(x)
@@ -146,8 +154,12 @@ def check_labels(y, n: int, what: str = "data") -> None:
         )
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"{what}: labels must be integers (class numbers), got {y.dtype}")
-    if len(y) and y.min() < 0:
-        raise ValueError(f"{what}: labels must be class numbers 0..K-1, got {int(y.min())}")
+    if len(y) and (y.min() < 0 or y.max() >= MAX_CLASSES):
+        bad = int(y.min()) if y.min() < 0 else int(y.max())
+        raise ValueError(
+            f"{what}: labels must be class numbers 0..K-1 with K <= {MAX_CLASSES}, got {bad}; "
+            "renumber them (e.g. np.unique(y, return_inverse=True)[1])"
+        )
 
 
 def _check_splits(splits: dict, n: int, what: str) -> None:

@@ -6,6 +6,7 @@ turns any failure to read a file into a DataError (a ValueError) that names the 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import warnings
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvmkit.data.images import ImageData
+from lvmkit.data.images import MAX_CLASSES, ImageData
 
 
 class DataError(ValueError):
@@ -74,23 +75,56 @@ def _assemble(
     )
 
 
-def memory_limit() -> int | None:
-    """The most bytes a loaded dataset may take: half of this machine's memory (None: unknown)."""
+MAX_DATA_GB = 4.0  # the default largest dataset, as float32 pixels; LVMKIT_MAX_DATA_GB sets it
+
+
+def data_limit() -> tuple[int, str]:
+    """The most bytes a dataset may take while it loads (the file's values and their float32
+    copy), and why: ``$LVMKIT_MAX_DATA_GB`` (default 4) GiB, and never more than half of the
+    memory free now."""
+    setting = os.environ.get("LVMKIT_MAX_DATA_GB", "")
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        gib = float(setting) if setting else MAX_DATA_GB
+    except ValueError:
+        gib = -1.0
+    if not gib > 0 or math.isinf(gib):
+        raise DataError(
+            f"LVMKIT_MAX_DATA_GB={setting!r} is not a number of GiB above 0; set it like "
+            "LVMKIT_MAX_DATA_GB=16, or unset it for the default 4"
+        )
+    limit, why = int(gib * 2**30), f"the limit LVMKIT_MAX_DATA_GB={gib:g} GiB"
+    free = _free_memory()
+    if free is not None and free // 2 < limit:
+        limit, why = free // 2, f"half of the memory free now ({free / 2**30:.1f} GiB)"
+    return limit, why
+
+
+def _free_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux: MemAvailable), else the machine's memory;
+    None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not a POSIX system
         return None
 
 
-def _check_size(shape: tuple[int, ...], path: Path) -> None:
-    """Refuse, before anything is allocated, data whose float32 copy would not fit in memory."""
-    needed = 4 * int(np.prod(shape, dtype=object))
-    limit = memory_limit()
-    if limit is not None and needed > limit:
+def _check_size(shape: tuple[int, ...], path: Path, itemsize: int = 1) -> None:
+    """Refuse, from the header and before anything is read or allocated, data whose values
+    (``itemsize`` bytes each) and their float32 copy would pass ``data_limit()``."""
+    needed = (itemsize + 4) * int(np.prod(shape, dtype=object))
+    limit, why = data_limit()
+    if needed > limit:
         raise DataError(
-            f"{path}: {shape} images need {needed / 2**30:.1f} GiB as float32, more than half "
-            f"of this machine's memory ({2 * limit / 2**30:.1f} GiB); load a part of them "
-            "(e.g. save a slice as .npy) or use a machine with more memory"
+            f"{path}: {shape} images need {needed / 2**30:.1f} GiB to load, more than "
+            f"{why}; load a part of them (e.g. save a slice as .npy), or raise the limit with "
+            "LVMKIT_MAX_DATA_GB on a machine with the memory"
         )
 
 
@@ -106,6 +140,11 @@ def read_idx(path: str | Path) -> np.ndarray:
             if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
                 raise DataError(f"{path}: not an IDX file (bad magic number {magic.hex()!r})")
             ndim = magic[3]
+            if not 1 <= ndim <= 4:
+                raise DataError(
+                    f"{path}: an IDX file of {ndim} dimensions; IDX images are (N, H, W) and "
+                    "labels (N,): is this the file meant?"
+                )
             dims = f.read(4 * ndim)
             if len(dims) < 4 * ndim:
                 raise DataError(f"{path}: IDX header truncated; is the file complete?")
@@ -116,7 +155,7 @@ def read_idx(path: str | Path) -> np.ndarray:
                 held = path.stat().st_size - 4 - 4 * ndim
                 if held != expected:
                     raise _size_mismatch(path, shape, expected, held)
-            _check_size(shape, path)
+            _check_size(shape, path, dtype.itemsize)
             raw = bytearray(expected)
             view, got = memoryview(raw), 0
             while got < expected:
@@ -214,7 +253,7 @@ def load_array(
         else:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             _check_dtype(arr.dtype, path, "images")
-            _check_size(arr.shape, path)
+            _check_size(arr.shape, path, arr.dtype.itemsize)
             parts = {None: (np.array(arr), None)}  # read it, now that its size is known to fit
     except (DataError, MemoryError):
         raise  # already ours, or not a parse failure
@@ -250,22 +289,37 @@ def _read_npz(path: Path) -> dict[str | None, tuple[np.ndarray, np.ndarray | Non
                 for p, k, yk in sorted(split, key=lambda t: PART_ORDER.index(t[0]))
             ]
         else:
-            key = next(
-                (k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None
-            )
+            key = _one_of(("x", "images"), keys, path) or (keys[0] if len(keys) == 1 else None)
             if key is None:
                 raise DataError(
                     f"{path}: .npz holds {keys}; name the images array 'x' or 'images' (or "
                     "x_train and x_test for a split)"
                 )
-            pairs = [(None, key, next((k for k in ("y", "labels") if k in keys), None))]
+            pairs = [(None, key, _one_of(("y", "labels"), keys, path))]
+        loose = _one_of(("x", "images"), keys, path)
+        if split and loose:
+            raise DataError(
+                f"{path}: holds both a split (x_train, x_test) and {loose!r}; keep one: save "
+                "the split alone, or the images alone"
+            )
         for _, key, label_key in pairs:
             for k, what in ((key, "images"), (label_key, "labels")):
                 if k is not None:
                     shape, dtype = _npz_header(npz, k)
                     _check_dtype(dtype, path, what)
-                    _check_size(shape, path)
+                    _check_size(shape, path, dtype.itemsize)
         return {p: (npz[k], None if yk is None else npz[yk]) for p, k, yk in pairs}
+
+
+def _one_of(names: tuple[str, ...], keys: list[str], path: Path) -> str | None:
+    """The one of ``names`` the .npz holds (None: none); two of them are refused, not chosen."""
+    found = [k for k in names if k in keys]
+    if len(found) > 1:
+        raise DataError(
+            f"{path}: holds both {found[0]!r} and {found[1]!r}, which lvmkit reads as the same "
+            "thing; save the .npz with one of them"
+        )
+    return found[0] if found else None
 
 
 def _npz_header(npz, key: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -302,9 +356,11 @@ def _labels(arr: np.ndarray, n: int, path: Path) -> torch.Tensor:
                 f"{path}: {int(bad.sum())} labels are not whole numbers (the first, {arr[i]!r}, "
                 f"at {i}); labels are class numbers 0..K-1"
             )
-    if len(arr) and arr.min() < 0:
+    if len(arr) and (arr.min() < 0 or arr.max() >= MAX_CLASSES):
+        bad = arr.min() if arr.min() < 0 else arr.max()
         raise DataError(
-            f"{path}: labels must be class numbers 0..K-1, got {arr.min()}; renumber them"
+            f"{path}: labels must be class numbers 0..K-1 with K <= {MAX_CLASSES}, got {bad}; "
+            "renumber them (e.g. np.unique(y, return_inverse=True)[1])"
         )
     return torch.as_tensor(arr.astype(np.int64))
 
@@ -330,6 +386,14 @@ def _levels(arr: np.ndarray, levels: int | None, path: Path) -> int | None:
     else:
         whole = bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
         if not (whole and lo >= 0 and 1 < hi <= 255):
+            if lo < 0 or hi > 1:
+                warnings.warn(
+                    f"{path}: pixels are continuous values in [{lo:g}, {hi:g}], not [0, 1]; "
+                    "they are modelled as they are and pictured clipped to [0, 1]: scale them "
+                    "to [0, 1] first if they are images",
+                    PixelRange,
+                    stacklevel=4,
+                )
             return None
     if hi >= 128:
         return 256
@@ -347,6 +411,10 @@ class LevelsInferred(UserWarning):
     """Pixel levels were read off the data's maximum rather than declared."""
 
 
+class PixelRange(UserWarning):
+    """Continuous pixel values lie outside [0, 1], the range pictures show."""
+
+
 def _floats(arr: np.ndarray, path: Path) -> torch.Tensor:
     """float32 pixels; values float32 cannot hold are refused rather than made inf."""
     with np.errstate(over="ignore", invalid="ignore"):
@@ -360,7 +428,8 @@ def _floats(arr: np.ndarray, path: Path) -> torch.Tensor:
 
 def _to_nchw(arr: np.ndarray, path: Path, image_shape=None) -> np.ndarray:
     """(N, C, H, W) from (N, H, W), (N, C, H, W), (N, H, W, C), or flat rows (N, D) given
-    ``image_shape`` (C, H, W)."""
+    ``image_shape`` (C, H, W). A 4-d array both layouts fit (such as (N, 3, 8, 3)) is read the
+    way ``image_shape`` names, and refused without it."""
     if image_shape is not None:
         shape = tuple(int(s) for s in image_shape)
         if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3):
@@ -374,10 +443,27 @@ def _to_nchw(arr: np.ndarray, path: Path, image_shape=None) -> np.ndarray:
             return arr.reshape(len(arr), *shape)
     if arr.ndim == 3:
         out = arr[:, None]
-    elif arr.ndim == 4 and arr.shape[1] in (1, 3):
-        out = arr
-    elif arr.ndim == 4 and arr.shape[-1] in (1, 3):
-        out = arr.transpose(0, 3, 1, 2)
+    elif arr.ndim == 4:
+        fits = []  # the layouts the shape allows, as the (N, C, H, W) array each reads
+        if arr.shape[1] in (1, 3):
+            fits.append(arr)
+        if arr.shape[-1] in (1, 3) and not (arr.shape[1] == arr.shape[-1] == 1):
+            fits.append(arr.transpose(0, 3, 1, 2))  # (N, H, W, 1) and (N, 1, H, W) agree
+        if image_shape is not None and len(fits) == 2:
+            fits = [a for a in fits if a.shape[1:] == tuple(image_shape)] or fits
+        if len(fits) == 2:
+            nchw, nhwc = (a.shape[1:] for a in fits)
+            how = (
+                f"name the one meant with image_shape={nchw} or {nhwc} (CLI: --image-shape)"
+                if nchw != nhwc
+                else f"save them flat, (N, {np.prod(nchw)}) in (C, H, W) order, with image_shape"
+            )
+            raise DataError(
+                f"{path}: images of shape {arr.shape} could be (N, C, H, W) or (N, H, W, C); " + how
+            )
+        if not fits:
+            raise _bad_shape(arr, path)
+        out = fits[0]
     elif arr.ndim == 2:
         raise DataError(
             f"{path}: flat rows of shape {arr.shape}: give the image shape they hold, "
@@ -385,13 +471,17 @@ def _to_nchw(arr: np.ndarray, path: Path, image_shape=None) -> np.ndarray:
             f"or (1, 1, {arr.shape[1]}) to keep plain vectors"
         )
     else:
-        raise DataError(
-            f"{path}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3, "
-            f"or flat rows (N, D) with an image_shape; got shape {arr.shape}"
-        )
+        raise _bad_shape(arr, path)
     if image_shape is not None and out.shape[1:] != tuple(image_shape):
         raise DataError(
             f"{path}: images of shape {out.shape[1:]}, not the image_shape {tuple(image_shape)} "
             "given; leave image_shape out for data that are images already"
         )
     return out
+
+
+def _bad_shape(arr: np.ndarray, path: Path) -> DataError:
+    return DataError(
+        f"{path}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3, "
+        f"or flat rows (N, D) with an image_shape; got shape {arr.shape}"
+    )

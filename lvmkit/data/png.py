@@ -20,7 +20,7 @@ def load_image_folder(folder: str | Path) -> ImageData:
     are read through their palette (grey if it holds only greys); an alpha channel is dropped
     when every pixel is opaque and refused otherwise; 16-bit PNGs are refused."""
     folder = Path(folder)
-    subfolders = {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    subfolders = {p.name: p for p in _subfolders(folder)}
     named = {PART_NAMES.get(n.lower()): p for n, p in subfolders.items()}
     if {"train", "test"} <= set(named) and set(named) <= {"train", "val", "test"}:
         listed = {part: _png_files(named[part]) for part in PART_ORDER if part in named}
@@ -54,7 +54,7 @@ def _png_files(folder: Path) -> list[tuple[Path, str | None]]:
     def pngs(where):
         return sorted(p for p in where.iterdir() if _is_png(p))
 
-    classes = [p for p in visible if p.is_dir() and pngs(p)]
+    classes = [p for p in _subfolders(folder) if pngs(p)]
     loose = [p for p in visible if _is_png(p)]
     if classes and loose:
         raise DataError(
@@ -66,6 +66,20 @@ def _png_files(folder: Path) -> list[tuple[Path, str | None]]:
     if not files:
         raise DataError(f"{folder}: the folder holds no .png images")
     return files
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The visible sub-folders of ``folder``; a link back to it or a folder above is refused."""
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    here = folder.resolve()
+    for p in found:
+        target = p.resolve()
+        if target == here or target in here.parents:
+            raise DataError(
+                f"{p}: a symbolic link back to {target}, which holds it (a loop); remove the "
+                "link, or link to a folder outside this one"
+            )
+    return found
 
 
 def _is_png(p: Path) -> bool:
