@@ -281,11 +281,15 @@ def _run(args, argv: list[str]) -> int:
         return 0
     from lvmkit.core.processes import launch_local, launched
 
+    out, options = args.out or Path("runs") / args.model, dict(
+        settings=_settings(args), config=args.config, resume=args.resume, overwrite=args.overwrite
+    )
     if args.nproc > 1 and not launched():
+        from lvmkit.runs import run_config
+
+        run_config(args.model, out, **options)  # bad settings: said once, before any worker
         return launch_local(args.nproc, argv)
-    return _fit(args.model, args.out or Path("runs") / args.model, progress,
-                settings=_settings(args), config=args.config, resume=args.resume,
-                overwrite=args.overwrite)  # fmt: skip
+    return _fit(args.model, out, progress, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _one_line_warning
         try:
             return _run(args, argv)
+        except KeyboardInterrupt:  # before the fit's own handler: nothing begun is kept
+            print("lvmkit: interrupted outside training (no file is left half-written); run "
+                  "the command again (fit: with --resume once OUT holds a checkpoint.pt)",
+                  file=sys.stderr)  # fmt: skip
+            return 130
         except FloatingPointError as err:  # NonFiniteLossError
             if args.debug:
                 raise

@@ -458,17 +458,16 @@ def test_pngs_of_different_sizes_are_refused_as_such(tmp_path):
         lvdata.load(tmp_path)
 
 
-def test_resume_without_a_run_says_so_in_one_line_and_starts_one(tmp_path, capsys, recwarn):
+def test_resume_of_a_folder_without_a_run_is_an_error(tmp_path, capsys):
+    """A typo in --out with --resume must not start a new run on the default data."""
     out = tmp_path / "run"
-    config = tmp_path / "small.toml"
-    config.write_text("[model]\nhidden = [16]\nz_dim = 2\n")
-    args = ["fit", "lvm", "--epochs", "1", "--config", str(config), "--no-progress"]
-    assert main([*args, "--out", str(out), "--resume"]) == 0
-    assert f"lvmkit: UserWarning: {out} holds no checkpoint to resume; starting a new run" in (
-        capsys.readouterr().err
+    args = ["fit", "lvm", "--epochs", "1", "--no-progress"]
+    assert main([*args, "--out", str(out), "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"lvmkit: error: --resume: {out} holds no run (no config.toml or checkpoint.pt); check "
+        "the folder's name, or leave --resume out to start a new run there\n"
     )
-    assert not [w for w in recwarn if "resume" in str(w.message)]  # no raw warning
-    assert (out / "model.pt").exists()
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("with_checksum", [True, False])
@@ -486,7 +485,10 @@ def test_nan_weights_in_a_model_file_are_named_on_loading(finished_run, tmp_path
     torch.save(state, run / "model.pt")
     assert main(["sample", str(run)]) == 2
     err = capsys.readouterr().err
-    assert f"model.pt: state['state_dict'][{key!r}] holds NaN/inf values" in err
+    if with_checksum:
+        assert f"model.pt: state['state_dict'][{key!r}] holds NaN/inf values" in err
+    else:  # without its checksum a file is refused before its contents are looked at
+        assert "model.pt has no checksum, which lvmkit writes into every checkpoint" in err
     assert "constraint" not in err
 
 

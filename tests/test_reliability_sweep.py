@@ -3,16 +3,21 @@ error naming the problem and the fix, a warning, or a right result). Data files 
 settings, processes, checkpoints and the API."""
 
 import gzip
+import math
 import os
 import struct
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from PIL import Image
 
+import lvmkit
 from lvmkit import data as lvdata
 from lvmkit.data import DataError, PixelRange
+from lvmkit.models import build_model
 
 
 def idx_file(path, shape, body=b"", code=0x08):
@@ -144,3 +149,120 @@ def test_lvmkit_data_at_a_file_or_a_folder_in_a_files_place(tmp_path, monkeypatc
     (tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz").mkdir(parents=True)
     with pytest.raises(DataError, match=r"is a folder where the file train-images-idx3-ubyte"):
         lvdata.load("mnist")
+
+
+# --- API ------------------------------------------------------------------------------------
+
+
+def plated_model(x):
+    loc = pyro.param("loc", torch.zeros(3))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        pyro.sample("x", dist.Normal(loc + z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+
+def plated_guide(x):
+    m = pyro.param("m", torch.zeros(2))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(m, 1.0).to_event(1))
+
+
+def test_a_guide_drawing_the_wrong_shape_is_named():
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 3), 1.0).to_event(1))
+
+    said = r"the guide draws site 'z' with shape \(20, 3\) but the model's distribution there"
+    for run in (
+        lambda: lvmkit.fit(plated_model, guide, torch.randn(20, 3), epochs=1, progress=False),
+        lambda: lvmkit.log_likelihood(plated_model, guide, torch.randn(20, 3), num_samples=2),
+    ):
+        with pytest.raises(ValueError, match=said):
+            run()
+
+
+@pytest.mark.parametrize("elbo", ["elbo", "meanfield", "iwae"])
+def test_a_model_without_the_data_plate_is_told_to_add_it(elbo):
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0], 2]).to_event(1))
+        pyro.sample("x", dist.Normal(loc + z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        m = pyro.param("m", torch.zeros(2))
+        pyro.sample("z", dist.Normal(m, 1.0).expand([x.shape[0], 2]).to_event(1))
+
+    said = r"the model has no pyro.plate\('data', N\).*`with pyro.plate\('data', x.shape\[0\]\):`"
+    with pytest.raises(ValueError, match=said):
+        lvmkit.fit(model, guide, torch.randn(20, 3), epochs=1, elbo=elbo, progress=False)
+    with pytest.raises(ValueError, match=said):
+        lvmkit.log_likelihood(model, guide, torch.randn(20, 3), num_samples=2)
+
+
+def test_data_on_the_meta_device_are_refused():
+    meta = torch.empty(20, 3, device="meta")
+    said = r"tensor 0 is on the meta device, which holds shapes but no values"
+    with pytest.raises(ValueError, match="data: " + said):
+        lvmkit.fit(plated_model, plated_guide, meta, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="val_data: " + said):
+        lvmkit.fit(plated_model, plated_guide, torch.randn(20, 3), val_data=meta, epochs=1,
+                   progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.uint8])
+def test_data_of_another_dtype_than_the_nets_are_named(dtype):
+    lvm = build_model("lvm", (1, 8, 8), 17, {"hidden": [8], "z_dim": 2})
+    x = lvdata.load("digits").x[:20].to(dtype)
+    said = rf"the model's nets hold torch.float32 parameters but the data are {dtype}"
+    with pytest.raises(ValueError, match=said):
+        lvmkit.fit(lvm.model, lvm.guide, x, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=said):
+        lvmkit.log_likelihood(lvm.model, lvm.guide, x, num_samples=2)
+
+
+def test_validation_data_unlike_the_training_data_are_refused_before_fitting():
+    x = torch.randn(20, 3)
+    for val, said in [
+        (torch.randn(5, 4), r"\[\(\(4,\), torch.float32\)\] but data hold \[\(\(3,\), torch.f"),
+        (torch.randn(5, 3).double(), r"torch.float64\)\] but data hold \[\(\(3,\), torch.float32"),
+        ((torch.randn(5, 3), torch.zeros(5)), r"\(\(\), torch.float32\)\] but data hold \[\(\(3"),
+    ]:
+        with pytest.raises(ValueError, match="val_data hold .*" + said):
+            lvmkit.fit(plated_model, plated_guide, x, val_data=val, epochs=1, progress=False)
+        assert "loc" not in pyro.get_param_store()  # refused before a step was taken
+
+
+def test_a_posterior_of_no_datapoints_is_refused():
+    with pytest.raises(ValueError, match=r"data is empty \(0 datapoints\)"):
+        lvmkit.diagnostics.posterior(plated_model, plated_guide, torch.randn(0, 3))
+
+
+def test_particles_past_what_memory_holds_are_refused_at_once():
+    lvm = build_model("lvm", (1, 8, 8), 17, {"hidden": [8], "z_dim": 2})
+    x = lvdata.load("digits").x[:2]
+    said = r"10000000 particles \(or chains\) for each of 2 datapoints is 20,000,000 in one pass"
+    with pytest.raises(ValueError, match=said):
+        lvmkit.log_likelihood(lvm.model, lvm.guide, x, num_samples=10**7, particle_chunk=10**7)
+    with pytest.raises(ValueError, match=r"300000 particles \(or chains\) for each of 2"):
+        lvmkit.ais(lvm.model, x, guide=lvm.guide, num_samples=300_000, steps=2)
+    # the default chunking keeps any num_samples within bounds
+    assert lvmkit.log_likelihood(lvm.model, lvm.guide, x, num_samples=300_000).values.shape == (2,)
+
+
+def test_em_of_identical_datapoints_is_the_exact_degenerate_fit():
+    """Fewer distinct points than components: k-means++ has nothing left to spread over; the
+    fit puts every component on the point, at the variance floor, as scikit-learn does."""
+    gmm = build_model("gmm", (1, 1, 4), None, {"components": 3})
+    result = lvmkit.em(gmm, torch.ones(50, 4))
+    floor = gmm.config.min_variance
+    exact = 4 * 0.5 * math.log(2 * math.pi * floor)  # -log N(x; x, floor I) per datapoint
+    assert result.losses[-1] == pytest.approx(exact, rel=1e-4)
+
+
+def test_a_mixture_estimator_refuses_non_finite_settings():
+    from lvmkit.inference import GaussianMixtureEM
+
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    for setting in ("tol", "reg_covar"):
+        with pytest.raises(ValueError, match=rf"{setting} must be a finite number >= 0, got nan"):
+            GaussianMixtureEM(n_components=2, **{setting: float("nan")}).fit(x)

@@ -142,7 +142,7 @@ def test_corrupt_or_foreign_checkpoint(xs, tmp_path, content, message):
         lvmkit.fit(*user_pair(), xs, epochs=1, progress=False, checkpoint_dir=tmp_path)
         path.write_bytes(path.read_bytes()[:500])
     elif content == "incomplete":
-        torch.save({"format": "lvmkit-checkpoint", "version": 1, "config": {}}, path)
+        lvmkit.inference.save_checkpoint({"config": {}}, path)  # checksummed, incomplete
     elif content == "foreign":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     elif content == "code":

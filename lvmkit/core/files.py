@@ -131,6 +131,11 @@ def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError if it is not one,
     if its contents do not match their checksum, or if it holds NaN/inf values."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a device such as /dev/zero, a pipe
+        raise CheckpointError(
+            f"{path} is not a regular file (it is a folder, a device or a pipe, perhaps through "
+            "a link); move it away, or give another checkpoint folder"
+        )
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train without resume first")
     try:
@@ -159,7 +164,12 @@ def load_checkpoint(path: str | Path) -> dict:
             "only: use the lvmkit that wrote it"
         )
     stored = state.pop("sha256", None)
-    if stored is not None and stored != checksum(state):
+    if stored is None:
+        raise CheckpointError(
+            f"{path} has no checksum, which lvmkit writes into every checkpoint: the file was "
+            "edited or written by other code; delete it to start over, or restore a copy"
+        )
+    if stored != checksum(state):
         raise CheckpointError(
             f"{path} does not match its checksum: its contents changed after it was written "
             "(disk or copy corruption); delete it to start over, or restore a copy"
@@ -181,6 +191,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files (``atomic_path``'s) that writers killed mid-write left in
+    ``folder``: their pid is in the name, and no live process has it."""
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+        if pid is not None and pid != os.getpid() and not _alive(pid):
+            tmp.unlink(missing_ok=True)
 
 
 def lock_holder(folder: str | Path) -> int | None:
@@ -219,6 +239,7 @@ def run_lock(folder: str | Path):
             continue
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
+        _remove_stale_temporaries(folder)
         try:
             yield
         finally:

@@ -167,13 +167,20 @@ def vote(flag: bool, g: Group) -> bool:
     return any(gather_objects(bool(flag), g))
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def auto_threads(processes: int | None = None) -> int:
     """Torch threads for one of ``processes`` processes on this machine (default: torchrun's
     LOCAL_WORLD_SIZE, else 1): the cores not already busy (1-minute load average), shared
     among them, at least 1. Torch's own default, every core per process, slows a fit many-fold
     when other work holds the cores (benchmarks/threads.py)."""
     processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     try:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this system
@@ -223,6 +230,13 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     here rather than through torchrun so that a signal reaches each worker exactly once (each
     writes its part and stops cleanly) and the exit code is the workers' own (130 when
     interrupted); if one fails, the others are stopped rather than left waiting for it."""
+    cores = usable_cores()
+    if nproc > cores:
+        raise ValueError(
+            f"nproc {nproc} is more processes than this machine's {cores} cores (each takes a "
+            f"core and a few hundred MB of memory): use nproc {cores} or fewer, or torchrun "
+            "over several machines"
+        )
     rest, skip = [], False
     for a in argv:  # the command without --nproc, which the workers must not act on again
         if skip or a == "--nproc" or a.startswith("--nproc="):
@@ -246,10 +260,12 @@ def launch_local(nproc: int, argv: list[str]) -> int:
                 w.send_signal(signum)
 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    first_failure = None  # the code of the worker that failed first, not of those stopped after
     try:
         while any(w.poll() is None for w in workers):
-            failed = [w for w in workers if w.poll() not in (None, 0, 130)]
-            if failed:  # the others would wait for it in their next collective call
+            failed = [w.returncode for w in workers if w.poll() not in (None, 0, 130)]
+            if failed and first_failure is None:  # the others would wait for it: stop them
+                first_failure = failed[0]
                 for w in workers:
                     if w.poll() is None:
                         w.kill()
@@ -258,4 +274,6 @@ def launch_local(nproc: int, argv: list[str]) -> int:
         for sig, handler in old.items():
             signal.signal(sig, handler)
     codes = [w.returncode for w in workers]
-    return next((c for c in codes if c not in (0, 130)), codes[0])
+    if first_failure is None:
+        first_failure = next((c for c in codes if c not in (0, 130)), None)
+    return codes[0] if first_failure is None else first_failure

@@ -45,6 +45,11 @@ class TensorData:
                     f"{what}: tensor {i} has {len(t) if t.dim() else 0} rows but tensor 0 has {n}; "
                     "every tensor in the tuple needs one row per datapoint"
                 )
+            if t.is_meta:
+                raise ValueError(
+                    f"{what}: tensor {i} is on the meta device, which holds shapes but no "
+                    "values; create the data with values (on 'cpu' or 'cuda')"
+                )
             if t.is_floating_point() and not torch.isfinite(t).all():
                 bad = ~torch.isfinite(t)
                 first = int(bad.reshape(n, -1).any(1).nonzero()[0])

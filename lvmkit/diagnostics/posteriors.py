@@ -21,6 +21,7 @@ from torch import Tensor
 from lvmkit.core.checks import check_count
 from lvmkit.core.processes import gather_objects, group, shard
 from lvmkit.core.rng import seeded
+from lvmkit.data.dataset import TensorData
 from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.programs import (
     evaluating,
@@ -82,6 +83,7 @@ def posterior(
     Every sample site must sit in ``pyro.plate("data", N)``.
     """
     check_count("num_samples", num_samples)
+    TensorData(tuple(a for a in args if isinstance(a, Tensor)), "data")  # rows, values: checked
     az = _arviz()
     device = place(model, guide, device=device)
     g = group(device)  # under torchrun each process draws for its share of the datapoints

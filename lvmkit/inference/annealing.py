@@ -30,6 +30,7 @@ from lvmkit.inference.likelihood import (
 )
 from lvmkit.inference.programs import (
     DATA_PLATE,
+    check_particles,
     is_latent,
     per_datapoint,
     sum_out_enumerated,
@@ -65,6 +66,7 @@ class AnnealingPath:
     def __init__(self, model, guide, args: tuple, *, num_chains: int, plate_nesting: int):
         self.model, self.guide, self.args = model, guide, args
         self.k, self.nesting = num_chains, plate_nesting
+        check_particles(num_chains, args)
         with pyro.plate("particles", num_chains, dim=-plate_nesting - 1):
             proposal = poutine.trace(guide or model).get_trace(*args)
         self.latents, self.start = {}, {}

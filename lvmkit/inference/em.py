@@ -23,6 +23,7 @@ from pyro.infer import config_enumerate
 from torch import Tensor
 
 from lvmkit.core.checks import check_choice, check_count, check_flag, check_number
+from lvmkit.core.files import CheckpointError
 from lvmkit.core.processes import all_reduce_sum
 from lvmkit.core.rng import drawn_by
 from lvmkit.inference.draws import PositionDraws
@@ -39,6 +40,7 @@ from lvmkit.inference.programs import (
     per_datapoint,
     resolve_device,
 )
+from lvmkit.inference.resume import check_same
 from lvmkit.inference.trainer import Trainer
 from lvmkit.models.gmm import GaussianMixture
 
@@ -299,6 +301,9 @@ class GenericEM(Algorithm):
     def load_state_dict(self, state: dict, *, source: str) -> None:
         self.trainer.load_state_dict(state, source=source)
         obj = self.objective
+        check_same(state["seen"], obj.seen, f"{source}: its record of datapoints seen")
+        if not isinstance(state["total"], float | int):
+            raise CheckpointError(f"{source}: its running total {state['total']!r} is no number")
         obj.seen = state["seen"].clone()
         obj.adapted = {k: (loc.to(self.device), scale.to(self.device))
                        for k, (loc, scale) in state["adapted"].items()}  # fmt: skip

@@ -88,8 +88,9 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         if self.init_params not in INITS:
             raise ValueError(f"init_params must be one of {list(INITS)}, got {self.init_params!r}")
         for name in ("tol", "reg_covar"):
-            if not isinstance(getattr(self, name), numbers.Real) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         for name in ("max_iter", "n_init", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or value < 1:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lvmkit.core.files import CheckpointError
 from lvmkit.core.processes import set_threads
 from lvmkit.core.rng import drawn_by
 from lvmkit.inference.loop import OPTIONAL, Algorithm, FitResult, run
@@ -72,7 +73,12 @@ class SVI(Algorithm):
 
     def load_state_dict(self, state: dict, *, source: str) -> None:
         self.trainer.load_state_dict(state, source=source)
-        self.loss_sum, self.count = state.get("loss_sum", 0.0), state.get("count", 0)
+        loss_sum, count = state.get("loss_sum", 0.0), state.get("count", 0)
+        if not (isinstance(loss_sum, float | int) and isinstance(count, int) and count >= 0):
+            raise CheckpointError(
+                f"{source}: its running loss {loss_sum!r}/{count!r} is not numbers"
+            )
+        self.loss_sum, self.count = loss_sum, count
 
     def params(self) -> dict[str, Tensor]:
         return self.trainer.params()

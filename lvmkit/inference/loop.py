@@ -22,7 +22,7 @@ from lvmkit.core.checks import check_count, check_flag
 from lvmkit.core.files import run_lock
 from lvmkit.core.processes import Group, StopOnSignal, vote
 from lvmkit.core.processes import shard as shard_of
-from lvmkit.core.rng import draw_keys
+from lvmkit.core.rng import draw_keys, seeded
 from lvmkit.data import as_dataset
 from lvmkit.inference.resume import Checkpoints, LoopState, fingerprint
 
@@ -211,12 +211,13 @@ def run(
     data = as_dataset(data, "data").to(algorithm.device)
     if val_data is not None:
         val_data = as_dataset(val_data, "val_data").to(algorithm.device)
+        _check_alike(val_data, data)
     g, n = algorithm.group, len(data)
     batch_size = batch_size or n
     settings = {"algorithm": algorithm.name, **algorithm.settings(), "batch_size": batch_size,
                 "seed": seed, "data": fingerprint(data)}  # fmt: skip
     shuffle = torch.Generator().manual_seed(seed)  # one batch order, the same everywhere
-    ckpts = Checkpoints(checkpoint_dir, settings, algorithm, shuffle)
+    ckpts = Checkpoints(checkpoint_dir, settings, algorithm, shuffle, n)
     if ckpts.exists() and not (resume or overwrite):  # refused before anything is touched
         raise ValueError(
             f"{ckpts.path} holds an earlier fit: continue it with resume=True, replace it with "
@@ -263,6 +264,21 @@ def _result(algorithm: Algorithm, loop: _Loop, converged: bool, params_epoch: in
         interrupted=loop.interrupted,
         checkpoint=path if loop.ckpts.exists() else None,
     )
+
+
+def _check_alike(val_data, data) -> None:
+    """ValueError unless a datapoint of ``val_data`` has the tensors, shapes and dtypes of one
+    of ``data``: the model is fitted on one and scored on the other."""
+
+    def one(d) -> list[tuple]:
+        with seeded(0):  # a batch may draw (binarization, masks): keep the fit's stream
+            return [(tuple(t.shape[1:]), t.dtype) for t in d.batch(torch.arange(1))]
+
+    if one(val_data) != one(data):
+        raise ValueError(
+            f"val_data hold datapoints of (shape, dtype) {one(val_data)} but data hold "
+            f"{one(data)}; give validation data like the training data"
+        )
 
 
 def _check_not_past(s: LoopState, epochs: int, path) -> None:

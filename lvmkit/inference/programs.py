@@ -211,11 +211,85 @@ def _outside_data_plate(name: str) -> ValueError:
 
 def trace_once(model, guide, *args):
     """The guide's trace and the model's replayed on it, run once, blocked, without gradients:
-    (guide_trace, model_trace)."""
+    (guide_trace, model_trace). This is where lvmkit first runs a user's program: a guide
+    draw of the wrong shape, data of another dtype than the nets', and a model without
+    ``pyro.plate("data")`` are each a ValueError saying so."""
     with torch.no_grad(), poutine.block():
-        guide_tr = poutine.trace(guide).get_trace(*args)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+        guide_tr = None
+        try:
+            guide_tr = poutine.trace(guide).get_trace(*args)
+            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
+        except (ValueError, RuntimeError) as err:
+            explained = _explain(err, model, guide, guide_tr, args)
+            if explained is None:
+                raise
+            raise explained from err
+    for name, site in model_tr.nodes.items():
+        if is_latent(site) and name in guide_tr.nodes:
+            _check_draw_shape(name, site)
+    if not any(
+        f.name == DATA_PLATE
+        for site in model_tr.nodes.values()
+        for f in site.get("cond_indep_stack", ())
+    ):
+        raise ValueError(
+            f"the model has no pyro.plate({DATA_PLATE!r}, N): lvmkit splits losses, draws and "
+            "estimates per datapoint by that plate; put the per-datapoint sites in "
+            f"`with pyro.plate({DATA_PLATE!r}, x.shape[0]):`"
+        )
     return guide_tr, model_tr
+
+
+def _check_draw_shape(name: str, site) -> None:
+    """ValueError unless the guide's draw at model site ``name`` fits the model's distribution
+    there, as Pyro's check of a value does (broadcastable, event shape equal)."""
+    fn, value = site["fn"], site["value"]
+    want, shape = (*fn.batch_shape, *fn.event_shape), tuple(value.shape)
+    event = tuple(fn.event_shape)
+    fits = shape[len(shape) - len(event) :] == event and all(
+        i == 1 or j == 1 or i == j for i, j in zip(reversed(shape), reversed(want), strict=False)
+    )
+    if not fits:
+        raise ValueError(
+            f"the guide draws site {name!r} with shape {shape} but the model's distribution "
+            f"there has shape {want}; make the guide draw the model's shape (check its "
+            ".to_event(...), .expand(...) and plates)"
+        )
+
+
+def _explain(err: Exception, model, guide, guide_tr, args: tuple) -> ValueError | None:
+    """What made the first run of model and guide fail, where lvmkit can tell: data of
+    another dtype than the nets' parameters, or a guide draw of another shape than the
+    model's own draw at that site. None: not one of these."""
+    modules = modules_behind(model, guide)
+    weights = [p for m in modules for p in m.parameters() if p.is_floating_point()]
+    if weights:
+        wanted = weights[0].dtype
+        other = [a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype != wanted]
+        if other and "type" in str(err):  # torch's words for a dtype mismatch
+            return ValueError(
+                f"the model's nets hold {wanted} parameters but the data are {other[0]} "
+                f"({err}); convert the data with x.to({wanted}) (or the model with "
+                ".to(dtype) to match them)"
+            )
+    if guide_tr is None:
+        return None
+    try:
+        own = poutine.trace(model).get_trace(*args)  # the model's draws, from its prior
+    except Exception:  # the model fails by itself: its own error says more
+        return None
+    for name, site in guide_tr.nodes.items():
+        mine = own.nodes.get(name)
+        if not is_latent(site) or mine is None or mine["type"] != "sample":
+            continue
+        shape, want = tuple(site["value"].shape), tuple(mine["value"].shape)
+        if shape != want:
+            return ValueError(
+                f"the guide draws site {name!r} with shape {shape} but the model's own draw "
+                f"there has shape {want}; make the guide draw the model's shape (check its "
+                ".to_event(...), .expand(...) and plates)"
+            )
+    return None
 
 
 def max_plate_nesting(model, guide, *args, check_guide: bool = True) -> int:
@@ -245,6 +319,21 @@ def nesting_of(guide_tr, model_tr, *, check_guide: bool = True) -> int:
     return max(dims, default=0)
 
 
+MAX_PARTICLES = 2**18  # particle-datapoints one vectorized pass may hold (784 pixels: ~2 GB)
+
+
+def check_particles(num_samples: int, args: tuple) -> None:
+    """ValueError if ``num_samples`` particles for each datapoint of the batch ``args`` pass
+    MAX_PARTICLES: one pass would take more memory than a machine is likely to have."""
+    batch = next((len(a) for a in args if isinstance(a, torch.Tensor) and a.dim()), 1)
+    if num_samples * batch > MAX_PARTICLES:
+        raise ValueError(
+            f"{num_samples} particles (or chains) for each of {batch} datapoints is "
+            f"{num_samples * batch:,} in one pass, more than the {MAX_PARTICLES:,} lvmkit holds "
+            "at once; lower particle_chunk (log_likelihood), num_samples or batch_size"
+        )
+
+
 def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int):
     """Guide and replayed-model traces of ``num_samples`` particles, vectorized in a plate
     ("particles") left of the model's plates: (guide_trace, model_trace).
@@ -254,6 +343,7 @@ def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int)
     comes from ``max_plate_nesting``, which has refused (by name) any other latent the guide
     misses: drawing it from the prior would count its log p without its log q.
     """
+    check_particles(num_samples, args)
     with pyro.plate("particles", num_samples, dim=-plate_nesting - 1):
         guide_tr = poutine.trace(guide).get_trace(*args)
         replayed = poutine.replay(model, trace=guide_tr)

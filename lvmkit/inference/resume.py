@@ -44,7 +44,55 @@ class LoopState:
             params, buffers = saved.pop("best_params"), saved.pop("best_buffers", None)
             saved["best"] = None if params is None else {"params": params, "buffers": buffers}
         saved.pop("loss_sum", None), saved.pop("count", None)
+        unknown = set(saved) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise CheckpointError(f"its loop state holds unknown fields {sorted(unknown)}")
         return cls(**saved)
+
+    def check(self, n: int, steps: int) -> None:
+        """CheckpointError naming the first field that is not what a fit of ``n`` datapoints in
+        ``steps`` steps per epoch writes."""
+
+        def count(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+        def numbers(xs) -> bool:
+            return isinstance(xs, list) and all(
+                isinstance(v, float | int) and not isinstance(v, bool) for v in xs
+            )
+
+        problems = {
+            "epoch": count(self.epoch),
+            "step": count(self.step) and self.step < steps,
+            "perm": self.perm is None
+            or isinstance(self.perm, Tensor)
+            and self.perm.shape == (n,)
+            and not self.perm.is_floating_point()
+            and torch.equal(self.perm.sort().values, torch.arange(n)),
+            "losses": numbers(self.losses) and len(self.losses) == self.epoch,
+            "val_losses": numbers(self.val_losses) and len(self.val_losses) <= self.epoch,
+            "best_epoch": self.best_epoch is None
+            or count(self.best_epoch)
+            and 1 <= self.best_epoch <= self.epoch,
+            "best_val": isinstance(self.best_val, float | int),
+            "best": self.best is None or isinstance(self.best, dict),
+            "bad_epochs": count(self.bad_epochs),
+            "elapsed": isinstance(self.elapsed, float | int) and self.elapsed >= 0,
+        }
+        if self.step and self.perm is None:
+            problems["perm"] = False  # mid-epoch: the epoch's order is needed to go on
+        bad = next((k for k, ok in problems.items() if not ok), None)
+        if bad is not None:
+            value = getattr(self, bad)
+            shown = (
+                f"a tensor of shape {tuple(value.shape)}"
+                if isinstance(value, Tensor)
+                else repr(value)
+            )
+            raise CheckpointError(
+                f"its loop state's {bad} is {shown[:80]}, which a fit of {n} datapoints in "
+                f"{steps} steps per epoch never writes"
+            )
 
 
 def fingerprint(dataset) -> str:
@@ -63,6 +111,13 @@ def load_resumable(path: Path, settings: dict) -> dict:
     """The checkpoint at ``path``, if the loop wrote it with these ``settings``; CheckpointError
     saying what differs otherwise."""
     ckpt = load_checkpoint(path)
+    tables = ("config", "algorithm", "trainer", "loop", "rng")
+    bad = next((k for k in tables if k in ckpt and not isinstance(ckpt[k], dict)), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: its {bad} is a {type(ckpt[bad]).__name__}, not the table lvmkit writes; "
+            "the file was edited or written by other code: start over with overwrite=True"
+        )
     if "trainer" in ckpt and "algorithm" not in ckpt:  # written before EM ran in the loop
         ckpt["algorithm"] = ckpt.pop("trainer")
         for key in ("loss_sum", "count"):  # SVI's running sums, now the algorithm's own
@@ -100,13 +155,35 @@ def load_resumable(path: Path, settings: dict) -> dict:
     return ckpt
 
 
+def _check_structure(value, like, what: str) -> None:
+    """CheckpointError unless ``value`` is built like ``like``: the same containers and lengths,
+    tensors of the same shape and dtype, and plain values of the same type."""
+    if isinstance(like, dict):
+        ok = isinstance(value, dict) and set(value) == set(like)
+        parts = [(value[k], like[k]) for k in like] if ok else []
+    elif isinstance(like, (list, tuple)):
+        ok = isinstance(value, (list, tuple)) and len(value) == len(like)
+        parts = list(zip(value, like, strict=True)) if ok else []
+    elif isinstance(like, Tensor):
+        ok = isinstance(value, Tensor) and value.shape == like.shape and value.dtype == like.dtype
+        parts = []
+    else:
+        ok = like is None or type(value) is type(like)
+        parts = []
+    if not ok:
+        raise CheckpointError(f"{what} are not what lvmkit writes (edited or foreign)")
+    for v, lk in parts:
+        _check_structure(v, lk, what)
+
+
 class Checkpoints:
     """Where the loop's checkpoints go and how they are written and read back (rank 0 reads
     and writes; every process's random streams travel with them)."""
 
-    def __init__(self, folder, settings: dict, algorithm, shuffle: torch.Generator):
+    def __init__(self, folder, settings: dict, algorithm, shuffle: torch.Generator, n: int):
         self.path = None if folder is None else Path(folder) / CHECKPOINT_NAME
         self.settings, self.algorithm, self.shuffle = settings, algorithm, shuffle
+        self.n, self.steps = n, math.ceil(n / settings["batch_size"])
 
     def save(self, state: LoopState) -> None:
         if self.path is None:
@@ -137,11 +214,24 @@ class Checkpoints:
                     stacklevel=4,
                 )
             return LoopState()
-        a.load_state_dict(ckpt["algorithm"], source=str(self.path))
-        state = LoopState.of(ckpt["loop"])
-        rngs = ckpt.get("rank_rng") or [ckpt["rng"]]
-        # the same world size continues every stream; another one gives rank r > 0 a fresh one
-        set_rng_state(rngs[g.rank] if len(rngs) == g.size else ckpt["rng"], a.device, self.shuffle)
+        try:  # every field checked before it is used: the checksum vouches for bytes only
+            state = LoopState.of(ckpt["loop"])
+            state.check(self.n, self.steps)
+            rngs = ckpt.get("rank_rng") or [ckpt["rng"]]
+            # the same world size continues every stream; another gives rank r > 0 a fresh one
+            mine = rngs[g.rank] if len(rngs) == g.size else ckpt["rng"]
+            _check_structure(mine, rng_state(a.device, self.shuffle), "its random streams")
+            a.load_state_dict(ckpt["algorithm"], source=str(self.path))
+            set_rng_state(mine, a.device, self.shuffle)
+        except CheckpointError as err:
+            where = "" if str(err).startswith(str(self.path)) else f"{self.path}: "
+            raise CheckpointError(f"{where}{err}") from None
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{self.path}: a field does not hold what lvmkit writes ({type(err).__name__}: "
+                f"{str(err)[:200]}); the file was edited or written by other code: start over "
+                "with overwrite=True"
+            ) from None
         if len(rngs) != g.size and g.rank > 0:
             torch.manual_seed(hash((seed, g.rank, state.epoch, state.step)) % 2**63)
         return state
@@ -151,3 +241,50 @@ class Checkpoints:
 
     def exists(self) -> bool:
         return self.path is not None and self.path.exists()
+
+
+def check_same(value, like: Tensor, what: str) -> None:
+    """CheckpointError unless ``value`` is a tensor of ``like``'s shape and dtype (a copy into
+    ``like`` would broadcast a smaller one silently)."""
+    if not isinstance(value, Tensor) or value.shape != like.shape or value.dtype != like.dtype:
+        found = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else repr(value)
+        raise CheckpointError(
+            f"{what} is {found}, not {tuple(like.shape)} {like.dtype} as in this model; was it "
+            "built with another config?"
+        )
+
+
+def check_optimizer_state(optimizer, names: list[str], state: dict, source: str) -> None:
+    """CheckpointError unless a trainer's saved ``state`` holds optimizer moments of each
+    parameter's shape and, after some steps of an optimizer that keeps moments, any at all."""
+    saved, steps = state["optimizer"], state.get("steps")  # older checkpoints: no count
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise CheckpointError(f"{source}: its optimizer state is not what lvmkit writes")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise CheckpointError(f"{source}: its count of steps is {steps!r}, not a count")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, moments in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params):
+            raise CheckpointError(
+                f"{source}: optimizer state for parameter {index!r}, which this fit's "
+                f"{len(params)} parameters lack"
+            )
+        for key, value in moments.items() if isinstance(moments, dict) else [(None, moments)]:
+            if key is None or (
+                isinstance(value, Tensor) and value.dim() and value.shape != params[index].shape
+            ):
+                shape = tuple(value.shape) if isinstance(value, Tensor) else repr(value)
+                raise CheckpointError(
+                    f"{source}: optimizer state {key!r} of parameter {names[index]!r} is "
+                    f"{shape}, not the parameter's shape {tuple(params[index].shape)}; the file "
+                    "was edited or written by other code: start over"
+                )
+    keeps_moments = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) or (
+        isinstance(optimizer, torch.optim.SGD)
+        and any(g["momentum"] for g in optimizer.param_groups)
+    )
+    if steps and keeps_moments and not saved["state"]:
+        raise CheckpointError(
+            f"{source}: holds no optimizer moments after {steps} steps; the file was edited or "
+            "written by other code: start over"
+        )

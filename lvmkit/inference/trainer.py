@@ -26,6 +26,7 @@ from lvmkit.inference.programs import (
     resolve_device,
     unguided_latents,
 )
+from lvmkit.inference.resume import check_optimizer_state, check_same
 
 OPTIMIZERS = {
     # foreach: one multi-tensor kernel per update instead of one per parameter tensor.
@@ -116,6 +117,7 @@ class Trainer:
         self.group = group(self.device)  # a world of one outside torchrun
         self.stop_requested = False  # after a step: whether any process asked to stop
         self.last_count = 0  # after a step: the datapoints it took, over every process
+        self.steps = 0  # optimizer steps taken (a checkpoint of some must hold their moments)
         self.unseeded: set[str] = set()  # latent sites drawn from the stream, not by position
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
         self.param_names: list[str] = []
@@ -172,11 +174,12 @@ class Trainer:
     def _check_guide_covers(self, batch: tuple) -> None:
         """A model latent the guide does not sample is summed out by "enum" (if marked for
         enumeration) and "iwae"; "elbo" and "meanfield" would draw it from its prior and count
-        its log-prior with no log q against it, a wrong objective: refuse, naming it."""
-        if self.elbo_name not in ("elbo", "meanfield", "enum"):
-            return  # "iwae" checks for itself; other objectives know their own rules
+        its log-prior with no log q against it, a wrong objective: refuse, naming it. The trace
+        this takes checks every objective's model and guide (``trace_once``)."""
         with seeded(None, self.device):  # a check: the fit's draws stay the same
             unguided = unguided_latents(self.model, self.guide, *batch)
+        if self.elbo_name not in ("elbo", "meanfield", "enum"):
+            return  # "iwae" checks for itself; other objectives know their own rules
         for name, marked in unguided.items():
             if self.elbo_name == "enum" and marked:
                 continue
@@ -237,6 +240,7 @@ class Trainer:
             value = self._check_finite(total, n)
             self.last_count = n  # datapoints in the step over every process
             self.optimizer.step()
+            self.steps += 1
             self._collect_params()
         return value
 
@@ -363,6 +367,7 @@ class Trainer:
             "params": {n: state[n].detach().cpu().clone() for n in self.param_names},
             "optimizer": self.optimizer.state_dict(),
             "buffers": {k: b.detach().cpu().clone() for k, b in self._buffers().items()},
+            "steps": self.steps,
         }
 
     def load_state_dict(self, state: dict, *, source: str = "checkpoint") -> None:
@@ -381,6 +386,7 @@ class Trainer:
                 f"unknown ones {extra}; resume with the model that wrote it, or start over"
             )
         self.load_params(state["params"], source=source)
+        check_optimizer_state(self.optimizer, self.param_names, state, source)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError) as err:
@@ -388,8 +394,11 @@ class Trainer:
                 f"{source}: its optimizer state does not fit this fit's optimizer ({err}); "
                 "resume with the settings that wrote it, or start over"
             ) from err
-        if set(state["buffers"]) != set(self._buffers()):
+        self.steps = state.get("steps") or 0
+        if not isinstance(state["buffers"], dict) or set(state["buffers"]) != set(self._buffers()):
             raise CheckpointError(f"{source} holds other module buffers than this model has")
+        for name, value in state["buffers"].items():
+            check_same(value, self._buffers()[name], f"{source}: buffer {name!r}")
         self.load_buffers(state["buffers"])
 
     def load_buffers(self, buffers: dict[str, Tensor]) -> None:
@@ -404,6 +413,8 @@ class Trainer:
         current = self.param_state["params"]
         with torch.no_grad():
             for name, value in params.items():
+                if not isinstance(value, Tensor):
+                    raise CheckpointError(f"{source}: parameter {name!r} is not a tensor")
                 if current[name].shape != value.shape or current[name].dtype != value.dtype:
                     raise CheckpointError(
                         f"{source}: parameter {name!r} is {tuple(value.shape)} {value.dtype}, the "

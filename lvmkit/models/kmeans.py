@@ -20,7 +20,9 @@ def kmeans_plusplus(x: Tensor, k: int, g: torch.Generator) -> Tensor:
     d2 = ((x - x[first]) ** 2).sum(1)
     trials = 2 + int(math.log(k))
     for _ in range(1, k):
-        candidates = torch.multinomial((d2 / d2.sum()).cpu(), trials, replacement=True, generator=g)
+        # every point on a seed already (fewer distinct points than k): any point will do
+        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)
+        candidates = torch.multinomial(weights.cpu(), trials, replacement=True, generator=g)
         candidates = candidates.to(x.device)
         to_candidates = torch.cdist(x[candidates], x).pow(2)  # (trials, N)
         pots = torch.minimum(d2, to_candidates).sum(1)

@@ -97,8 +97,13 @@ def run_config(model_name: str, out, *, settings=None, config=None, resume=False
             f"[fit] {given}: not used by inference {fcfg['inference']!r} (it would be recorded "
             "and ignored); leave it out"
         )
-    if resume and not (out / "checkpoint.pt").exists():
-        warnings.warn(f"{out} holds no checkpoint to resume; starting a new run", stacklevel=2)
+    if resume and not any((out / n).exists() for n in ("config.toml", "checkpoint.pt")):
+        raise ValueError(
+            f"resume=True: {out} holds no run (no config.toml or checkpoint.pt); check the "
+            "folder's name, or leave resume=True out to start a new run there"
+        )
+    if resume and not (out / "checkpoint.pt").exists():  # begun, stopped before a checkpoint
+        warnings.warn(f"{out} holds no checkpoint to resume; starting it afresh", stacklevel=2)
         resume = False
     return full, resume
 
