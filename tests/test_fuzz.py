@@ -149,6 +149,34 @@ def test_arrays_of_any_dtype_and_shape_load_or_are_refused(x, y):
         loads_or_refuses(path)
 
 
+NPZ_KEYS = ["x", "images", "y", "labels", "x_train", "x_test", "x_val", "y_train", "y_test", "z"]
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(NPZ_KEYS),
+        hnp.arrays(
+            np.int64, st.one_of(st.tuples(SIDE), IMAGE_SHAPES), elements=st.integers(-1, 2**40)
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.one_of(st.none(), st.tuples(st.integers(0, 4), st.integers(0, 5), st.integers(0, 5))),
+)
+def test_npz_files_of_any_keys_load_or_are_refused(arrays, image_shape):
+    """Which arrays a .npz holds, under which names, with labels of any size, and any
+    image_shape: its data, or lvmkit's error; never a guess between two arrays."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "a.npz"
+        np.savez(path, **arrays)
+        data = outcome(lambda: lvdata.load(path, image_shape=image_shape))
+        if data is not None:
+            lvdata.check_images(data.x, data.levels)
+            named = {"x", "images"} & set(arrays)
+            assert len(named) <= 1 and len({"y", "labels"} & set(arrays)) <= 1
+
+
 @FUZZ
 @given(
     st.sampled_from(["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F"]),

@@ -6,12 +6,15 @@ import gzip
 import math
 import os
 import struct
+import subprocess
 
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import lvmkit
@@ -266,3 +269,245 @@ def test_a_mixture_estimator_refuses_non_finite_settings():
     for setting in ("tol", "reg_covar"):
         with pytest.raises(ValueError, match=rf"{setting} must be a finite number >= 0, got nan"):
             GaussianMixtureEM(n_components=2, **{setting: float("nan")}).fit(x)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def buffered_pair():
+    """A user's model and guide whose encoder holds buffers (batch-norm running statistics)."""
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+
+    def guide(x):
+        pyro.module("enc", enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, raw = enc(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+    return plated_model, guide
+
+
+X = torch.randn(24, 3, generator=torch.Generator().manual_seed(0))
+
+
+def fit_to(folder, epochs=2, **options):
+    pyro.clear_param_store()
+    return lvmkit.fit(*buffered_pair(), X, epochs=epochs, batch_size=8, progress=False,
+                      checkpoint_dir=folder, **options)  # fmt: skip
+
+
+def rewrite(path, change, *, with_checksum=True):
+    """The checkpoint at ``path`` with ``change(state)`` applied, written back as another program
+    would: with a checksum computed afresh, or without one."""
+    from lvmkit.core.files import checksum
+
+    state = torch.load(path, weights_only=True)
+    state.pop("sha256")
+    change(state)
+    if with_checksum:
+        state["sha256"] = checksum(state)
+    torch.save(state, path)
+
+
+def moments(state):
+    return next(iter(state["algorithm"]["optimizer"]["state"].values()))
+
+
+CRAFTED = {
+    "config is a list": (lambda s: s.update(config=[1, 2]), r"its config is a list, not the table"),
+    "epoch is text": (lambda s: s["loop"].update(epoch="2"), r"loop state's epoch is '2'"),
+    "epoch below 0": (lambda s: s["loop"].update(epoch=-5), r"loop state's epoch is -5"),
+    "step past the epoch": (lambda s: s["loop"].update(step=10**6), r"step is 1000000, which"),
+    "a short permutation": (
+        lambda s: s["loop"].update(step=1, perm=torch.arange(23)),
+        r"perm is a tensor of shape \(23,\), which a fit of 24 datapoints in 3 steps per epoch",
+    ),
+    "a 3-byte random state": (
+        lambda s: s["rng"].update(torch=torch.zeros(3, dtype=torch.uint8)),
+        r"its random streams are not what lvmkit writes",
+    ),
+    "a moment of the wrong shape": (
+        lambda s: moments(s).update(exp_avg=torch.zeros(7)),
+        r"optimizer state 'exp_avg' of parameter .* is \(7,\) torch.float32, not the parameter's",
+    ),
+    "no optimizer state": (
+        lambda s: s["algorithm"]["optimizer"].update(state={}),
+        r"holds no optimizer moments after 6 steps",
+    ),
+    "a buffer broadcast": (
+        lambda s: s["algorithm"]["buffers"].update(
+            {k: torch.zeros(1) for k in s["algorithm"]["buffers"] if k.endswith("running_mean")}
+        ),
+        r"buffer '.*running_mean' is \(1,\) torch.float32, not \(4,\) torch.float32",
+    ),
+    "a parameter that is not a tensor": (
+        lambda s: s["algorithm"]["params"].update(noise=3.0) if "noise" in s["algorithm"]["params"]
+        else s["algorithm"]["params"].update({next(iter(s["algorithm"]["params"])): 3.0}),
+        r"parameter '.*' is not a tensor",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_checkpoint_is_refused_field_by_field(tmp_path, case):
+    change, message = CRAFTED[case]
+    fit_to(tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    kept = path.read_bytes()
+    rewrite(path, change)
+    with pytest.raises(lvmkit.CheckpointError, match=message) as err:
+        fit_to(tmp_path, epochs=3, resume=True)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    path.write_bytes(kept)
+    rewrite(path, change, with_checksum=False)  # hand-edited: refused before any field is read
+    with pytest.raises(lvmkit.CheckpointError, match=r"has no checksum, which lvmkit writes"):
+        fit_to(tmp_path, epochs=3, resume=True)
+    assert path.exists()  # refused, never replaced
+
+
+def test_a_checkpoint_that_is_a_link_to_a_device_is_named(tmp_path):
+    os.symlink("/dev/zero", tmp_path / "checkpoint.pt")
+    with pytest.raises(lvmkit.CheckpointError, match=r"checkpoint.pt is not a regular file"):
+        fit_to(tmp_path, resume=True)
+
+
+def test_a_writer_killed_mid_write_leaves_no_temporary_for_long(tmp_path):
+    fit_to(tmp_path, epochs=1)
+    dead = _dead_pid()
+    stale = tmp_path / f".checkpoint.pt.{dead}.0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".checkpoint.pt.{os.getppid()}.0123abcd.tmp"  # a live writer's: kept
+    live.write_bytes(b"being written")
+    fit_to(tmp_path, epochs=2, resume=True)
+    assert not stale.exists() and live.exists()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_fuzz_crafted_checkpoints_resume_or_are_refused_in_one_line(tmp_path_factory, data):
+    """Any one field of a checkpoint replaced (with a checksum computed afresh, as a program that
+    knows the format would write it): the fit resumes, or a one-line CheckpointError."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    fit_to(folder, epochs=1)
+    path = folder / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    leaves = list(_leaves(state))
+    where = data.draw(st.sampled_from(leaves), label="field")
+    value = data.draw(
+        st.one_of(
+            st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=3),
+            st.floats(allow_nan=True), st.just([]), st.just({}),
+            st.builds(torch.zeros, st.integers(0, 9)),
+            st.builds(lambda n: torch.ones(n, dtype=torch.uint8), st.integers(0, 9)),
+        ),
+        label="value",
+    )  # fmt: skip
+
+    def change(s):
+        *parents, last = where
+        for key in parents:
+            s = s[key]
+        if isinstance(s, tuple):  # tuples are rebuilt by their parent: replace in a list
+            return
+        s[last] = value
+
+    rewrite(path, change)
+    try:
+        fit_to(folder, epochs=2, resume=True)
+    except (lvmkit.CheckpointError, ValueError) as err:
+        assert "\n" not in str(err)
+
+
+def _leaves(value, where=()):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if where or k != "sha256":
+                yield from _leaves(v, (*where, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(v, (*where, i))
+    if where:
+        yield where
+
+
+# --- EM settings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(max_iter=0), "max_iter must be a positive int, got 0"),
+        (dict(max_iter=-1), "max_iter must be a positive int, got -1"),
+        (dict(tol=float("nan")), "tol must be a finite number >= 0, got nan"),
+    ],
+)
+def test_closed_form_em_refuses_settings_that_fit_nothing(options, message):
+    gmm = build_model("gmm", (1, 1, 2), None, {"components": 2})
+    with pytest.raises(ValueError, match=message):
+        lvmkit.em(gmm, torch.randn(30, 2), **options)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(num_samples=0), "num_samples must be a positive int, got 0"),
+        (dict(batch_size=0), "batch_size must be a positive int, got 0"),
+        (dict(m_steps=0), "m_steps must be a positive int, got 0"),
+    ],
+)
+def test_generic_em_refuses_settings_that_fit_nothing(options, message):
+    with pytest.raises(ValueError, match=message):
+        lvmkit.em(plated_model, torch.randn(20, 3), guide=plated_guide, e_step="importance",
+                  **options)  # fmt: skip
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_nproc_past_the_cores_is_refused_before_any_worker(tmp_path, capsys):
+    from lvmkit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["fit", "lvm", "--nproc", "10000", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lvmkit: error: --nproc 10000 is more processes than this machine's ")
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_settings_of_a_multi_process_fit_are_checked_once_before_its_workers(tmp_path, capsys):
+    from lvmkit.cli import main
+
+    out = tmp_path / "run"
+    argv = ["fit", "lvm", "--nproc", "2", "--set", "model.z_dim=0", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "z_dim" in err and "must be above 0" in err
+    assert not out.exists()
+
+
+def test_an_interrupt_outside_training_is_one_line(tmp_path, capsys, monkeypatch):
+    from lvmkit.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lvdata, "load", interrupted)  # Ctrl-C while the data load
+    out = tmp_path / "run"
+    assert main(["fit", "lvm", "--epochs", "1", "--out", str(out), "--no-progress"]) == 130
+    assert capsys.readouterr().err == (
+        "lvmkit: interrupted outside training (no file is left half-written); run the command "
+        "again (fit: with --resume once OUT holds a checkpoint.pt)\n"
+    )

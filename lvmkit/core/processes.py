@@ -233,8 +233,8 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     cores = usable_cores()
     if nproc > cores:
         raise ValueError(
-            f"nproc {nproc} is more processes than this machine's {cores} cores (each takes a "
-            f"core and a few hundred MB of memory): use nproc {cores} or fewer, or torchrun "
+            f"--nproc {nproc} is more processes than this machine's {cores} cores (each takes "
+            f"a core and a few hundred MB of memory): use --nproc {cores} or fewer, or torchrun "
             "over several machines"
         )
     rest, skip = [], False

@@ -6,8 +6,6 @@ turns any failure to read a file into a DataError (a ValueError) that names the 
 from __future__ import annotations
 
 import gzip
-import math
-import os
 import struct
 import warnings
 import zlib
@@ -17,11 +15,7 @@ import numpy as np
 import torch
 
 from lvmkit.data.images import MAX_CLASSES, ImageData
-
-
-class DataError(ValueError):
-    """A data file or folder lvmkit cannot use; the message names it and the fix."""
-
+from lvmkit.data.limits import DataError, check_size
 
 # IDX type codes (the third byte of the magic number) -> numpy dtype, big-endian on disk.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -75,59 +69,6 @@ def _assemble(
     )
 
 
-MAX_DATA_GB = 4.0  # the default largest dataset, as float32 pixels; LVMKIT_MAX_DATA_GB sets it
-
-
-def data_limit() -> tuple[int, str]:
-    """The most bytes a dataset may take while it loads (the file's values and their float32
-    copy), and why: ``$LVMKIT_MAX_DATA_GB`` (default 4) GiB, and never more than half of the
-    memory free now."""
-    setting = os.environ.get("LVMKIT_MAX_DATA_GB", "")
-    try:
-        gib = float(setting) if setting else MAX_DATA_GB
-    except ValueError:
-        gib = -1.0
-    if not gib > 0 or math.isinf(gib):
-        raise DataError(
-            f"LVMKIT_MAX_DATA_GB={setting!r} is not a number of GiB above 0; set it like "
-            "LVMKIT_MAX_DATA_GB=16, or unset it for the default 4"
-        )
-    limit, why = int(gib * 2**30), f"the limit LVMKIT_MAX_DATA_GB={gib:g} GiB"
-    free = _free_memory()
-    if free is not None and free // 2 < limit:
-        limit, why = free // 2, f"half of the memory free now ({free / 2**30:.1f} GiB)"
-    return limit, why
-
-
-def _free_memory() -> int | None:
-    """Bytes of memory free for new allocations (Linux: MemAvailable), else the machine's memory;
-    None where neither can be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system
-        return None
-
-
-def _check_size(shape: tuple[int, ...], path: Path, itemsize: int = 1) -> None:
-    """Refuse, from the header and before anything is read or allocated, data whose values
-    (``itemsize`` bytes each) and their float32 copy would pass ``data_limit()``."""
-    needed = (itemsize + 4) * int(np.prod(shape, dtype=object))
-    limit, why = data_limit()
-    if needed > limit:
-        raise DataError(
-            f"{path}: {shape} images need {needed / 2**30:.1f} GiB to load, more than "
-            f"{why}; load a part of them (e.g. save a slice as .npy), or raise the limit with "
-            "LVMKIT_MAX_DATA_GB on a machine with the memory"
-        )
-
-
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (plain or gzip) into a numpy array of its stored shape. The header's
     shape is checked against the file's size (or, compressed, against memory) before the data
@@ -155,7 +96,7 @@ def read_idx(path: str | Path) -> np.ndarray:
                 held = path.stat().st_size - 4 - 4 * ndim
                 if held != expected:
                     raise _size_mismatch(path, shape, expected, held)
-            _check_size(shape, path, dtype.itemsize)
+            check_size(shape, path, dtype.itemsize)
             raw = bytearray(expected)
             view, got = memoryview(raw), 0
             while got < expected:
@@ -253,7 +194,7 @@ def load_array(
         else:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             _check_dtype(arr.dtype, path, "images")
-            _check_size(arr.shape, path, arr.dtype.itemsize)
+            check_size(arr.shape, path, arr.dtype.itemsize)
             parts = {None: (np.array(arr), None)}  # read it, now that its size is known to fit
     except (DataError, MemoryError):
         raise  # already ours, or not a parse failure
@@ -307,7 +248,7 @@ def _read_npz(path: Path) -> dict[str | None, tuple[np.ndarray, np.ndarray | Non
                 if k is not None:
                     shape, dtype = _npz_header(npz, k)
                     _check_dtype(dtype, path, what)
-                    _check_size(shape, path, dtype.itemsize)
+                    check_size(shape, path, dtype.itemsize)
         return {p: (npz[k], None if yk is None else npz[yk]) for p, k, yk in pairs}
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from lvmkit.data.images import ImageData
-from lvmkit.data.loaders import PART_NAMES, PART_ORDER, DataError, _assemble, _check_size
+from lvmkit.data.limits import DataError, check_size
+from lvmkit.data.loaders import PART_NAMES, PART_ORDER, _assemble
 
 
 def load_image_folder(folder: str | Path) -> ImageData:
@@ -35,7 +36,7 @@ def load_image_folder(folder: str | Path) -> ImageData:
             a = _read_png(f, first)
             if first is None:
                 first = (f, a.shape[:2])
-                _check_size((n, 3 if a.ndim == 3 else 1, *a.shape[:2]), folder)
+                check_size((n, 3 if a.ndim == 3 else 1, *a.shape[:2]), folder)
             arrays.append(a)
         y = np.array([classes.index(c) for _, c in files]) if classes else None
         parts[part] = (arrays, y)

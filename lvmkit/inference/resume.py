@@ -61,27 +61,29 @@ class LoopState:
                 isinstance(v, float | int) and not isinstance(v, bool) for v in xs
             )
 
-        problems = {
-            "epoch": count(self.epoch),
-            "step": count(self.step) and self.step < steps,
-            "perm": self.perm is None
-            or isinstance(self.perm, Tensor)
-            and self.perm.shape == (n,)
-            and not self.perm.is_floating_point()
-            and torch.equal(self.perm.sort().values, torch.arange(n)),
-            "losses": numbers(self.losses) and len(self.losses) == self.epoch,
-            "val_losses": numbers(self.val_losses) and len(self.val_losses) <= self.epoch,
-            "best_epoch": self.best_epoch is None
-            or count(self.best_epoch)
-            and 1 <= self.best_epoch <= self.epoch,
-            "best_val": isinstance(self.best_val, float | int),
-            "best": self.best is None or isinstance(self.best, dict),
-            "bad_epochs": count(self.bad_epochs),
-            "elapsed": isinstance(self.elapsed, float | int) and self.elapsed >= 0,
+        fields = {  # each judged in turn, so a later test may rely on an earlier field
+            "epoch": lambda: count(self.epoch),
+            "step": lambda: count(self.step) and self.step < steps,
+            "perm": lambda: (
+                (self.perm is None and not self.step)
+                or isinstance(self.perm, Tensor)
+                and self.perm.shape == (n,)
+                and not self.perm.is_floating_point()
+                and torch.equal(self.perm.sort().values, torch.arange(n))
+            ),
+            "losses": lambda: numbers(self.losses) and len(self.losses) == self.epoch,
+            "val_losses": lambda: numbers(self.val_losses) and len(self.val_losses) <= self.epoch,
+            "best_epoch": lambda: (
+                self.best_epoch is None
+                or count(self.best_epoch)
+                and 1 <= self.best_epoch <= self.epoch
+            ),
+            "best_val": lambda: isinstance(self.best_val, float | int),
+            "best": lambda: self.best is None or isinstance(self.best, dict),
+            "bad_epochs": lambda: count(self.bad_epochs),
+            "elapsed": lambda: isinstance(self.elapsed, float | int) and self.elapsed >= 0,
         }
-        if self.step and self.perm is None:
-            problems["perm"] = False  # mid-epoch: the epoch's order is needed to go on
-        bad = next((k for k, ok in problems.items() if not ok), None)
+        bad = next((k for k, ok in fields.items() if not ok()), None)
         if bad is not None:
             value = getattr(self, bad)
             shown = (
@@ -129,6 +131,12 @@ def load_resumable(path: Path, settings: dict) -> dict:
             "with overwrite=True"
         )
     saved = dict(ckpt["config"])
+    odd = next((k for k, v in saved.items() if not _plain(v)), None)
+    if odd is not None:
+        raise CheckpointError(
+            f"{path}: its setting {odd} is {type(saved[odd]).__name__}, which lvmkit never "
+            "writes there; the file was edited or written by other code: start over"
+        )
     if "num_particles" in saved:  # checkpoints written before num_samples had this name
         saved["num_samples"] = saved.pop("num_particles")
     saved.setdefault("algorithm", "svi")  # checkpoints written before EM could write one
@@ -202,10 +210,10 @@ class Checkpoints:
 
     def load(self, seed: int) -> LoopState:
         """The saved loop state, the algorithm's state and every stream put back."""
-        a, g = self.algorithm, self.algorithm.group
+        g = self.algorithm.group
         ckpt = None
         if g.main and self.path.exists():
-            ckpt = load_resumable(self.path, self.settings)
+            ckpt = self._checked(lambda: load_resumable(self.path, self.settings))
         ckpt = share_object(ckpt, g)  # read once, by rank 0: the others may not see its disk
         if ckpt is None:
             if g.main:
@@ -214,27 +222,38 @@ class Checkpoints:
                     stacklevel=4,
                 )
             return LoopState()
-        try:  # every field checked before it is used: the checksum vouches for bytes only
-            state = LoopState.of(ckpt["loop"])
-            state.check(self.n, self.steps)
-            rngs = ckpt.get("rank_rng") or [ckpt["rng"]]
-            # the same world size continues every stream; another gives rank r > 0 a fresh one
-            mine = rngs[g.rank] if len(rngs) == g.size else ckpt["rng"]
-            _check_structure(mine, rng_state(a.device, self.shuffle), "its random streams")
-            a.load_state_dict(ckpt["algorithm"], source=str(self.path))
-            set_rng_state(mine, a.device, self.shuffle)
+        rngs = self._checked(lambda: list(ckpt.get("rank_rng") or [ckpt["rng"]]))
+        # the same world size continues every stream; another gives rank r > 0 a fresh one
+        mine = rngs[g.rank] if len(rngs) == g.size else ckpt["rng"]
+        state = self._checked(lambda: self._put_back(ckpt, mine))
+        if len(rngs) != g.size and g.rank > 0:
+            torch.manual_seed(hash((seed, g.rank, state.epoch, state.step)) % 2**63)
+        return state
+
+    def _put_back(self, ckpt: dict, rng: dict) -> LoopState:
+        """Every field checked before it is used (the checksum vouches for the bytes only)."""
+        a = self.algorithm
+        state = LoopState.of(ckpt["loop"])
+        state.check(self.n, self.steps)
+        _check_structure(rng, rng_state(a.device, self.shuffle), "its random streams")
+        a.load_state_dict(ckpt["algorithm"], source=str(self.path))
+        set_rng_state(rng, a.device, self.shuffle)
+        return state
+
+    def _checked(self, read):
+        """``read()``, any failure of it a one-line CheckpointError naming the file."""
+        try:
+            return read()
         except CheckpointError as err:
             where = "" if str(err).startswith(str(self.path)) else f"{self.path}: "
             raise CheckpointError(f"{where}{err}") from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:
+            first = (str(err).splitlines() or [""])[0][:200]
             raise CheckpointError(
                 f"{self.path}: a field does not hold what lvmkit writes ({type(err).__name__}: "
-                f"{str(err)[:200]}); the file was edited or written by other code: start over "
-                "with overwrite=True"
+                f"{first}); the file was edited or written by other code: start over with "
+                "overwrite=True"
             ) from None
-        if len(rngs) != g.size and g.rank > 0:
-            torch.manual_seed(hash((seed, g.rank, state.epoch, state.step)) % 2**63)
-        return state
 
     def where(self) -> str:
         return f"; the last good checkpoint is {self.path}" if self.exists() else ""
@@ -262,6 +281,23 @@ def check_optimizer_state(optimizer, names: list[str], state: dict, source: str)
         raise CheckpointError(f"{source}: its optimizer state is not what lvmkit writes")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise CheckpointError(f"{source}: its count of steps is {steps!r}, not a count")
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        raise CheckpointError(f"{source}: its optimizer's parameter groups are not this fit's")
+    layout = [g["params"] for g in optimizer.state_dict()["param_groups"]]
+    for group, mine, indices in zip(groups, optimizer.param_groups, layout, strict=True):
+        if not isinstance(group, dict) or not (
+            isinstance(group.get("params"), list)
+            and all(type(i) is int for i in group["params"])
+            and group["params"] == indices
+        ):
+            raise CheckpointError(f"{source}: its optimizer's parameter groups are not this fit's")
+        for key in sorted(set(group) & set(mine) - {"params"}):  # the fit's own settings
+            if _kind(group[key]) != _kind(mine[key]) or group[key] != mine[key]:
+                raise CheckpointError(
+                    f"{source}: its optimizer's {key} is {group[key]!r}, this fit's "
+                    f"{mine[key]!r}; resume with the settings that wrote it, or start over"
+                )
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for index, moments in saved["state"].items():
         if not isinstance(index, int) or not 0 <= index < len(params):
@@ -269,14 +305,19 @@ def check_optimizer_state(optimizer, names: list[str], state: dict, source: str)
                 f"{source}: optimizer state for parameter {index!r}, which this fit's "
                 f"{len(params)} parameters lack"
             )
+        param = params[index]
         for key, value in moments.items() if isinstance(moments, dict) else [(None, moments)]:
-            if key is None or (
-                isinstance(value, Tensor) and value.dim() and value.shape != params[index].shape
-            ):
-                shape = tuple(value.shape) if isinstance(value, Tensor) else repr(value)
+            tensor = isinstance(value, Tensor)
+            like = tensor and (  # a count (Adam's step) or a moment like the parameter
+                value.dim() == 0
+                if key == "step"
+                else not value.dim() or (value.shape, value.dtype) == (param.shape, param.dtype)
+            )
+            if key is None or not like:
+                found = f"{tuple(value.shape)} {value.dtype}" if tensor else repr(value)[:40]
                 raise CheckpointError(
                     f"{source}: optimizer state {key!r} of parameter {names[index]!r} is "
-                    f"{shape}, not the parameter's shape {tuple(params[index].shape)}; the file "
+                    f"{found}, not the parameter's {tuple(param.shape)} {param.dtype}; the file "
                     "was edited or written by other code: start over"
                 )
     keeps_moments = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) or (
@@ -288,3 +329,19 @@ def check_optimizer_state(optimizer, names: list[str], state: dict, source: str)
             f"{source}: holds no optimizer moments after {steps} steps; the file was edited or "
             "written by other code: start over"
         )
+
+
+def _kind(value) -> type:
+    """A value's type, numbers as one kind (a setting saved as 1 reads as 1.0)."""
+    if isinstance(value, bool) or value is None:
+        return type(value)
+    return float if isinstance(value, int | float) else type(value)
+
+
+def _plain(value) -> bool:
+    """Whether a setting is a plain value (text, number, flag, None, or containers of them)."""
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    return value is None or isinstance(value, str | int | float | bool)
