@@ -1,4 +1,6 @@
 import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pyro
 import pytest
@@ -19,3 +21,15 @@ def _clean_global_param_store():
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
+
+
+def run_two_at_a_time(commands: dict, **options) -> dict:
+    """Start the subprocess ``commands`` ({name: argv}) now, as many at once as the machine
+    has cores (two here), each with one thread: the tests of a module whose work is in
+    subprocesses (benchmarks, notebooks) then wait for their own instead of running in turn.
+    Returns {name: future of its CompletedProcess}."""
+    pool = ThreadPoolExecutor(max_workers=max(1, min(2, len(os.sched_getaffinity(0)))))
+    run = lambda argv: subprocess.run(argv, capture_output=True, text=True, **options)  # noqa: E731
+    futures = {name: pool.submit(run, argv) for name, argv in commands.items()}
+    pool.shutdown(wait=False)
+    return futures

@@ -1,40 +1,42 @@
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_two_at_a_time
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run(script: str) -> list[dict]:
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--smoke"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+SCRIPTS = [
+    "svi_overhead.py",
+    "gmm_em.py",
+    "lvm_em_vs_svi.py",
+    "ar_sampling.py",
+    "likelihoods.py",
+    "scaling.py",
+    "threads.py",
+    "ais_vs_is.py",
+    "startup.py",
+]
 
 
-@pytest.mark.parametrize(
-    "script",
-    [
-        "svi_overhead.py",
-        "gmm_em.py",
-        "lvm_em_vs_svi.py",
-        "ar_sampling.py",
-        "likelihoods.py",
-        "scaling.py",
-        "threads.py",
-        "ais_vs_is.py",
-        "startup.py",
-    ],
-)
-def test_benchmark_smoke_runs_print_json(script):
-    rows = run(script)
+@pytest.fixture(scope="module")
+def smoke_runs():
+    """Every benchmark's smoke run, started together, two at a time."""
+    commands = {s: [sys.executable, str(BENCHMARKS / s), "--smoke"] for s in SCRIPTS}
+    return run_two_at_a_time(commands, timeout=600)
+
+
+def run(smoke_runs, script: str) -> list[dict]:
+    done = smoke_runs[script].result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_smoke_runs_print_json(smoke_runs, script):
+    rows = run(smoke_runs, script)
     if script == "svi_overhead.py":
         (row,) = rows
         contenders = {"torch", "floor", "pyro", "lvmkit", "lvmkit_jit"}

@@ -1,25 +1,50 @@
 """Every tutorial notebook runs, at smoke size (the ``CI`` environment variable), through
 nbclient, as Jupyter would run it; ``make tutorials`` runs them at full size."""
 
+import os
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from conftest import run_two_at_a_time
 
 TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
+# One notebook, executed in a kernel of its own and written to argv[3] with its outputs.
+EXECUTE = (
+    "import sys, nbformat\n"
+    "from nbclient import NotebookClient\n"
+    "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+    "NotebookClient(nb, timeout=600, resources={'metadata': {'path': sys.argv[2]}}).execute()\n"
+    "nbformat.write(nb, sys.argv[3])\n"
+)
 
 
 def test_there_are_tutorials():
     assert len(TUTORIALS) >= 1
 
 
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Every tutorial executed at smoke size, two at a time: {stem: (future, written path)}."""
+    folder = tmp_path_factory.mktemp("tutorials")
+    commands, written = {}, {}
+    for path in TUTORIALS:
+        (folder / path.stem).mkdir()
+        written[path.stem] = folder / f"{path.stem}.ipynb"
+        argv = [sys.executable, "-c", EXECUTE, str(path), str(folder / path.stem)]
+        commands[path.stem] = [*argv, str(written[path.stem])]
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
+    futures = run_two_at_a_time(commands, env=env, timeout=900)
+    return {stem: (futures[stem], written[stem]) for stem in futures}
+
+
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
-def test_tutorial_runs_at_smoke_size(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("CI", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+def test_tutorial_runs_at_smoke_size(executed, path):
+    future, written = executed[path.stem]
+    done = future.result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    notebook = nbformat.read(written, as_version=4)
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors == []
     # the stored outputs are the full-size run's: every code cell has been run
