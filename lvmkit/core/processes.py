@@ -9,6 +9,7 @@ collective calls (one per training step)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -185,7 +186,35 @@ def auto_threads(processes: int | None = None) -> int:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this system
         busy = 0.0
+    # the load average lags a minute behind a neighbour that just started: count those
+    # running now too (a neighbour that just stopped keeps it high: the cautious side)
+    busy = max(busy, _running_now() - processes)
     return max(1, int((cores - busy) // processes))
+
+
+def _running_now() -> float:
+    """Tasks running on this machine now, this one included (Linux's /proc/loadavg; 1 where it
+    cannot be read), the median of three reads a few milliseconds apart."""
+    counts = []
+    for _ in range(3):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return 1.0
+        time.sleep(0.002)
+    return float(sorted(counts)[1])
+
+
+@contextlib.contextmanager
+def threads_during(threads: int | str | None):
+    """``set_threads(threads)`` for the block, then torch's thread count as it was."""
+    before = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def set_threads(threads: int | str | None) -> None:

@@ -13,6 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
+from lvmkit.core.processes import threads_during
 from lvmkit.core.rng import seeded
 from lvmkit.inference.loop import run
 from lvmkit.inference.mixture_em import MixtureEM
@@ -30,9 +31,12 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
     covariance_type: "full" or "diag". init_params: "kmeans" (k-means labels, computed where EM
     runs), "k-means++", "random" or "random_from_data". ``weights_init``, ``means_init``,
     ``precisions_init`` replace what init_params gives, each on its own. ``warm_start`` starts a
-    second ``fit`` from the first's parameters. ``dtype`` is where EM computes ("float64", as
-    scikit-learn, or "float32" for speed on large data); ``chunk_size`` rows are processed at a
-    time, so memory stays bounded whatever N is.
+    second ``fit`` from the first's parameters. ``dtype``: "auto" (data, statistics and
+    parameters in float64 as scikit-learn, the per-point arithmetic in float32 wherever its
+    worst-case error is small, else float64), "float64" (scikit-learn's arithmetic throughout)
+    or "float32"; ``chunk_size`` rows are processed at a time, so memory stays bounded whatever
+    N is. ``threads``: torch threads while fitting ("auto": the cores not busy now, so a
+    neighbour on the machine does not stall EM; None leaves torch's setting).
     """
 
     def __init__(
@@ -50,9 +54,10 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         precisions_init=None,
         random_state=None,
         warm_start: bool = False,
-        dtype: str = "float64",
+        dtype: str = "auto",
         device: str = "auto",
         chunk_size: int = 65536,
+        threads: int | str | None = "auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -69,13 +74,14 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         self.dtype = dtype
         self.device = device
         self.chunk_size = chunk_size
+        self.threads = threads
 
     # ---- validation ----------------------------------------------------------------------
     def _torch_dtype(self) -> torch.dtype:
         name = str(self.dtype).removeprefix("torch.")
-        if name not in ("float64", "float32"):
-            raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
-        return getattr(torch, name)
+        if name not in ("auto", "float64", "float32"):
+            raise ValueError(f"dtype must be 'auto', 'float64' or 'float32', got {self.dtype!r}")
+        return torch.float32 if name == "float32" else torch.float64
 
     def _check_params(self) -> None:
         if not isinstance(self.n_components, numbers.Integral) or self.n_components < 1:
@@ -119,6 +125,10 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
     def fit(self, X, y=None) -> GaussianMixtureEM:
         """Fit to X (n_samples, n_features); returns self. ``y`` is ignored."""
         self._check_params()
+        with threads_during(self.threads):
+            return self._fit(X)
+
+    def _fit(self, X) -> GaussianMixtureEM:
         x = self._tensor(X, reset=True)
         n, d = x.shape
         if n < self.n_components:
@@ -129,7 +139,7 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         for restart in range(1 if warm else self.n_init):  # the highest final bound wins
             gmm = self._start(x, seed + restart, warm)
             em = MixtureEM(gmm, device=x.device, tol=self.tol, init=None,
-                           chunk_size=self.chunk_size)  # fmt: skip
+                           chunk_size=self.chunk_size, fast=self.dtype != "float64")  # fmt: skip
             with seeded(None, x.device):  # the caller's random streams stay as they were
                 result = run(em, x, epochs=self.max_iter, progress=False)
             if best is None or -result.losses[-1] > -best[1].losses[-1]:
