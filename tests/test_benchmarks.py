@@ -18,6 +18,7 @@ SCRIPTS = [
     "threads.py",
     "ais_vs_is.py",
     "startup.py",
+    "estimators.py",
 ]
 
 
@@ -65,6 +66,11 @@ def test_benchmark_smoke_runs_print_json(smoke_runs, script):
     elif script == "lvm_em_vs_svi.py":
         (row,) = rows
         assert set(row) >= {"svi", "em_importance"} and row["svi"]["stderr"] > 0
+    elif script == "estimators.py":
+        assert [row["row"] for row in rows] == ["log_p", "iwae_step"]
+        ours, theirs = rows[0]["mean_log_p"]  # the same estimator: the same value, near enough
+        assert abs(ours - theirs) < 0.01 * abs(theirs)
+        assert all(row["lvmkit_over_torch"] > 0 for row in rows)
     elif script == "startup.py":
         (row,) = rows
         assert set(row["median_s"]) == {"lvmkit_help", "import_torch", "import_lvmkit",
