@@ -281,8 +281,14 @@ def _run(args, argv: list[str]) -> int:
         return 0
     from lvmkit.core.processes import launch_local, launched
 
-    out, options = args.out or Path("runs") / args.model, dict(
-        settings=_settings(args), config=args.config, resume=args.resume, overwrite=args.overwrite
+    out, options = (
+        args.out or Path("runs") / args.model,
+        dict(
+            settings=_settings(args),
+            config=args.config,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        ),
     )
     if args.nproc > 1 and not launched():
         from lvmkit.runs import run_config

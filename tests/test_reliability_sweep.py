@@ -511,3 +511,175 @@ def test_an_interrupt_outside_training_is_one_line(tmp_path, capsys, monkeypatch
         "lvmkit: interrupted outside training (no file is left half-written); run the command "
         "again (fit: with --resume once OUT holds a checkpoint.pt)\n"
     )
+
+
+# --- found by a new user's trial of the above ---------------------------------------------------
+
+
+def test_files_of_the_users_where_a_fit_would_write_are_not_replaced(tmp_path, capsys):
+    from lvmkit.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "samples.png").write_bytes(b"my picture")
+    (out / "summary.json").write_text("{}")
+    assert main(["fit", "lvm", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds files a fit would write over (summary.json, samples.png) but no run" in err
+    assert (out / "samples.png").read_bytes() == b"my picture" and len(list(out.iterdir())) == 2
+
+
+def test_a_run_into_the_current_folder_or_a_config_that_never_ends_is_refused(
+    tmp_path, capsys, monkeypatch
+):
+    from lvmkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "lvm", "--epochs", "1", "--out", "", "--no-progress"]) == 2
+    assert "is the current folder, where a run would write among your own files" in (
+        capsys.readouterr().err
+    )
+    assert list(tmp_path.iterdir()) == []
+    argv = ["fit", "lvm", "--config", "/dev/zero", "--out", "r", "--resume", "--overwrite"]
+    assert main(argv) == 2
+    assert "--resume and --overwrite contradict each other" in capsys.readouterr().err
+    assert main(["fit", "lvm", "--config", "/dev/zero", "--out", "r"]) == 2
+    assert "--config /dev/zero is not a regular file" in capsys.readouterr().err
+
+
+def test_a_guide_site_the_model_lacks_and_a_plate_sized_for_all_the_data_are_refused():
+    def extra_guide(x):
+        m = pyro.param("m", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(m, 1.0).to_event(1))
+            pyro.sample("w", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+
+    def whole_data_model(x):  # the plate sized for the dataset, not the batch
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("data", 24):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Normal(loc + z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+    for run in (
+        lambda m, g: lvmkit.fit(m, g, X, epochs=1, batch_size=8, progress=False),
+        lambda m, g: lvmkit.log_likelihood(m, g, X, num_samples=2, batch_size=8),
+    ):
+        with pytest.raises(ValueError, match=r"the guide samples 'w', which the model has no site"):
+            run(plated_model, extra_guide)
+        with pytest.raises(ValueError, match=r"has 24 elements but the batch holds 8 datapoints"):
+            run(whole_data_model, plated_guide)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (dict(min_variance=-1.0), "min_variance must be a finite number > 0, got -1.0"),
+        (dict(min_variance=float("nan")), "min_variance must be a finite number > 0, got nan"),
+        (dict(min_variance=0.0), "min_variance must be a finite number > 0, got 0.0"),
+        (dict(components=0), "components must be a positive int, got 0"),
+        (dict(dim=0), "dim must be a positive int, got 0"),
+    ],
+)
+def test_mixture_settings_are_checked_when_built(setting, message):
+    from lvmkit.models import GaussianMixture, GaussianMixtureConfig
+
+    with pytest.raises(ValueError, match=message):
+        GaussianMixture(GaussianMixtureConfig(**{"dim": 2, **setting}))
+
+
+def test_em_of_integer_data_says_to_convert_it():
+    from lvmkit.models import GaussianMixture, GaussianMixtureConfig
+
+    gmm = GaussianMixture(GaussianMixtureConfig(dim=2, components=2))
+    with pytest.raises(TypeError, match=r"EM fits floating-point data, got torch.int64"):
+        lvmkit.em(gmm, torch.ones(10, 2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    "seed, error, message",
+    [
+        (float("nan"), TypeError, "seed must be an int, got float nan"),
+        (-1, ValueError, r"seed must be a seed in 0 .. \d+ - 1, got -1"),
+        (2**70, ValueError, r"seed must be a seed in 0 .. \d+ - 1, got 1180591620717411303424"),
+    ],
+)
+def test_seeds_are_checked_by_every_function_that_takes_one(seed, error, message):
+    with pytest.raises(error, match=message):
+        lvmkit.fit(plated_model, plated_guide, X, epochs=1, seed=seed, progress=False)
+    with pytest.raises(error, match=message):
+        lvmkit.log_likelihood(plated_model, plated_guide, X, num_samples=2, seed=seed)
+
+
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tmp_path):
+    (tmp_path / "checkpoint.pt").mkdir()
+    with pytest.raises(lvmkit.CheckpointError, match=r"checkpoint.pt is a folder where the"):
+        fit_to(tmp_path, overwrite=True)
+    assert "loc" not in pyro.get_param_store()
+
+
+def test_a_nan_running_loss_in_a_checkpoint_is_refused(tmp_path):
+    fit_to(tmp_path, epochs=1)
+    rewrite(tmp_path / "checkpoint.pt", lambda s: s["algorithm"].update(loss_sum=float("nan")))
+    with pytest.raises(lvmkit.CheckpointError, match=r"running loss nan/0 is no finite sum"):
+        fit_to(tmp_path, epochs=2, resume=True)
+
+
+def test_more_threads_than_cores_are_warned_about():
+    from lvmkit.core.processes import threads_during
+
+    with pytest.warns(UserWarning, match=r"threads 1000 is more than this machine's \d+ cores"):
+        with threads_during(1000):
+            pass
+    assert torch.get_num_threads() == 1
+
+
+def test_ais_steps_past_memory_are_refused():
+    with pytest.raises(ValueError, match=r"steps must be at most 10,000,000"):
+        lvmkit.ais(plated_model, X, guide=plated_guide, steps=10**12)
+
+
+def test_workers_stop_when_their_launcher_is_killed(tmp_path):
+    """kill -9 of ``lvmkit fit --nproc 2``: its workers get SIGTERM, checkpoint and stop,
+    rather than train on alone holding the run's lock."""
+    import signal
+    import sys
+    import time
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores for --nproc 2")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lvmkit.cli", "fit", "lvm", "--epochs", "100000", "--nproc",
+           "2", "--out", str(out), "--set", "model.hidden=[8]", "--no-progress"]  # fmt: skip
+    launcher = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    workers = [p for p in _children(launcher.pid)]
+    assert len(workers) == 2
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(p) for p in workers)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

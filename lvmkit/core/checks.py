@@ -27,6 +27,15 @@ def check_number(name: str, value, *, positive: bool = True) -> float:
     return float(value)
 
 
+def check_seed(name: str, value, limit: int = 2**32) -> int:
+    """``value`` if it is an int in 0 .. limit - 1 (NumPy takes seeds below 2**32)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not 0 <= value < limit:
+        raise ValueError(f"{name} must be a seed in 0 .. {limit} - 1, got {value!r}")
+    return int(value)
+
+
 def check_flag(name: str, value) -> bool:
     """``value`` if it is True or False."""
     if not isinstance(value, bool):
@@ -41,3 +50,17 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
     return value
+
+
+MAX_PARTICLES = 2**18  # particle-datapoints one vectorized pass may hold (784 pixels: ~2 GB)
+
+
+def check_particles(num_samples: int, rows: int) -> None:
+    """ValueError if ``num_samples`` particles for each of ``rows`` datapoints pass
+    MAX_PARTICLES: one pass would take more memory than a machine is likely to have."""
+    if num_samples * rows > MAX_PARTICLES:
+        raise ValueError(
+            f"{num_samples} particles (or chains) for each of {rows} datapoints is "
+            f"{num_samples * rows:,} in one pass, more than the {MAX_PARTICLES:,} lvmkit holds "
+            "at once; lower particle_chunk (log_likelihood), num_samples or batch_size"
+        )

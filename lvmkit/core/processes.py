@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -226,6 +227,12 @@ def set_threads(threads: int | str | None) -> None:
         threads = auto_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int or 'auto', got {threads!r}")
+    if threads > usable_cores():
+        warnings.warn(
+            f"threads {threads} is more than this machine's {usable_cores()} cores: the threads "
+            "take turns and the fit slows many-fold; use 'auto'",
+            stacklevel=3,
+        )
     torch.set_num_threads(threads)
 
 
@@ -251,6 +258,17 @@ class StopOnSignal:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _stop_with_parent() -> None:
+    """In a worker before it starts (Linux): SIGTERM when the launcher dies, even by kill -9,
+    so no worker trains on alone holding the run's lock (it checkpoints and stops)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher's own signal handling remains
+        pass
 
 
 def launch_local(nproc: int, argv: list[str]) -> int:
@@ -281,7 +299,8 @@ def launch_local(nproc: int, argv: list[str]) -> int:
                "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
         cmd = [sys.executable, "-m", "lvmkit.cli", *rest]
-        workers.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        workers.append(subprocess.Popen(cmd, env=env, start_new_session=True,
+                                        preexec_fn=_stop_with_parent))  # fmt: skip
 
     def forward(signum, frame):
         for w in workers:

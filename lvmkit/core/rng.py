@@ -18,12 +18,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lvmkit.core.checks import check_seed
+
 
 @contextlib.contextmanager
 def seeded(seed: int | None, device: torch.device | str | None = None):
     """Run the code inside on torch's streams (the CPU's, and ``device``'s when it is a GPU)
     seeded with ``seed`` (None: as they are), and put them back afterwards: code outside draws
     the same numbers as if the block had not run."""
+    if seed is not None:
+        check_seed("seed", seed, limit=2**63)  # offsets of a seed (seed + rank) stay valid
     device = torch.device(device) if device is not None else None
     devices = [device] if device is not None and device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

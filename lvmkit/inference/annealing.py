@@ -22,7 +22,7 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from torch import Tensor
 
-from lvmkit.core.checks import check_count
+from lvmkit.core.checks import check_count, check_particles
 from lvmkit.inference.likelihood import (
     LogLikelihood,
     estimate_per_batch,
@@ -30,13 +30,14 @@ from lvmkit.inference.likelihood import (
 )
 from lvmkit.inference.programs import (
     DATA_PLATE,
-    check_particles,
+    batch_rows,
     is_latent,
     per_datapoint,
     sum_out_enumerated,
 )
 
 TARGET_ACCEPT = 0.65  # HMC's acceptance rate the step size adapts towards (Wu et al. 2017)
+MAX_STEPS = 10**7  # temperatures of one AIS path: its schedules take 8 bytes each per datapoint
 PILOT_CHAINS = 4  # chains per datapoint of the run that tunes the step sizes
 
 
@@ -66,7 +67,7 @@ class AnnealingPath:
     def __init__(self, model, guide, args: tuple, *, num_chains: int, plate_nesting: int):
         self.model, self.guide, self.args = model, guide, args
         self.k, self.nesting = num_chains, plate_nesting
-        check_particles(num_chains, args)
+        check_particles(num_chains, batch_rows(args))
         with pyro.plate("particles", num_chains, dim=-plate_nesting - 1):
             proposal = poutine.trace(guide or model).get_trace(*args)
         self.latents, self.start = {}, {}
@@ -284,6 +285,11 @@ def _hmc(path, u, beta, log_f, grads, eps, leapfrog_steps):
 def _check_settings(num_samples, steps, leapfrog_steps, step_size) -> Tensor:
     check_count("num_samples", num_samples)
     check_count("steps", steps)
+    if steps > MAX_STEPS:  # the schedules alone would fill memory
+        raise ValueError(
+            f"steps must be at most {MAX_STEPS:,} (the literature anneals over 10^3 to 10^5), "
+            f"got {steps:,}"
+        )
     check_count("leapfrog_steps", leapfrog_steps)
     if not (isinstance(step_size, (int, float)) and 0 < step_size < math.inf):
         raise ValueError(f"step_size must be a positive number, got {step_size!r}")

@@ -388,6 +388,8 @@ def em(
     if isinstance(model, GaussianMixture):
         _refuse("closed-form EM of a GaussianMixture", generic, "lvmkit.em(gmm.model, x)")
         x = torch.as_tensor(data, device=resolve_device(device))
+        if not x.is_floating_point():
+            raise TypeError(f"EM fits floating-point data, got {x.dtype}: pass x.double()")
         # in float64, as scikit-learn: float32 statistics lose tight clusters far from the mean
         algorithm = MixtureEM(model, device=x.device, tol=tol, init=init, seed=seed)
         result = run(algorithm, x.double(), **loop)

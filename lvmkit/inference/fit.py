@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,9 +75,10 @@ class SVI(Algorithm):
     def load_state_dict(self, state: dict, *, source: str) -> None:
         self.trainer.load_state_dict(state, source=source)
         loss_sum, count = state.get("loss_sum", 0.0), state.get("count", 0)
-        if not (isinstance(loss_sum, float | int) and isinstance(count, int) and count >= 0):
+        numbers = isinstance(loss_sum, float | int) and isinstance(count, int) and count >= 0
+        if not (numbers and math.isfinite(loss_sum)):
             raise CheckpointError(
-                f"{source}: its running loss {loss_sum!r}/{count!r} is not numbers"
+                f"{source}: its running loss {loss_sum!r}/{count!r} is no finite sum and count"
             )
         self.loss_sum, self.count = loss_sum, count
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lvmkit.core.checks import check_count, check_flag
+from lvmkit.core.checks import check_count, check_flag, check_seed
 from lvmkit.core.files import run_lock
 from lvmkit.core.processes import Group, StopOnSignal, vote
 from lvmkit.core.processes import shard as shard_of
@@ -208,6 +208,7 @@ def run(
                  restore_best=restore_best)  # fmt: skip
     _check_options(algorithm, given, checkpoint_dir, resume, overwrite)
     check_count("epochs", epochs)
+    check_seed("seed", seed)
     data = as_dataset(data, "data").to(algorithm.device)
     if val_data is not None:
         val_data = as_dataset(val_data, "val_data").to(algorithm.device)

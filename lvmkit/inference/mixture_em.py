@@ -155,6 +155,8 @@ class MixtureEM(Algorithm):
 
     def setup(self, data, batch_size: int) -> None:
         x = data.batch(torch.arange(len(data), device=self.device))[0]
+        if not x.is_floating_point():
+            raise TypeError(f"EM fits floating-point data, got {x.dtype}: pass x.double()")
         self.gmm.check_data(x)
         for start in range(0, len(x), self.chunk_size):
             if not torch.isfinite(x[start : start + self.chunk_size]).all():

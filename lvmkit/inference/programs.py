@@ -13,6 +13,8 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
+from lvmkit.core.checks import check_particles
+
 DATA_PLATE = "data"
 
 
@@ -204,8 +206,7 @@ def _outside_data_plate(name: str) -> ValueError:
         "datapoint need every sample site in the data plate, found by that name (a plate over "
         f"the datapoints named otherwise must be renamed {DATA_PLATE!r}). A global latent (one "
         "value for all datapoints, e.g. a regression weight) has no per-datapoint posterior "
-        "here: sample "
-        "it with lvmkit.nuts, or make it a pyro.param"
+        "here: sample it with lvmkit.nuts, or make it a pyro.param"
     )
 
 
@@ -227,6 +228,16 @@ def trace_once(model, guide, *args):
     for name, site in model_tr.nodes.items():
         if is_latent(site) and name in guide_tr.nodes:
             _check_draw_shape(name, site)
+    extra = [  # an autoguide's auxiliary sites (the "_unconstrained" draws) have no model site
+        n for n, site in guide_tr.nodes.items()
+        if is_latent(site) and n not in model_tr.nodes and not site["infer"].get("is_auxiliary")
+    ]  # fmt: skip
+    if extra:
+        raise ValueError(
+            f"the guide samples {extra[0]!r}, which the model has no site for: its log q would "
+            "count with no log p against it; remove it from the guide (or add it to the model)"
+        )
+    _check_data_plate_size(model_tr, args)
     if not any(
         f.name == DATA_PLATE
         for site in model_tr.nodes.values()
@@ -238,6 +249,22 @@ def trace_once(model, guide, *args):
             f"`with pyro.plate({DATA_PLATE!r}, x.shape[0]):`"
         )
     return guide_tr, model_tr
+
+
+def _check_data_plate_size(model_tr, args: tuple) -> None:
+    """ValueError unless ``pyro.plate("data")`` has as many elements as the batch has rows:
+    a plate sized for the whole dataset (or subsampling inside it) would score a batch as if
+    it were all of the data, and lvmkit scales batches itself."""
+    rows = batch_rows(args)
+    for site in model_tr.nodes.values():
+        for f in site.get("cond_indep_stack", ()):
+            size = getattr(f, "full_size", None) or f.size  # subsampled: the full size
+            if f.name == DATA_PLATE and rows is not None and size != rows:
+                raise ValueError(
+                    f"pyro.plate({DATA_PLATE!r}) has {size} elements but the batch holds {rows} "
+                    f"datapoints; size it by the batch, pyro.plate({DATA_PLATE!r}, x.shape[0]), "
+                    "without subsample_size (lvmkit scales minibatches itself)"
+                )
 
 
 def _check_draw_shape(name: str, site) -> None:
@@ -319,19 +346,9 @@ def nesting_of(guide_tr, model_tr, *, check_guide: bool = True) -> int:
     return max(dims, default=0)
 
 
-MAX_PARTICLES = 2**18  # particle-datapoints one vectorized pass may hold (784 pixels: ~2 GB)
-
-
-def check_particles(num_samples: int, args: tuple) -> None:
-    """ValueError if ``num_samples`` particles for each datapoint of the batch ``args`` pass
-    MAX_PARTICLES: one pass would take more memory than a machine is likely to have."""
-    batch = next((len(a) for a in args if isinstance(a, torch.Tensor) and a.dim()), 1)
-    if num_samples * batch > MAX_PARTICLES:
-        raise ValueError(
-            f"{num_samples} particles (or chains) for each of {batch} datapoints is "
-            f"{num_samples * batch:,} in one pass, more than the {MAX_PARTICLES:,} lvmkit holds "
-            "at once; lower particle_chunk (log_likelihood), num_samples or batch_size"
-        )
+def batch_rows(args: tuple) -> int:
+    """The datapoints of a batch of model arguments: the first tensor's rows (1 if none)."""
+    return next((len(a) for a in args if isinstance(a, torch.Tensor) and a.dim()), 1)
 
 
 def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int):
@@ -343,7 +360,7 @@ def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int)
     comes from ``max_plate_nesting``, which has refused (by name) any other latent the guide
     misses: drawing it from the prior would count its log p without its log q.
     """
-    check_particles(num_samples, args)
+    check_particles(num_samples, batch_rows(args))
     with pyro.plate("particles", num_samples, dim=-plate_nesting - 1):
         guide_tr = poutine.trace(guide).get_trace(*args)
         replayed = poutine.replay(model, trace=guide_tr)

@@ -190,6 +190,8 @@ class Checkpoints:
 
     def __init__(self, folder, settings: dict, algorithm, shuffle: torch.Generator, n: int):
         self.path = None if folder is None else Path(folder) / CHECKPOINT_NAME
+        if self.path is not None and self.path.is_dir():  # found now, not after the training
+            raise CheckpointError(f"{self.path} is a folder where the checkpoint goes; move it")
         self.settings, self.algorithm, self.shuffle = settings, algorithm, shuffle
         self.n, self.steps = n, math.ceil(n / settings["batch_size"])
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lvmkit import data as lvdata
-from lvmkit.core.checks import check_count
+from lvmkit.core.checks import check_count, check_number
 from lvmkit.models.base import BuiltinModel
 from lvmkit.models.kmeans import initial_responsibilities
 
@@ -75,6 +75,9 @@ class GaussianMixture(BuiltinModel):
         self.config = c = config or GaussianMixtureConfig()
         if c.covariance not in COVARIANCES:
             raise ValueError(f"unknown covariance {c.covariance!r}; choose one of {COVARIANCES}")
+        check_count("components", c.components)
+        check_count("dim", c.dim)
+        check_number("min_variance", c.min_variance)  # above 0: EM's floor keeps it finite
         k, d = c.components, c.dim
         self.weight_logits = nn.Parameter(torch.zeros(k))
         self.means = nn.Parameter(torch.randn(k, d))

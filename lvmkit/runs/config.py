@@ -134,6 +134,10 @@ def read_config(path: Path | None, model_name: str) -> dict:
         return config
     if Path(path).is_dir():
         raise ValueError(f"config file {path} is a folder; give a TOML file such as run.toml")
+    if Path(path).exists() and not Path(path).is_file():  # /dev/zero, a pipe: endless reads
+        raise ValueError(f"config file {path} is not a regular file; give a TOML file")
+    if Path(path).exists() and Path(path).stat().st_size > 2**20:
+        raise ValueError(f"config file {path} is over 1 MiB, no config; give a TOML file")
     try:
         with open(path, "rb") as f:
             loaded = tomllib.load(f)

@@ -33,6 +33,8 @@ from lvmkit.runs.pictures import write_pictures
 
 RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt")  # a folder holding one holds a run
 RUN_OUTPUTS = (*RUN_FILES, "metrics.jsonl", "summary.json", "losses.png", "samples.png")
+# every file a fit writes into its folder: one a user put there is not replaced unasked
+WRITES = (*RUN_OUTPUTS, "completions.png", "reconstructions.png")
 # Settings a resume may change: neither epochs nor jit changes what is computed, and the data
 # may have moved (the checkpoint's fingerprint of them refuses other data).
 RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit"), ("fit", "threads"), ("data", "name")}
@@ -61,14 +63,27 @@ def run_config(model_name: str, out, *, settings=None, config=None, resume=False
     then ``settings`` ({table: {key: value}}). Refuses to replace a run unless ``resume`` or
     ``overwrite``, and on resume any change but those in RESUME_MAY_CHANGE."""
     out, settings = Path(out), {t: dict(v) for t, v in (settings or {}).items()}
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other; pass one")
     if out.exists() and not out.is_dir():
         raise ValueError(f"out {out} is a file; give a folder for the run")
     held = [n for n in RUN_FILES if (out / n).exists()]
+    if not held and (not str(out).strip() or out.resolve() == Path.cwd().resolve()):
+        raise ValueError(
+            f"out {str(out)!r} is the current folder, where a run would write among your own "
+            "files; give a folder for the run, e.g. runs/lvm"
+        )
     # under torchrun rank 0 alone decides (the others may find the files it has begun to write)
     if held and not (resume or overwrite) and rank() == 0:
         raise ValueError(
             f"{out} holds a run already ({', '.join(held)}): continue it with resume=True, "
             "replace it with overwrite=True, or give another out folder"
+        )
+    others = [n for n in WRITES if (out / n).exists()]
+    if others and not held and not overwrite and rank() == 0:
+        raise ValueError(
+            f"{out} holds files a fit would write over ({', '.join(others)}) but no run; move "
+            "them, give another out folder, or overwrite=True to replace them"
         )
     if resume and not (out / "checkpoint.pt").exists() and (out / "model.pt").exists():
         raise ValueError(
