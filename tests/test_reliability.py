@@ -210,7 +210,7 @@ def test_resuming_with_other_data_is_refused(tmp_path):
         ("fit", "epochs = true", "expected int, got bool"),
         ("fit", "patience = 0", "must be above 0"),
         ("model", "z_dim = -2", "must be above 0"),
-        ("model", "hidden = 256", "expected tuple, got int"),
+        ("model", "hidden = 256", "expected tuple[int, ...], got int 256"),
         ("model", "hidden = [0]", "must be above 0"),
         ("model", "kl_warmup_steps = -5", "must be at least 0"),
         ("data", 'name = ""', "must not be empty"),

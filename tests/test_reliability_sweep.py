@@ -683,3 +683,9 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_list_for_data_is_named_in_one_short_line():
+    with pytest.raises(TypeError, match=r"got list, list, list, \.\.\. \(24 items\)") as err:
+        lvmkit.fit(plated_model, plated_guide, X.tolist(), epochs=1, progress=False)
+    assert len(str(err.value)) < 250

@@ -31,7 +31,8 @@ class TensorData:
         if not tensors:
             raise ValueError(f"{what} is an empty tuple; give a tensor or a tuple of tensors")
         if not all(isinstance(t, Tensor) for t in tensors):
-            kinds = ", ".join(type(t).__name__ for t in tensors)
+            kinds = ", ".join(type(t).__name__ for t in tensors[:3])
+            kinds += f", ... ({len(tensors)} items)" if len(tensors) > 3 else ""
             raise TypeError(
                 f"{what} must be a tensor, a tuple of tensors, or lvmkit ImageData; got {kinds} "
                 "(torch.as_tensor converts arrays and lists)"

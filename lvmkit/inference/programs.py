@@ -296,8 +296,8 @@ def _explain(err: Exception, model, guide, guide_tr, args: tuple) -> ValueError 
         if other and "type" in str(err):  # torch's words for a dtype mismatch
             return ValueError(
                 f"the model's nets hold {wanted} parameters but the data are {other[0]} "
-                f"({err}); convert the data with x.to({wanted}) (or the model with "
-                ".to(dtype) to match them)"
+                f"({str(err).splitlines()[0]}); convert the data with x.to({wanted}) (or the "
+                "model with .to(dtype) to match them)"
             )
     if guide_tr is None:
         return None

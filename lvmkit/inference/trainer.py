@@ -373,10 +373,16 @@ class Trainer:
     def load_state_dict(self, state: dict, *, source: str = "checkpoint") -> None:
         """Copy saved parameters (in place) and optimizer state into this trainer."""
         missing = {"param_names", "params", "optimizer", "buffers"} - set(state)
-        if missing or set(state["params"]) != set(state["param_names"]):
+        if missing:
             raise CheckpointError(
-                f"{source} holds an incomplete trainer state (missing {sorted(missing)} or "
-                "parameters); it was not written by lvmkit.fit: delete it or start over"
+                f"{source} holds an incomplete trainer state (it lacks {sorted(missing)}); it "
+                "was not written by lvmkit.fit: delete it or start over"
+            )
+        if set(state["params"]) != set(state["param_names"]):
+            odd = sorted(set(state["params"]) ^ set(state["param_names"]))
+            raise CheckpointError(
+                f"{source}: its parameters and their list of names disagree on {odd}; the file "
+                "was edited or written by other code: start over"
             )
         if state["param_names"] != self.param_names:
             missing = sorted(set(self.param_names) - set(state["param_names"]))

@@ -216,7 +216,8 @@ def _conforms(value, hint) -> bool:
 def _value_problem(key: str, value, hint, default) -> str | None:
     """What is wrong with a config value, or None."""
     if not _conforms(value, hint):
-        return f"expected {getattr(hint, '__name__', str(hint))}, got {type(value).__name__}"
+        wanted = str(hint) if typing.get_args(hint) else getattr(hint, "__name__", str(hint))
+        return f"expected {wanted}, got {type(value).__name__} {value!r}"
     numbers = value if isinstance(value, (list, tuple)) else [value]
     numbers = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not all(math.isfinite(v) for v in numbers):
