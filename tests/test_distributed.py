@@ -183,12 +183,14 @@ def test_a_vae_with_random_draws_fits_on_two_processes_as_on_one_and_resumes_acr
 
 
 def test_two_process_em_equals_one_process_em(runs):
+    """Equal up to float32 rounding: the per-point work is float32 where accurate, and each
+    process sums its own rows before the all-reduce, in another order than one process."""
     one, two, _ = runs
     (losses1, params1), (losses2, params2) = one["em"], two["em"]
     assert len(losses1) == len(losses2)
     assert all(abs(a - b) <= 1e-6 * abs(a) for a, b in zip(losses1, losses2, strict=True))
     for k in params1:
-        assert torch.allclose(params1[k], params2[k], rtol=1e-6, atol=1e-9)
+        assert torch.allclose(params1[k], params2[k], rtol=1e-4, atol=1e-6)
 
 
 def test_two_process_log_likelihood_equals_one_process(runs):
