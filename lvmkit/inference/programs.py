@@ -213,8 +213,9 @@ def _outside_data_plate(name: str) -> ValueError:
 def trace_once(model, guide, *args):
     """The guide's trace and the model's replayed on it, run once, blocked, without gradients:
     (guide_trace, model_trace). This is where lvmkit first runs a user's program: a guide
-    draw of the wrong shape, data of another dtype than the nets', and a model without
-    ``pyro.plate("data")`` are each a ValueError saying so."""
+    draw of the wrong shape, a guide site the model lacks, data of another dtype than the
+    nets', a model without ``pyro.plate("data")`` or with one sized otherwise than the batch
+    are each a ValueError saying so."""
     with torch.no_grad(), poutine.block():
         guide_tr = None
         try:
