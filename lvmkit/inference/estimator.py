@@ -173,8 +173,9 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         if warm:
             gmm.load_state_dict(self.model_.state_dict())
             return gmm
-        gmm.initialize(x, method=self.init_params, seed=seed)
         given = [self.weights_init, self.means_init, self.precisions_init]
+        if any(v is None for v in given):  # init_params gives what is not given (k-means: a pass)
+            gmm.initialize(x, method=self.init_params, seed=seed)
         if all(v is None for v in given):
             return gmm
         with torch.no_grad():
