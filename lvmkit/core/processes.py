@@ -322,6 +322,6 @@ def launch_local(nproc: int, argv: list[str]) -> int:
         for sig, handler in old.items():
             signal.signal(sig, handler)
     codes = [w.returncode for w in workers]
-    if first_failure is None:
-        first_failure = next((c for c in codes if c not in (0, 130)), None)
-    return codes[0] if first_failure is None else first_failure
+    if first_failure is not None:
+        return first_failure
+    return next((c for c in codes if c not in (0, 130)), codes[0])

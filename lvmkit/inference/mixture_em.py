@@ -165,16 +165,15 @@ class MixtureEM(Algorithm):
         self.n, self.d = x.shape
         self.shift = x.mean(0)  # EM is shift-equivariant; centring keeps float32 sums accurate
         mine = x[shard(len(x), self.group)] - self.shift
-        self.chunks = self._chunker(mine, x.dtype)
         # float64 data: the per-point work in float32 where it is accurate enough, the sums,
         # parameters and any iteration it is not in float64
         self.work = torch.float32 if self.fast and x.dtype == torch.float64 else x.dtype
-        if self.work != x.dtype:
-            self.exact_chunks, self.chunks = self.chunks, self._chunker(mine, self.work)
-            width = self.chunks_width  # the largest |feature| of each kind, for error bounds
-            self.feature_scale = torch.zeros(width, dtype=torch.float64, device=x.device)
-            for feats in self.exact_chunks():
-                self.feature_scale = torch.maximum(self.feature_scale, feats.abs().amax(0))
+        self.chunks = self._chunker(mine, self.work)
+        self.exact_chunks = None if self.work != x.dtype else self.chunks
+        self.rows = mine  # for the float64 features, built the first time an iteration needs them
+        if self.work != x.dtype:  # the largest |feature| of each kind, for the error bounds
+            scale = torch.stack([f.abs().amax(0) for f in self.chunks()]).amax(0)
+            self.feature_scale = scale.double()
         if self.init is not None:  # every process computes the same start from all the data
             self.gmm.initialize(x, method=self.init, seed=self.seed)
         with torch.no_grad():
@@ -185,9 +184,9 @@ class MixtureEM(Algorithm):
         """A function giving this process's feature chunks in ``dtype``: built once and kept
         when they fit in cache_bytes, else rebuilt per chunk (memory bounded by the chunk size)."""
         size, diag = self.chunk_size, self.diag
-        self.chunks_width = (2 if diag else mine.shape[1] + 1) * mine.shape[1] + 1
+        width = (2 if diag else mine.shape[1] + 1) * mine.shape[1] + 1
         itemsize = torch.finfo(dtype).bits // 8
-        if len(mine) * self.chunks_width * itemsize <= self.cache_bytes:
+        if len(mine) * width * itemsize <= self.cache_bytes:
             cached = [
                 _features(mine[i : i + size], diag).to(dtype) for i in range(0, len(mine), size)
             ]
@@ -200,25 +199,30 @@ class MixtureEM(Algorithm):
         """One EM iteration over this process's rows (``index`` is all of them)."""
         self.previous = self.lower
         coef = _coefficients(self.weights, self.means, self.cov, self.diag)
-        stats = None
-        if self.work != coef.dtype:  # float32 where its worst-case error stays small
-            bound = torch.finfo(self.work).eps * (self.feature_scale @ coef.abs()).max()
-            if vote(float(bound) > FAST_LOG_DENSITY_ERROR, self.group):
-                stats = None
-            else:
-                lower, stats = _e_step_stats(self.chunks, coef.to(self.work), self.group)
-                if _variance_error(stats, self.d, self.diag) > FAST_VARIANCE_ERROR:
-                    stats = None  # (the sums are all-reduced: every process agrees)
-        if stats is None:
-            chunks = self.exact_chunks if self.work != coef.dtype else self.chunks
+        fast = self._fast_e_step(coef) if self.work != coef.dtype else None
+        if fast is None:
+            if self.exact_chunks is None:
+                self.exact_chunks = self._chunker(self.rows, self.rows.dtype)
             self.exact_steps += self.work != coef.dtype
-            lower, stats = _e_step_stats(chunks, coef, self.group)
+            fast = _e_step_stats(self.exact_chunks, coef, self.group)
+        lower, stats = fast
         self.lower = lower
         reg = self.gmm.config.min_variance
         stats = stats.to(self.means.dtype)
         self.weights, self.means, self.cov = _m_step(self.n, stats, self.d, self.diag, reg)
         self.stop_requested = vote(stop, self.group)
         return -self.lower
+
+    def _fast_e_step(self, coef: Tensor) -> tuple[float, Tensor] | None:
+        """The E-step in float32, or None where its worst-case error would pass a bound (every
+        process agrees: the bound's vote and the sums are shared)."""
+        bound = torch.finfo(self.work).eps * (self.feature_scale @ coef.abs()).max()
+        if vote(float(bound) > FAST_LOG_DENSITY_ERROR, self.group):
+            return None
+        lower, stats = _e_step_stats(self.chunks, coef.to(self.work), self.group)
+        if _variance_error(stats, self.d, self.diag) > FAST_VARIANCE_ERROR:
+            return None
+        return lower, stats
 
     def end_epoch(self, losses: list[float]) -> tuple[float, bool]:
         previous = -losses[-1] if losses else -math.inf
