@@ -213,7 +213,9 @@ def test_one_em_entry_point_returns_what_fit_returns(blobs):
     assert result.algorithm == "mixture-em" and result.converged
     assert result.info["e_step"] == "closed-form"
     assert result.losses[-1] == pytest.approx(-float(gmm.log_prob(x).mean()), abs=1e-3)
-    assert all(b <= a + 1e-9 for a, b in zip(result.losses, result.losses[1:], strict=False))
+    # non-increasing up to the float32 rounding of the default's per-point log-densities
+    losses = result.losses
+    assert all(b <= a + 1e-6 * abs(a) for a, b in zip(losses, losses[1:], strict=False))
     assert torch.equal(result.params["gmm$$$means"], gmm.means.detach())
     sklearn_face = GaussianMixtureEM(4, covariance_type="diag", random_state=0).fit(x)
     assert sklearn_face.n_iter_ == result.epochs  # the same EM behind both faces

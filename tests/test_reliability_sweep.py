@@ -7,6 +7,7 @@ import math
 import os
 import struct
 import subprocess
+import time
 
 import numpy as np
 import pyro
@@ -631,6 +632,42 @@ def test_more_threads_than_cores_are_warned_about():
         with threads_during(1000):
             pass
     assert torch.get_num_threads() == 1
+
+
+def test_auto_threads_leave_a_busy_neighbour_its_core_and_do_not_count_their_own():
+    """'auto' counts the threads of other processes running now: a spinning neighbour takes a
+    core away; this process's own busy threads (its pools spin after each operation) do not."""
+    import sys
+    import threading
+
+    from lvmkit.core.processes import _others_running, auto_threads, usable_cores
+
+    stop = threading.Event()
+
+    def busy_here():
+        a = torch.randn(64, 64)
+        while not stop.is_set():
+            a @ a  # releases the GIL: a thread of this process running on a core
+
+    mine = [threading.Thread(target=busy_here) for _ in range(2)]
+    for t in mine:
+        t.start()
+    try:
+        with_own = [_others_running() for _ in range(5)]
+    finally:
+        stop.set()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while _others_running() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _others_running() >= 1
+        assert auto_threads() <= max(1, usable_cores() - 1)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # two threads of ours were running throughout; a median of 2 or more would count them
+    assert sorted(with_own)[2] < 2
 
 
 def test_ais_steps_past_memory_are_refused():

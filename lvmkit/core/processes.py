@@ -178,32 +178,33 @@ def usable_cores() -> int:
 
 def auto_threads(processes: int | None = None) -> int:
     """Torch threads for one of ``processes`` processes on this machine (default: torchrun's
-    LOCAL_WORLD_SIZE, else 1): the cores not already busy (1-minute load average), shared
+    LOCAL_WORLD_SIZE, else 1): the cores that other programs do not keep busy now, shared
     among them, at least 1. Torch's own default, every core per process, slows a fit many-fold
     when other work holds the cores (benchmarks/threads.py)."""
     processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cores = usable_cores()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this system
-        busy = 0.0
-    # the load average lags a minute behind a neighbour that just started: count those
-    # running now too (a neighbour that just stopped keeps it high: the cautious side)
-    busy = max(busy, _running_now() - processes)
-    return max(1, int((cores - busy) // processes))
+    busy = max(0.0, _others_running() - (processes - 1))  # our sibling workers are not others
+    return max(1, int((usable_cores() - busy) // processes))
 
 
-def _running_now() -> float:
-    """Tasks running on this machine now, this one included (Linux's /proc/loadavg; 1 where it
-    cannot be read), the median of three reads a few milliseconds apart."""
+def _others_running() -> float:
+    """Threads of other processes running now: Linux's count of running tasks less this
+    process's own (its thread pool's workers spin for a while after each operation), the
+    median of three reads a millisecond apart; 0 where /proc cannot be read. Not the load
+    average: it counts this process's own last minute of work as a neighbour."""
     counts = []
     for _ in range(3):
         try:
             with open("/proc/loadavg") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]))
+                running = int(f.read().split()[3].split("/")[0])
+            mine = 0
+            for task in os.listdir("/proc/self/task"):
+                with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                    with open(f"/proc/self/task/{task}/stat") as f:
+                        mine += f.read().rsplit(")", 1)[1].split()[0] == "R"
         except (OSError, ValueError, IndexError):
-            return 1.0
-        time.sleep(0.002)
+            return 0.0
+        counts.append(max(0, running - mine))
+        time.sleep(0.001)
     return float(sorted(counts)[1])
 
 

@@ -51,7 +51,8 @@ class TensorData:
                     f"{what}: tensor {i} is on the meta device, which holds shapes but no "
                     "values; create the data with values (on 'cpu' or 'cuda')"
                 )
-            if t.is_floating_point() and not torch.isfinite(t).all():
+            # a finite sum means finite values (one cheap pass); a sum that overflows is looked at
+            if t.is_floating_point() and not t.sum().isfinite() and not t.isfinite().all():
                 bad = ~torch.isfinite(t)
                 first = int(bad.reshape(n, -1).any(1).nonzero()[0])
                 raise ValueError(

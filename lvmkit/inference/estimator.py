@@ -56,7 +56,7 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
         warm_start: bool = False,
         dtype: str = "auto",
         device: str = "auto",
-        chunk_size: int = 65536,
+        chunk_size: int = 16384,
         threads: int | str | None = "auto",
     ):
         self.n_components = n_components

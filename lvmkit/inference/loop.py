@@ -73,7 +73,8 @@ class Algorithm:
     - ``step(index, keys, first, stop)``: one step on the datapoints ``index`` (this process's
       share of a global batch); returns the loss per datapoint of the global batch, or None if
       it has none until the epoch ends. ``keys`` seed the step's draws by the datapoints'
-      positions (``draws.PositionDraws``: the same draws on any number of processes). ``stop``
+      positions (``draws.PositionDraws``: the same draws on any number of processes; None
+      for an algorithm with ``draws = False``). ``stop``
       is this process's wish to stop; afterwards ``stop_requested`` says whether any process
       wished it.
     - ``end_epoch(losses)``: the epoch's loss per datapoint and whether the algorithm's own
@@ -88,6 +89,8 @@ class Algorithm:
     name = "algorithm"
     honours: frozenset[str] = frozenset()
     converges = False  # whether it has a stopping rule of its own (a ConvergenceWarning if unmet)
+    draws = True  # whether step draws random numbers (else it gets keys=None: hashing N keys per
+    # step is a tenth of a closed-form EM iteration)
     advice = ""  # what to change when it does not converge
     stop_requested = False
     device: torch.device
@@ -97,7 +100,8 @@ class Algorithm:
     def setup(self, data, batch_size: int) -> None:
         raise NotImplementedError
 
-    def step(self, index: Tensor, *, keys: Tensor, first: bool, stop: bool) -> float | None:
+    def step(self, index: Tensor, *, keys: Tensor | None, first: bool,
+             stop: bool) -> float | None:  # fmt: skip
         raise NotImplementedError
 
     def end_epoch(self, losses: list[float]) -> tuple[float, bool]:
@@ -369,7 +373,7 @@ class _Loop:
     def _step(self, index: Tensor, stop) -> None:
         a, s = self.a, self.s
         mine = index[shard_of(len(index), a.group)].to(a.device)  # this process's share
-        keys = draw_keys(self.seed, s.epoch, s.step, mine)
+        keys = draw_keys(self.seed, s.epoch, s.step, mine) if a.draws else None
         try:
             loss = a.step(mine, keys=keys, first=s.step == 0, stop=stop.signum is not None)
         except FloatingPointError as err:  # NonFiniteLossError: say where, and what is kept

@@ -24,15 +24,34 @@ from lvmkit.models.gmm import GaussianMixture
 from lvmkit.models.kmeans import INITS
 
 
-def _features(x: Tensor, diag: bool) -> Tensor:
-    """Per-point features whose linear maps give every quantity EM needs: (n, F) =
-    [x*x (diag) or vec(x x^T) (full), x, 1]."""
-    quad = x * x if diag else (x[:, :, None] * x[:, None, :]).flatten(1)
-    return torch.cat([quad, x, torch.ones_like(x[:, :1])], dim=1)
+def _pairs(d: int, device) -> tuple[Tensor, Tensor]:
+    """Row and column of each entry on or above the diagonal of a (d, d) matrix."""
+    return tuple(torch.triu_indices(d, d, device=device))
+
+
+def _features(x: Tensor, diag: bool, dtype: torch.dtype) -> Tensor:
+    """Per-point features whose linear maps give every quantity EM needs, one column per point,
+    computed in x's dtype and stored in ``dtype``: (F, n) = [x*x (diag) or x_i x_j for i <= j
+    (full, row by row), x, 1]. Points along columns: the E-step's per-point work then runs
+    over contiguous rows of length n."""
+    n, d = x.shape
+    xt = x.T.contiguous()
+    quad = d if diag else d * (d + 1) // 2
+    out = torch.empty(quad + d + 1, n, dtype=dtype, device=x.device)
+    if diag:
+        torch.mul(xt, xt, out=out[:d])
+    else:
+        row = 0
+        for i in range(d):  # x_i x_j for j >= i, in the order of _pairs
+            torch.mul(xt[i : i + 1], xt[i:], out=out[row : row + d - i])
+            row += d - i
+    out[quad : quad + d] = xt
+    out[-1] = 1
+    return out
 
 
 def _coefficients(weights: Tensor, means: Tensor, cov: Tensor, diag: bool) -> Tensor:
-    """A (F, K) with features(x) @ A = log w_k + log N(x | mu_k, Sigma_k), expanding
+    """A (K, F) with A @ features(x) = log w_k + log N(x | mu_k, Sigma_k), expanding
     -(x - mu)^T P (x - mu) / 2 = -x^T P x / 2 + x^T P mu - mu^T P mu / 2."""
     d = means.shape[1]
     if diag:
@@ -48,32 +67,45 @@ def _coefficients(weights: Tensor, means: Tensor, cov: Tensor, diag: bool) -> Te
                 "float64 (x.double()), or raise reg_covar"
             )
         prec = torch.cholesky_inverse(tril)  # (K, D, D)
-        quad, lin = -0.5 * prec.flatten(1), (prec @ means[:, :, None]).squeeze(-1)
+        i, j = _pairs(d, means.device)
+        quad = torch.where(i == j, -0.5, -1.0) * prec[:, i, j]  # x^T P x counts i != j twice
+        lin = (prec @ means[:, :, None]).squeeze(-1)
         const = -0.5 * (means * lin).sum(1) - tril.diagonal(dim1=-2, dim2=-1).log().sum(1)
     const = const + weights.log() - 0.5 * d * math.log(2 * math.pi)
-    return torch.cat([quad, lin, const[:, None]], dim=1).T
+    return torch.cat([quad, lin, const[:, None]], dim=1)
+
+
+def _weighted_sums(resp: Tensor, feats: Tensor, block: int = 2048) -> Tensor:
+    """resp @ feats.T: (K, F) from (K, n) and (F, n). A long reduction split into a batch of
+    shorter ones runs ~1.5x faster on two cores (measured with MKL for n >= 8192)."""
+    n = resp.shape[1]
+    if n < 4 * block or n % block:
+        return resp @ feats.T
+    r = resp.view(len(resp), n // block, block).transpose(0, 1)  # (n / block, K, block)
+    f = feats.view(len(feats), n // block, block).permute(1, 2, 0)  # (n / block, block, F)
+    return (r @ f).sum(0)
 
 
 def _e_step_stats(chunks, coef: Tensor, g) -> tuple[float, Tensor]:
-    """One pass over the feature chunks: the mean log-likelihood and the responsibilities'
-    sufficient statistics [sum r x*x or r x x^T, sum r x, sum r] per component: (K, F), summed
-    over chunks in float64 whatever the chunks' dtype. Under torchrun each process passes its
-    rows and the sums travel in one all-reduce."""
+    """One pass over the feature chunks (F, n): the mean log-likelihood and the
+    responsibilities' sufficient statistics [sum r x*x or r x_i x_j, sum r x, sum r] per
+    component, (K, F), summed over chunks in float64 whatever the chunks' dtype. Under torchrun
+    each process passes its rows and the sums travel in one all-reduce."""
     stats, total, n = 0.0, 0.0, 0
+    cut = math.log(torch.finfo(coef.dtype).eps) - 5
+    floor = 1.5 * math.exp(cut)  # between exp(cut) and the next value exp can give
     for feats in chunks():
-        log_joint = feats @ coef  # (n, K)
-        top = log_joint.max(1, keepdim=True).values
-        # Terms below eps * e^-5 of the largest change the sum by less than rounding: set them
-        # to 0 rather than exp them into denormals, which CPUs handle ~10x slower.
-        diff = log_joint - top
-        cut = math.log(torch.finfo(diff.dtype).eps) - 5
-        negligible = diff < cut
-        resp = diff.clamp_min_(cut).exp_().masked_fill_(negligible, 0.0)
-        norm = resp.sum(1, keepdim=True)
+        log_joint = coef @ feats  # (K, n)
+        top = log_joint.amax(0)
+        # Terms below eps * e^-5 of the largest change the sum by less than rounding: they are
+        # set to 0 rather than exp'd into denormals, which make the products below ~30x slower.
+        resp = log_joint.sub_(top).clamp_min_(cut).exp_()
+        resp = torch.nn.functional.threshold_(resp, floor, 0.0)
+        norm = resp.sum(0)
         resp /= norm
         total += float((top + norm.log()).double().sum())  # float64: N terms of ~ -20
-        stats = stats + (resp.T @ feats).double()
-        n += len(feats)
+        stats = stats + _weighted_sums(resp, feats).double()
+        n += feats.shape[1]
     totals = torch.tensor([total, n], dtype=torch.float64, device=stats.device)
     all_reduce_sum([stats, totals], g)
     return float(totals[0] / totals[1]), stats
@@ -92,17 +124,16 @@ def _variance_error(stats: Tensor, d: int, diag: bool) -> float:
     """The largest relative error float32 sums can put in a variance: the rounding of
     sum r x^2 over what is left after the mean's share cancels (a tight cluster far from the
     data's mean cancels most of it)."""
-    q = d if diag else d * d
-    sxx, sx, nk = stats[:, :q], stats[:, q : q + d], stats[:, -1:]
+    sxx, sx, nk = stats[:, : -d - 1], stats[:, -d - 1 : -1], stats[:, -1:]
     if not diag:
-        sxx = sxx.reshape(-1, d, d).diagonal(dim1=-2, dim2=-1)
+        i, j = _pairs(d, stats.device)
+        sxx = sxx[:, i == j]
     left = (sxx - sx * sx / nk.clamp_min(1e-300)).clamp_min(1e-300)
     return float((SUM_ROUNDING * sxx.abs() / left).max())
 
 
 def _m_step(n: int, stats: Tensor, d: int, diag: bool, reg_covar: float):
-    q = d if diag else d * d
-    sxx, sx, nk = stats[:, :q], stats[:, q : q + d], stats[:, -1]
+    sxx, sx, nk = stats[:, : -d - 1], stats[:, -d - 1 : -1], stats[:, -1]
     nk = nk + 10 * torch.finfo(nk.dtype).eps  # as scikit-learn: no empty component divides by 0
     means = sx / nk[:, None]
     if diag:
@@ -110,7 +141,11 @@ def _m_step(n: int, stats: Tensor, d: int, diag: bool, reg_covar: float):
         cov = (sxx / nk[:, None] - means**2).clamp_min(0) + reg_covar
     else:
         eye = torch.eye(d, dtype=means.dtype, device=means.device)
-        cov = sxx.reshape(-1, d, d) / nk[:, None, None] - means[:, :, None] * means[:, None, :]
+        i, j = _pairs(d, stats.device)
+        second = means.new_zeros(len(means), d, d)  # sum r x x^T from its upper triangle
+        second[:, i, j] = sxx
+        second[:, j, i] = sxx
+        cov = second / nk[:, None, None] - means[:, :, None] * means[:, None, :]
         cov = 0.5 * (cov + cov.transpose(-1, -2)) + reg_covar * eye
     return nk / n, means, cov
 
@@ -125,10 +160,11 @@ class MixtureEM(Algorithm):
 
     name = "mixture-em"
     converges = True
+    draws = False
     advice = "raise max_iter, loosen tol, or check for degenerate data"
 
     def __init__(self, gmm: GaussianMixture, *, device: torch.device, tol: float = 1e-3,
-                 init: str | None = "kmeans", seed: int = 0, chunk_size: int = 65536,
+                 init: str | None = "kmeans", seed: int = 0, chunk_size: int = 16384,
                  cache_bytes: int = 2**28, fast: bool = True):  # fmt: skip
         if not isinstance(gmm, GaussianMixture):
             raise TypeError(f"MixtureEM fits a GaussianMixture, got {type(gmm).__name__}")
@@ -158,9 +194,11 @@ class MixtureEM(Algorithm):
         if not x.is_floating_point():
             raise TypeError(f"EM fits floating-point data, got {x.dtype}: pass x.double()")
         self.gmm.check_data(x)
-        for start in range(0, len(x), self.chunk_size):
-            if not torch.isfinite(x[start : start + self.chunk_size]).all():
-                raise ValueError("x holds NaN/inf values; remove or impute them before fitting")
+        # the sum is finite when every value is (one cheap pass); one that overflows is looked at
+        size = self.chunk_size
+        chunks = (x[i : i + size] for i in range(0, len(x), size))
+        if not x.sum().isfinite() and not all(c.isfinite().all() for c in chunks):
+            raise ValueError("x holds NaN/inf values; remove or impute them before fitting")
         self.gmm.to(device=x.device, dtype=x.dtype)
         self.n, self.d = x.shape
         self.shift = x.mean(0)  # EM is shift-equivariant; centring keeps float32 sums accurate
@@ -172,7 +210,7 @@ class MixtureEM(Algorithm):
         self.exact_chunks = None if self.work != x.dtype else self.chunks
         self.rows = mine  # for the float64 features, built the first time an iteration needs them
         if self.work != x.dtype:  # the largest |feature| of each kind, for the error bounds
-            scale = torch.stack([f.abs().amax(0) for f in self.chunks()]).amax(0)
+            scale = torch.stack([f.abs().amax(1) for f in self.chunks()]).amax(0)
             self.feature_scale = scale.double()
         if self.init is not None:  # every process computes the same start from all the data
             self.gmm.initialize(x, method=self.init, seed=self.seed)
@@ -184,18 +222,16 @@ class MixtureEM(Algorithm):
         """A function giving this process's feature chunks in ``dtype``: built once and kept
         when they fit in cache_bytes, else rebuilt per chunk (memory bounded by the chunk size)."""
         size, diag = self.chunk_size, self.diag
-        width = (2 if diag else mine.shape[1] + 1) * mine.shape[1] + 1
+        d = mine.shape[1]
+        width = 2 * d + 1 if diag else d * (d + 1) // 2 + d + 1
         itemsize = torch.finfo(dtype).bits // 8
         if len(mine) * width * itemsize <= self.cache_bytes:
-            cached = [
-                _features(mine[i : i + size], diag).to(dtype) for i in range(0, len(mine), size)
-            ]
+            cached = [_features(mine[i : i + size], diag, dtype) for i in range(0, len(mine), size)]
             return lambda: iter(cached)
-        return lambda: (
-            _features(mine[i : i + size], diag).to(dtype) for i in range(0, len(mine), size)
-        )
+        starts = range(0, len(mine), size)
+        return lambda: (_features(mine[i : i + size], diag, dtype) for i in starts)
 
-    def step(self, index: Tensor, *, keys: Tensor, first: bool, stop: bool) -> float:
+    def step(self, index: Tensor, *, keys: None, first: bool, stop: bool) -> float:
         """One EM iteration over this process's rows (``index`` is all of them)."""
         self.previous = self.lower
         coef = _coefficients(self.weights, self.means, self.cov, self.diag)
@@ -216,7 +252,7 @@ class MixtureEM(Algorithm):
     def _fast_e_step(self, coef: Tensor) -> tuple[float, Tensor] | None:
         """The E-step in float32, or None where its worst-case error would pass a bound (every
         process agrees: the bound's vote and the sums are shared)."""
-        bound = torch.finfo(self.work).eps * (self.feature_scale @ coef.abs()).max()
+        bound = torch.finfo(self.work).eps * (coef.abs() @ self.feature_scale).max()
         if vote(float(bound) > FAST_LOG_DENSITY_ERROR, self.group):
             return None
         lower, stats = _e_step_stats(self.chunks, coef.to(self.work), self.group)
