@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 import lvmkit
 from lvmkit.inference import Trainer, resolve_device
+from lvmkit.inference.importance import default_particle_chunk
 
 D, H, Z = 784, 400, 16
 
@@ -136,7 +137,7 @@ def interleaved(contenders: dict, rounds: int) -> dict:
 def log_p_row(vae, x, k: int, rounds: int, device) -> None:
     model, guide = pyro_pair(vae)
     batch = 128
-    chunk = max(1, min(k, 65536 // batch))  # lvmkit's default particle chunk
+    chunk = default_particle_chunk(k, (x[:batch],))  # the same passes as lvmkit's
     contenders = {
         "torch": lambda: torch_log_p(vae, x, k, batch, chunk),
         "lvmkit": lambda: lvmkit.log_likelihood(model, guide, x, num_samples=k),
@@ -185,16 +186,22 @@ def main():
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=1000, help="test images for log p(x)")
+    parser.add_argument("--rows", default="log_p,iwae,ais", help="which rows to run")
+    parser.add_argument("--ks", default="500,5000", help="num_samples of the log_p rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     device = resolve_device(args.device)
-    n, ks, rounds, steps = (64, [20], 1, 2) if args.smoke else (1000, [500, 5000], args.rounds, 20)
+    n, ks, rounds, steps = (
+        (64, [20], 1, 2) if args.smoke else (args.images, [int(k) for k in args.ks.split(",")], args.rounds, 20)
+    )
     x = test_digits(device, n)
     torch.manual_seed(0)
     vae = VAE().to(device)
-    for k in ks:
+    rows = args.rows.split(",")
+    for k in ks if "log_p" in rows else []:
         log_p_row(vae, x, k, rounds, device)
-    for k in [10] if args.smoke else [10, 50]:
+    for k in ([10] if args.smoke else [10, 50]) if "iwae" in rows else []:
         iwae_row(vae, x if not args.smoke else x.repeat(2, 1), k, rounds, steps, device)
 
 

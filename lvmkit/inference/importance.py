@@ -5,6 +5,9 @@ Every sample site must sit inside ``pyro.plate("data", N)``, so the weights spli
 
 from __future__ import annotations
 
+import contextlib
+
+import pyro
 import torch
 from torch import Tensor
 
@@ -16,11 +19,26 @@ from lvmkit.inference.likelihood import (
     weight_summary,
 )
 from lvmkit.inference.programs import (
+    batch_rows,
     is_latent,
     particle_traces,
     per_datapoint,
     sum_out_enumerated,
 )
+
+# Particle-datapoints per vectorized pass by default. On a CPU, few enough that each pass's
+# tensors stay below the size the allocator hands back to the system when freed: fresh ones are
+# page-faulted in again on every pass (1.4x slower on a 784-400-400 VAE at 65536); on a GPU,
+# enough to fill it.
+PASS_SIZE = {"cpu": 4096}
+GPU_PASS_SIZE = 65536
+
+
+def default_particle_chunk(num_samples: int, args: tuple) -> int:
+    """Particles per pass over the batch ``args`` when the caller gives no ``particle_chunk``."""
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    per_pass = PASS_SIZE.get(device.type, GPU_PASS_SIZE)
+    return max(1, min(num_samples, per_pass // batch_rows(args)))
 
 
 def log_weights(model, guide, *args, num_samples: int = 1, plate_nesting: int) -> Tensor:
@@ -54,10 +72,11 @@ def log_likelihood(
     """log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per datapoint.
 
     data: a tensor, a tuple of tensors (passed positionally) or a Dataset. Particles are drawn
-    ``particle_chunk`` at a time (default: about 65k particle-datapoints per pass), so memory
-    stays bounded for K in the thousands. ``discrete`` (default: ImageData with levels) adds
-    bits per dimension. The modules behind model and guide are put in eval mode while
-    estimating. device: where to compute (None: where the modules' parameters are).
+    ``particle_chunk`` at a time (default: about 4096 particle-datapoints per pass on a CPU,
+    65536 on a GPU), so memory stays bounded for K in the thousands. ``discrete`` (default:
+    ImageData with levels) adds bits per dimension. The modules behind model and guide are
+    put in eval mode while estimating. device: where to compute (None: where the modules'
+    parameters are).
     params: the fit whose parameters to use (what ``lvmkit.fit`` returned), or a dict of
     ``pyro.param`` names to values (``result.params``, or values of your own); None uses Pyro's
     global parameter store, and warns about ``pyro.param`` sites that had no value there.
@@ -75,13 +94,16 @@ def log_likelihood(
     guide = guide or no_guide
     if particle_chunk is not None:
         check_count("particle_chunk", particle_chunk)
-    chunk = particle_chunk or max(1, min(num_samples, 65536 // batch_size))
 
     def estimate(batch, nesting, tick):
+        chunk = particle_chunk or default_particle_chunk(num_samples, batch)
         lse = lse2 = None
         for k0 in range(0, num_samples, chunk):
             k = min(chunk, num_samples - k0)
-            lw = log_weights(model, guide, *batch, num_samples=k, plate_nesting=nesting)
+            # The first pass checks the batch's values and parameters against their supports;
+            # the rest, the same data with other draws, skip the checks (~10% of the time).
+            with contextlib.nullcontext() if k0 == 0 else pyro.validation_enabled(False):
+                lw = log_weights(model, guide, *batch, num_samples=k, plate_nesting=nesting)
             parts = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
             lse = parts[0] if lse is None else torch.logaddexp(lse, parts[0])
             lse2 = parts[1] if lse2 is None else torch.logaddexp(lse2, parts[1])
