@@ -10,6 +10,9 @@ does not depend on how well the model fits.
   importance-sampling loop (the same particle chunks, logsumexp running over chunks).
 - ``iwae_step``: one ``elbo="iwae"`` gradient step of ``lvmkit.Trainer`` against a hand-written
   IWAE step (K = 10, 50; batch 128; Adam).
+- ``ais``: ``lvmkit.ais`` against a hand-written AIS with the same sigmoid schedule, pilot run
+  and HMC settings (16 chains, 100 temperatures, 5 leapfrog steps) on 32 test images, as chains
+  x temperatures per second.
 
 Contenders are interleaved in rounds and the medians reported, one thread each.
 
@@ -34,6 +37,7 @@ from torch.nn import functional as F
 
 import lvmkit
 from lvmkit.inference import Trainer, resolve_device
+from lvmkit.inference.annealing import sigmoid_schedule
 from lvmkit.inference.importance import default_particle_chunk
 
 D, H, Z = 784, 400, 16
@@ -110,6 +114,60 @@ def torch_iwae_step(vae: VAE, opt, x, k: int) -> float:
     return float(loss.detach()) / len(x)
 
 
+def torch_ais(vae: VAE, x, chains: int, steps: int, leapfrog: int, step_size: float):
+    """log p(x) per datapoint by AIS from q(z|x) to p(x, z), as lvmkit.ais runs it: a pilot of
+    4 chains adapts one step size per temperature and datapoint, then ``chains`` chains follow
+    that schedule."""
+    betas = sigmoid_schedule(steps).tolist()
+    with torch.no_grad():
+        loc, scale = vae.q(x)
+    schedule = torch_anneal(vae, x, loc, scale, 4, betas, leapfrog, step_size)[1]
+    lw = torch_anneal(vae, x, loc, scale, chains, betas, leapfrog, schedule)[0]
+    return lw.logsumexp(0) - math.log(chains)
+
+
+def torch_anneal(vae, x, loc, scale, k, betas, leapfrog, step_sizes):
+    """Log weights (k, B) and the step sizes used (T - 1, B); ``step_sizes`` a number adapts."""
+
+    def target(z, beta):
+        z = z.detach().requires_grad_()
+        log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log()).sum(-1)
+        log_p = (-0.5 * z**2).sum(-1) - F.binary_cross_entropy_with_logits(
+            vae.dec(z), x.expand(k, -1, -1), reduction="none"
+        ).sum(-1)
+        log_f = beta * log_p + (1 - beta) * log_q
+        (grad,) = torch.autograd.grad(log_f.sum(), z)
+        return log_f.detach(), (log_p - log_q).detach(), grad
+
+    adapt = not torch.is_tensor(step_sizes)
+    eps = torch.full((len(x),), float(step_sizes)) if adapt else None
+    z = (loc + scale * torch.randn(k, *loc.shape)).detach()
+    lw, used = 0.0, []
+    for t in range(1, len(betas)):
+        log_f, delta, grad = target(z, betas[t])
+        lw = lw + (betas[t] - betas[t - 1]) * delta
+        if t == len(betas) - 1:
+            break
+        eps = eps if adapt else step_sizes[t - 1]
+        used.append(eps)
+        e = eps[:, None]
+        p0 = torch.randn_like(z)
+        q, p = z, p0 + 0.5 * e * grad
+        for i in range(leapfrog):
+            q = q + e * p
+            new_log_f, _, new_grad = target(q, betas[t])
+            p = p + (0.5 if i == leapfrog - 1 else 1.0) * e * new_grad
+        h0 = -log_f + 0.5 * p0.square().sum(-1)
+        h1 = -new_log_f + 0.5 * p.square().sum(-1)
+        accept = torch.isfinite(h1) & (
+            torch.rand_like(h0).log() < (h0 - h1).nan_to_num(nan=-math.inf)
+        )
+        z = torch.where(accept[..., None], q, z)
+        if adapt:
+            eps = eps * torch.exp(accept.float().mean(0) - 0.65)
+    return lw, torch.stack(used)
+
+
 def test_digits(device, n: int) -> torch.Tensor:
     try:
         x = lvmkit.data.load("mnist5k").part("test").x[:n] / 255
@@ -181,6 +239,35 @@ def iwae_row(vae, x, k: int, rounds: int, steps: int, device) -> None:
     }), flush=True)  # fmt: skip
 
 
+def ais_row(vae, x, rounds: int, device, chains: int, steps: int) -> None:
+    model, guide = pyro_pair(vae)
+    settings = dict(leapfrog_steps=5, step_size=0.05)
+    contenders = {
+        "torch": lambda: torch_ais(vae, x, chains, steps, 5, 0.05),
+        "lvmkit": lambda: (
+            lvmkit.ais(
+                model,
+                x,
+                guide=guide,
+                num_samples=chains,
+                steps=steps,
+                batch_size=len(x),
+                **settings,
+            ).values
+        ),  # fmt: skip
+    }
+    med = interleaved(contenders, rounds)
+    values = [round(float(contenders[c]().mean()), 3) for c in ("lvmkit", "torch")]
+    work = chains * steps * len(x)  # chain-temperatures
+    print(json.dumps({
+        "benchmark": "estimators", "row": "ais", "chains": chains, "steps": steps,
+        "leapfrog_steps": 5, "images": len(x), "device": str(device),
+        "torch_chain_steps_per_s": round(work / med["torch"]),
+        "lvmkit_chain_steps_per_s": round(work / med["lvmkit"]),
+        "lvmkit_over_torch": round(med["lvmkit"] / med["torch"], 3), "mean_log_p": values,
+    }), flush=True)  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
@@ -193,7 +280,9 @@ def main():
     torch.set_num_threads(1)
     device = resolve_device(args.device)
     n, ks, rounds, steps = (
-        (64, [20], 1, 2) if args.smoke else (args.images, [int(k) for k in args.ks.split(",")], args.rounds, 20)
+        (64, [20], 1, 2)
+        if args.smoke
+        else (args.images, [int(k) for k in args.ks.split(",")], args.rounds, 20)
     )
     x = test_digits(device, n)
     torch.manual_seed(0)
@@ -203,6 +292,9 @@ def main():
         log_p_row(vae, x, k, rounds, device)
     for k in ([10] if args.smoke else [10, 50]) if "iwae" in rows else []:
         iwae_row(vae, x if not args.smoke else x.repeat(2, 1), k, rounds, steps, device)
+    if "ais" in rows:
+        chains, temperatures, images = (2, 3, 4) if args.smoke else (16, 100, 32)
+        ais_row(vae, x[:images], rounds, device, chains, temperatures)
 
 
 if __name__ == "__main__":
