@@ -1,5 +1,6 @@
 import math
 import signal
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -121,6 +122,7 @@ def test_nan_loss_names_epoch_and_step_and_keeps_checkpoint(xs, tmp_path):
             batch_size=50,
             progress=False,
             checkpoint_dir=tmp_path,
+            jit=False,  # the model counts its calls, Python state a trace would freeze
         )
     ckpt = lvmkit.inference.load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["loop"]["epoch"] == 1 and len(ckpt["loop"]["losses"]) == 1
@@ -322,7 +324,7 @@ def test_jit_fits_the_same_and_runs_the_python_once_per_batch_shape(xs):
     def count():
         calls["n"] += 1
 
-    eager = lvmkit.fit(*user_pair(hook=count), xs, **kw)
+    eager = lvmkit.fit(*user_pair(hook=count), xs, jit=False, **kw)
     assert calls["n"] == 2 + 15 + 3  # init (guide check, loss), 3 x 5 steps, 3 validations
     calls["n"] = 0
     traced = lvmkit.fit(*user_pair(hook=count), xs, jit=True, **kw)
@@ -332,6 +334,55 @@ def test_jit_fits_the_same_and_runs_the_python_once_per_batch_shape(xs):
     assert traced.losses == pytest.approx(eager.losses, rel=1e-6)
     assert traced.val_losses == pytest.approx(eager.val_losses, rel=1e-6)
     assert allclose_params(traced.params, eager.params)
+
+
+def test_by_default_a_traceable_model_runs_from_its_trace_and_fits_the_same(xs):
+    kw = dict(epochs=2, batch_size=48, lr=0.02, progress=False, seed=3)
+    default, eager = (
+        lvmkit.fit(*user_pair(), xs, **kw),
+        lvmkit.fit(*user_pair(), xs, jit=False, **kw),
+    )
+    assert default.info["jit"] == "traced" and eager.info["jit"] == "not traced: jit=False"
+    assert default.losses == pytest.approx(eager.losses, rel=1e-6)
+    assert allclose_params(default.params, eager.params)
+
+
+def test_by_default_what_cannot_be_traced_runs_the_model_silently_and_says_so(xs):
+    model, guide = user_pair()
+
+    def reading_model(x):
+        if float(x.abs().mean()) > 1e9:  # a tensor read into Python stops a trace
+            raise AssertionError
+        model(x)
+
+    kw = dict(epochs=2, batch_size=50, lr=0.05, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read = lvmkit.fit(reading_model, guide, xs, **kw)
+        meanfield = lvmkit.fit(*user_pair(), xs, elbo="meanfield", **kw)
+    assert read.info["jit"].startswith("not traced: the step cannot be traced")
+    assert (
+        meanfield.info["jit"] == "not traced: Pyro's TraceMeanField_ELBO reads tensors into Python"
+    )
+
+
+def test_by_default_python_state_is_caught_by_the_early_checks(xs):
+    """A model whose loss follows a Python counter: the default checks the trace at steps 1, 2,
+    4, ...; a mismatch before any step ran from the trace falls back silently, and one after
+    warns, saying how many steps did."""
+    model, guide = user_pair()
+    calls = {"n": 0}
+
+    def model_with_state(x):
+        calls["n"] += 1
+        with pyro.poutine.scale(scale=1.0 + (calls["n"] > 6)):  # changes at the 7th call
+            model(x)
+
+    kw = dict(epochs=1, batch_size=10, lr=0.02, progress=False)
+    with pytest.warns(UserWarning, match=r"jit='auto': the traced step gives .* \(4 steps ran"):
+        r = lvmkit.fit(model_with_state, guide, xs, **kw)
+    # steps 1, 2, 4 and 8 are checked: 3, 5, 6 and 7 ran from the trace, the last three wrongly
+    assert r.info["jit"].endswith("(after 4 traced steps)")
 
 
 def test_jit_keeps_no_grad_regions_out_of_the_gradient(xs):
@@ -474,8 +525,6 @@ def test_a_checkpoint_from_before_the_num_samples_rename_resumes(xs, tmp_path):
 def test_estimators_use_the_fitted_parameters_or_say_they_did_not(xs):
     """After fit, log_likelihood and posterior take the fit (params=result) and use its values;
     without it, a pyro.param site with no value is initialised afresh, with a warning."""
-    import warnings
-
     model, guide = user_pair()
     r = lvmkit.fit(model, guide, xs, epochs=5, lr=0.05, progress=False)
     fitted_noise = float(r.params["noise"])

@@ -85,6 +85,9 @@ class SVI(Algorithm):
     def params(self) -> dict[str, Tensor]:
         return self.trainer.params()
 
+    def info(self) -> dict:
+        return {"jit": self.trainer.jit_note}
+
     @property
     def unseeded(self) -> set[str]:
         return self.trainer.unseeded
@@ -110,7 +113,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    jit: bool = False,
+    jit: bool | str = "auto",
     threads: int | str | None = None,
     callbacks: list[Callable[[dict], None]] = (),
 ) -> FitResult:
@@ -134,7 +137,10 @@ def fit(
     overwrite: start afresh over a checkpoint already in ``checkpoint_dir``; without it (or
         ``resume``) a checkpoint there is refused, never silently replaced.
     jit: run the steps from a trace of the loss (see ``Trainer``): same draws, same results,
-        less Python per step; for models without data-dependent Python.
+        less Python per step. "auto" (the default) traces where the model allows and runs the
+        model itself where it does not (``FitResult.info["jit"]`` says which); True warns when
+        it cannot trace; False never traces (for a model whose Python keeps state a trace
+        would freeze).
     threads: torch threads for this process (``torch.set_num_threads``); "auto" takes the
         cores not busy with other work, shared among torchrun's processes; None (the default)
         leaves torch's setting as it is.

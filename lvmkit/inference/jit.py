@@ -16,6 +16,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from lvmkit.inference.draws import PositionDraws
 
+# Objectives whose Pyro implementation reads tensors into Python, which stops any trace.
+UNTRACEABLE = {
+    "meanfield": "Pyro's TraceMeanField_ELBO reads tensors into Python",
+    "enum": "Pyro's TraceEnum_ELBO reads tensors into Python",
+}
+
 
 class TracedLoss:
     """``loss.differentiable_loss(model, guide, *batch)`` as a function of the parameters
@@ -23,13 +29,16 @@ class TracedLoss:
 
     ``aside`` is a context manager that undoes what the code inside does to random streams and
     module buffers: the tracing run's draws are put back, so traced steps see the draws the
-    model's own steps would. Whatever stops a trace turns jit off with a warning (``active``
-    becomes False) and the caller runs the model itself from then on.
+    model's own steps would. Whatever stops a trace turns jit off (``active`` becomes False,
+    ``why`` says why) and the caller runs the model itself from then on: with a warning, or,
+    when ``quiet``, silently where no step has run from a trace yet (nothing was computed
+    differently).
     """
 
-    def __init__(self, loss, model, guide, aside):
+    def __init__(self, loss, model, guide, aside, *, quiet: bool = False):
         self.loss, self.model, self.guide, self.aside = loss, model, guide, aside
-        self.active = True
+        self.active, self.quiet, self.why = True, quiet, None
+        self.traced_steps = 0  # steps whose loss came from a trace
         self._traces: dict[tuple, torch.fx.GraphModule] = {}
 
     def get(self, leaves: list[Tensor], batch: tuple, keys: Tensor | None = None):
@@ -70,9 +79,20 @@ class TracedLoss:
                 f"the traced step gives loss {float(traced):.6g} where the model gives "
                 f"{float(loss):.6g} from the same draws; the model keeps state outside "
                 "tensors or branches on data, which a trace freezes"
+                + (f" ({self.traced_steps} steps ran from the trace)" if self.traced_steps else "")
             )
 
+    @property
+    def note(self) -> str:
+        """ "traced", or "not traced: WHY", with the steps that ran from a trace before."""
+        if self.active:
+            return "traced"
+        ran = f" (after {self.traced_steps} traced steps)" if self.traced_steps else ""
+        return f"not traced: {self.why}{ran}"
+
     def stop(self, why: str) -> None:
-        warnings.warn(f"jit=True: {why}. Running without jit from here on.", stacklevel=5)
-        self.active = False
+        if not self.quiet or self.traced_steps:
+            setting = "jit='auto'" if self.quiet else "jit=True"
+            warnings.warn(f"{setting}: {why}. Running without jit from here on.", stacklevel=5)
+        self.active, self.why = False, why
         self._traces.clear()

@@ -19,7 +19,7 @@ from lvmkit.core.rng import draw_keys, drawn_by, seeded
 from lvmkit.data import as_dataset
 from lvmkit.inference.draws import PositionDraws
 from lvmkit.inference.elbo import make_elbo
-from lvmkit.inference.jit import TracedLoss
+from lvmkit.inference.jit import UNTRACEABLE, TracedLoss
 from lvmkit.inference.programs import (
     modules_behind,
     on_device,
@@ -79,13 +79,16 @@ class Trainer:
     ``evaluate``. ``fit`` validates the first step of every epoch only: on a small VAE the checks
     cost ~8% of a step.
 
-    ``jit=True`` traces the loss into a graph of torch ops (``make_fx``, one trace per batch
-    shape) and runs the unvalidated steps from it: the Pyro program's Python runs once, not per
-    step, which on a small VAE makes a step cost what a hand-written PyTorch step does. A trace
-    freezes Python: a model that branches on data or keeps state outside tensors must not be
-    traced. A tensor read into Python (``.item()``, ``float(t)``) stops the trace and the fit
-    goes on without jit, with a warning; every validated step runs the model itself and checks
-    that the trace gives the same loss from the same draws, and falls back the same way if not.
+    ``jit`` (default "auto") traces the loss into a graph of torch ops (``make_fx``, one trace
+    per batch shape) and runs the unvalidated steps from it: the Pyro program's Python runs
+    once, not per step, which on a small VAE makes a step cost what a hand-written PyTorch step
+    does. A trace freezes Python: a model that branches on data or keeps state outside tensors
+    cannot be traced. A tensor read into Python (``.item()``, ``float(t)``) stops the trace and
+    the fit goes on running the model itself; every validated step, and under "auto" also the
+    1st, 2nd, 4th, 8th, ... step, runs the model itself and checks that the trace gives the same
+    loss from the same draws, and falls back the same way if not. ``jit=True`` warns at any
+    fallback; "auto" falls back silently where no step has yet run from the trace (``jit_note``
+    says what happened), and warns where some had. ``jit=False`` never traces.
     """
 
     def __init__(
@@ -98,7 +101,7 @@ class Trainer:
         optimizer: str | Callable = "adam",
         lr: float = 1e-3,
         device: str | torch.device = "auto",
-        jit: bool = False,
+        jit: bool | str = "auto",
     ):
         if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
             raise ValueError(
@@ -108,7 +111,8 @@ class Trainer:
         if not callable(optimizer) and not isinstance(optimizer, str):
             raise TypeError(f"optimizer must be a name or a callable, got {optimizer!r}")
         check_number("lr", lr)
-        check_flag("jit", jit)
+        if jit != "auto":
+            check_flag("jit", jit)
         self.model, self.guide = model, guide
         self.loss = make_elbo(elbo, num_samples) if isinstance(elbo, str) else elbo
         self.elbo_name = elbo if isinstance(elbo, str) else None
@@ -122,13 +126,21 @@ class Trainer:
         self.param_state = {"params": {}, "constraints": {}}  # this trainer's own param store
         self.param_names: list[str] = []
         self.optimizer: torch.optim.Optimizer | None = None
-        self.traced = TracedLoss(self.loss, model, guide, self._aside) if jit else None
+        quiet = jit == "auto"  # a fallback before any traced step is silent, and noted
+        self.traced = TracedLoss(self.loss, model, guide, self._aside, quiet=quiet) if jit else None
+        if quiet and isinstance(elbo, str) and elbo in UNTRACEABLE:  # stops a trace: not tried
+            self.traced.stop(UNTRACEABLE[elbo])
         self._in_scope = False
 
     @property
     def jit(self) -> bool:
         """Whether steps run from a trace (False after a fallback)."""
         return self.traced is not None and self.traced.active
+
+    @property
+    def jit_note(self) -> str:
+        """How the steps ran: "traced", or "not traced: WHY" (WHY: what stopped the trace)."""
+        return "not traced: jit=False" if self.traced is None else self.traced.note
 
     @contextmanager
     def scope(self):
@@ -285,7 +297,12 @@ class Trainer:
         """The step's loss: from the trace, or from the model (checked against the trace)."""
         trace = self.traced.get(self.leaves(), batch, keys) if self.jit else None
         extra = () if keys is None else (keys,)
-        if trace is not None and not validate:
+        step = self.steps + 1  # "auto" also checks steps 1, 2, 4, 8, ...: log2(steps) checks
+        checked = validate or (
+            self.traced is not None and self.traced.quiet and not step & (step - 1)
+        )
+        if trace is not None and not checked:
+            self.traced.traced_steps += 1
             return trace(*self.leaves(), *batch, *extra)
         expected = None if trace is None else self.traced.replay(trace, self.leaves(), batch, keys)
         draws = PositionDraws(keys) if keys is not None else nullcontext()

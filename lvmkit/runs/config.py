@@ -43,7 +43,7 @@ FIT_DEFAULTS = {
     "restore_best": None,  # None: restore the best validation epoch when patience is set
     "seed": 0,
     "device": "auto",
-    "jit": False,
+    "jit": "auto",
     "threads": "auto",  # torch threads per process: the cores not busy, shared out
 }
 # One line on each [data] and [fit] key, for ``lvmkit fit NAME --help``.
@@ -64,7 +64,7 @@ KEY_HELP = {
     "restore_best": "end with the best validation epoch's parameters (default: with patience)",
     "seed": "seed of the fit's draws and batch order",
     "device": "auto, cpu, cuda or cuda:N",
-    "jit": "run the steps from a trace of the loss",
+    "jit": "run the steps from a trace of the loss: auto (where the model allows), true, false",
     "threads": "torch threads per process (default: the cores not busy, shared out)",
 }
 RENAMED = {"num_particles": "num_samples"}  # keys older runs wrote -> their names now
@@ -90,7 +90,7 @@ TABLE_TYPES = {
         "restore_best": bool | None,
         "seed": int,
         "device": str,
-        "jit": bool,
+        "jit": bool | str,
         "threads": int | str | None,
     },
 }
@@ -237,6 +237,8 @@ def _value_problem(key: str, value, hint, default) -> str | None:
         return f"must be one of {sorted(CHOICES[key])}"
     if key == "threads" and isinstance(value, str) and value != "auto":
         return "must be a positive int or 'auto'"
+    if key == "jit" and isinstance(value, str) and value != "auto":
+        return "must be true, false or 'auto'"
     if key == "levels" and value is not None and value < 2:
         return "must be at least 2 (the number of values a pixel takes)"
     if key == "val_fraction" and not 0 < value < 1:
