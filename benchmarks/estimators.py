@@ -11,8 +11,8 @@ does not depend on how well the model fits.
 - ``iwae_step``: one ``elbo="iwae"`` gradient step of ``lvmkit.Trainer`` against a hand-written
   IWAE step (K = 10, 50; batch 128; Adam).
 - ``ais``: ``lvmkit.ais`` against a hand-written AIS with the same sigmoid schedule, pilot run
-  and HMC settings (16 chains, 100 temperatures, 5 leapfrog steps) on 32 test images, as chains
-  x temperatures per second.
+  and HMC settings (16 chains, 100 temperatures, 5 leapfrog steps) on 128 test images (one
+  batch of ais's default size), as chains x temperatures per second.
 
 Contenders are interleaved in rounds and the medians reported, one thread each.
 
@@ -177,19 +177,16 @@ def test_digits(device, n: int) -> torch.Tensor:
     return (x > 0.5).float().flatten(1).to(device)
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def interleaved(contenders: dict, rounds: int) -> dict:
-    """Median seconds of each contender (a function of no arguments), in alternating order."""
-    seconds = {c: [] for c in contenders}
+def interleaved(contenders: dict, rounds: int) -> tuple[dict, dict]:
+    """Median seconds of each contender (a function of no arguments), in alternating order,
+    and what each returned last."""
+    seconds, out = {c: [] for c in contenders}, {}
     for r in range(rounds):
         for name in list(contenders) if r % 2 == 0 else list(contenders)[::-1]:
-            seconds[name].append(timed(contenders[name]))
-    return {c: statistics.median(v) for c, v in seconds.items()}
+            t0 = time.perf_counter()
+            out[name] = contenders[name]()
+            seconds[name].append(time.perf_counter() - t0)
+    return {c: statistics.median(v) for c, v in seconds.items()}, out
 
 
 def log_p_row(vae, x, k: int, rounds: int, device) -> None:
@@ -200,8 +197,8 @@ def log_p_row(vae, x, k: int, rounds: int, device) -> None:
         "torch": lambda: torch_log_p(vae, x, k, batch, chunk),
         "lvmkit": lambda: lvmkit.log_likelihood(model, guide, x, num_samples=k),
     }
-    med = interleaved(contenders, rounds)
-    values = float(contenders["lvmkit"]().values.mean()), float(contenders["torch"]().mean())
+    med, out = interleaved(contenders, rounds)
+    values = float(out["lvmkit"].values.mean()), float(out["torch"].mean())
     print(json.dumps({
         "benchmark": "estimators", "row": "log_p", "num_samples": k, "images": len(x),
         "device": str(device), "torch_s": round(med["torch"], 3),
@@ -230,7 +227,7 @@ def iwae_row(vae, x, k: int, rounds: int, steps: int, device) -> None:
     def steps_of(step):
         return lambda: [step(batches[i % len(batches)]) for i in range(steps)]
 
-    med = interleaved({name: steps_of(step) for name, step in one_step.items()}, rounds)
+    med = interleaved({name: steps_of(step) for name, step in one_step.items()}, rounds)[0]
     print(json.dumps({
         "benchmark": "estimators", "row": "iwae_step", "num_samples": k, "batch": 128,
         "device": str(device), "torch_ms": round(1e3 * med["torch"] / steps, 2),
@@ -256,8 +253,8 @@ def ais_row(vae, x, rounds: int, device, chains: int, steps: int) -> None:
             ).values
         ),  # fmt: skip
     }
-    med = interleaved(contenders, rounds)
-    values = [round(float(contenders[c]().mean()), 3) for c in ("lvmkit", "torch")]
+    med, out = interleaved(contenders, rounds)
+    values = [round(float(out[c].mean()), 3) for c in ("lvmkit", "torch")]
     work = chains * steps * len(x)  # chain-temperatures
     print(json.dumps({
         "benchmark": "estimators", "row": "ais", "chains": chains, "steps": steps,
@@ -293,7 +290,7 @@ def main():
     for k in ([10] if args.smoke else [10, 50]) if "iwae" in rows else []:
         iwae_row(vae, x if not args.smoke else x.repeat(2, 1), k, rounds, steps, device)
     if "ais" in rows:
-        chains, temperatures, images = (2, 3, 4) if args.smoke else (16, 100, 32)
+        chains, temperatures, images = (2, 3, 4) if args.smoke else (16, 100, 128)
         ais_row(vae, x[:images], rounds, device, chains, temperatures)
 
 

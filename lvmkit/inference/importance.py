@@ -28,8 +28,8 @@ from lvmkit.inference.programs import (
 
 # Particle-datapoints per vectorized pass by default. On a CPU, few enough that each pass's
 # tensors stay below the size the allocator hands back to the system when freed: fresh ones are
-# page-faulted in again on every pass (1.4x slower on a 784-400-400 VAE at 65536); on a GPU,
-# enough to fill it.
+# page-faulted in again on every pass (a 784-400-400 VAE: 1.4x slower at 65536; at 2048 the
+# passes are many enough for their Python to cost 1.1x at K = 5000); on a GPU, enough to fill it.
 PASS_SIZE = {"cpu": 4096}
 GPU_PASS_SIZE = 65536
 
