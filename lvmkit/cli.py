@@ -32,7 +32,7 @@ run.toml holds up to three tables, each optional; unknown keys are an error:
   [data]  name = "digits", split_seed = 0, val_fraction = 0.1, image_shape = [1, 28, 28]
   [model] the model's settings, e.g. z_dim = 8, likelihood = "categorical", net = "conv"
   [fit]   inference = "svi", epochs = 100, batch_size = 64, lr = 1e-3, optimizer = "adam",
-          elbo = "elbo", num_samples = 1, patience = 20, seed = 0, device = "auto", jit = "auto"
+          elbo = "elbo", num_samples = 1, patience = 20, seed = 0, device = "auto", jit = false
 """
 DEMO_EPOCHS = 200
 # Flags that are short for a setting: flag name -> (table, key).
@@ -150,8 +150,8 @@ def _fit_parser(sub, argv: list[str]) -> None:
                    help="continue the run in OUT with its own settings")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the steps from a trace of the loss (default: where the model "
-                   "allows)")  # fmt: skip
+                   help="run the steps from a trace of the loss (for a model whose Python "
+                   "keeps no state between calls)")  # fmt: skip
     p.add_argument("--inference", choices=["svi", "em"], help="svi (default), or em for gmm")
     p.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
                    help="a setting, as in the TOML: --set model.z_dim=16 --set fit.elbo=iwae "

@@ -113,7 +113,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    jit: bool | str = "auto",
+    jit: bool | str = False,
     threads: int | str | None = None,
     callbacks: list[Callable[[dict], None]] = (),
 ) -> FitResult:
@@ -137,10 +137,10 @@ def fit(
     overwrite: start afresh over a checkpoint already in ``checkpoint_dir``; without it (or
         ``resume``) a checkpoint there is refused, never silently replaced.
     jit: run the steps from a trace of the loss (see ``Trainer``): same draws, same results,
-        less Python per step. "auto" (the default) traces where the model allows and runs the
-        model itself where it does not (``FitResult.info["jit"]`` says which); True warns when
-        it cannot trace; False never traces (for a model whose Python keeps state a trace
-        would freeze).
+        less Python per step, for a model whose Python keeps no state between calls (a trace
+        freezes it). "auto" traces where the model allows and runs the model itself where it
+        does not (``FitResult.info["jit"]`` says which); True warns when it cannot trace;
+        False (the default) never traces.
     threads: torch threads for this process (``torch.set_num_threads``); "auto" takes the
         cores not busy with other work, shared among torchrun's processes; None (the default)
         leaves torch's setting as it is.

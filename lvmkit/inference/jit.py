@@ -63,6 +63,9 @@ class TracedLoss:
                     self._traces[key] = make_fx(loss_fn, pre_dispatch=True)(*leaves, *batch, *extra)
                 except Exception as err:  # whatever stops the trace, the model still runs
                     what = str(err).strip().split("\n")[0][:300]
+                    if "value out of a tracing tensor" in what:
+                        return self.stop("the model reads a tensor into Python (.item(), "
+                                         "float(t), or a branch on a value)")  # fmt: skip
                     return self.stop(f"the step cannot be traced ({type(err).__name__}: {what})")
         return self._traces[key]
 
@@ -76,10 +79,9 @@ class TracedLoss:
         loss = loss.detach()
         if not torch.allclose(traced, loss, rtol=1e-4, atol=1e-6):
             self.stop(
-                f"the traced step gives loss {float(traced):.6g} where the model gives "
+                f"the traced step gives batch loss {float(traced):.6g} where the model gives "
                 f"{float(loss):.6g} from the same draws; the model keeps state outside "
                 "tensors or branches on data, which a trace freezes"
-                + (f" ({self.traced_steps} steps ran from the trace)" if self.traced_steps else "")
             )
 
     @property
@@ -93,6 +95,9 @@ class TracedLoss:
     def stop(self, why: str) -> None:
         if not self.quiet or self.traced_steps:
             setting = "jit='auto'" if self.quiet else "jit=True"
-            warnings.warn(f"{setting}: {why}. Running without jit from here on.", stacklevel=5)
+            ran = (
+                f" after {self.traced_steps} steps ran from the trace" if self.traced_steps else ""
+            )
+            warnings.warn(f"{setting}: {why}{ran}. Running without jit from here on.", stacklevel=5)
         self.active, self.why = False, why
         self._traces.clear()

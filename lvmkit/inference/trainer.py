@@ -79,16 +79,18 @@ class Trainer:
     ``evaluate``. ``fit`` validates the first step of every epoch only: on a small VAE the checks
     cost ~8% of a step.
 
-    ``jit`` (default "auto") traces the loss into a graph of torch ops (``make_fx``, one trace
-    per batch shape) and runs the unvalidated steps from it: the Pyro program's Python runs
-    once, not per step, which on a small VAE makes a step cost what a hand-written PyTorch step
-    does. A trace freezes Python: a model that branches on data or keeps state outside tensors
-    cannot be traced. A tensor read into Python (``.item()``, ``float(t)``) stops the trace and
-    the fit goes on running the model itself; every validated step, and under "auto" also the
-    1st, 2nd, 4th, 8th, ... step, runs the model itself and checks that the trace gives the same
-    loss from the same draws, and falls back the same way if not. ``jit=True`` warns at any
-    fallback; "auto" falls back silently where no step has yet run from the trace (``jit_note``
-    says what happened), and warns where some had. ``jit=False`` never traces.
+    ``jit`` traces the loss into a graph of torch ops (``make_fx``, one trace per batch shape)
+    and runs the unvalidated steps from it: the Pyro program's Python runs once, not per step,
+    which on a small VAE makes a step cost what a hand-written PyTorch step does. A trace
+    freezes Python, so it is off by default: a model whose Python keeps state between calls (a
+    call counter driving an annealing schedule) would run with that state frozen, and no check
+    can see it when the state only changes between the calls a check makes. A tensor read into
+    Python (``.item()``, ``float(t)``) stops the trace and the fit goes on running the model
+    itself; every validated step, and under "auto" also the 1st, 2nd, 4th, 8th, ... step, runs
+    the model itself and checks that the trace gives the same loss from the same draws, and
+    falls back the same way if not. ``jit=True`` warns at any fallback; "auto" falls back
+    silently where no step has yet run from the trace (``jit_note`` says what happened) and
+    warns where some had.
     """
 
     def __init__(
@@ -101,7 +103,7 @@ class Trainer:
         optimizer: str | Callable = "adam",
         lr: float = 1e-3,
         device: str | torch.device = "auto",
-        jit: bool | str = "auto",
+        jit: bool | str = False,
     ):
         if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
             raise ValueError(

@@ -43,7 +43,7 @@ FIT_DEFAULTS = {
     "restore_best": None,  # None: restore the best validation epoch when patience is set
     "seed": 0,
     "device": "auto",
-    "jit": "auto",
+    "jit": False,
     "threads": "auto",  # torch threads per process: the cores not busy, shared out
 }
 # One line on each [data] and [fit] key, for ``lvmkit fit NAME --help``.
@@ -64,7 +64,7 @@ KEY_HELP = {
     "restore_best": "end with the best validation epoch's parameters (default: with patience)",
     "seed": "seed of the fit's draws and batch order",
     "device": "auto, cpu, cuda or cuda:N",
-    "jit": "run the steps from a trace of the loss: auto (where the model allows), true, false",
+    "jit": "run the steps from a trace of the loss: false, true, or auto (where it can)",
     "threads": "torch threads per process (default: the cores not busy, shared out)",
 }
 RENAMED = {"num_particles": "num_samples"}  # keys older runs wrote -> their names now
