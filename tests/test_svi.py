@@ -345,6 +345,11 @@ def test_jit_auto_runs_a_traceable_model_from_its_trace_and_fits_the_same(xs):
     assert allclose_params(default.params, eager.params)
 
 
+def test_an_unknown_jit_setting_is_refused_naming_the_choices():
+    with pytest.raises(TypeError, match=r"jit must be True, False or 'auto', got 'yes'"):
+        Trainer(*user_pair(), jit="yes")
+
+
 def test_jit_auto_runs_what_cannot_be_traced_silently_and_says_so(xs):
     model, guide = user_pair()
 

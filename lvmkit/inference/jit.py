@@ -86,7 +86,7 @@ class TracedLoss:
 
     @property
     def note(self) -> str:
-        """ "traced", or "not traced: WHY", with the steps that ran from a trace before."""
+        """How the steps ran: "traced", or "not traced: WHY" (and the traced steps before)."""
         if self.active:
             return "traced"
         ran = f" (after {self.traced_steps} traced steps)" if self.traced_steps else ""

@@ -12,7 +12,7 @@ import pyro
 import torch
 from torch import Tensor
 
-from lvmkit.core.checks import check_flag, check_number
+from lvmkit.core.checks import check_number
 from lvmkit.core.files import CheckpointError
 from lvmkit.core.processes import all_reduce_sum, broadcast, group, process_device, shard
 from lvmkit.core.rng import draw_keys, drawn_by, seeded
@@ -113,8 +113,8 @@ class Trainer:
         if not callable(optimizer) and not isinstance(optimizer, str):
             raise TypeError(f"optimizer must be a name or a callable, got {optimizer!r}")
         check_number("lr", lr)
-        if jit != "auto":
-            check_flag("jit", jit)
+        if jit != "auto" and not isinstance(jit, bool):
+            raise TypeError(f"jit must be True, False or 'auto', got {jit!r}")
         self.model, self.guide = model, guide
         self.loss = make_elbo(elbo, num_samples) if isinstance(elbo, str) else elbo
         self.elbo_name = elbo if isinstance(elbo, str) else None
