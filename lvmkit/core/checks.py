@@ -64,3 +64,11 @@ def check_particles(num_samples: int, rows: int) -> None:
             f"{num_samples * rows:,} in one pass, more than the {MAX_PARTICLES:,} lvmkit holds "
             "at once; lower particle_chunk (log_likelihood), num_samples or batch_size"
         )
+
+
+def all_finite(values, rows: int = 65536) -> bool:
+    """Whether every value of the tensor ``values`` is finite: one sum (finite when every term
+    is), looked at ``rows`` rows at a time only when the sum is not (an overflow, or a NaN)."""
+    return bool(values.sum().isfinite()) or all(
+        bool(part.isfinite().all()) for part in values.split(rows)
+    )

@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from lvmkit.core.checks import all_finite
+
 
 @runtime_checkable
 class Dataset(Protocol):
@@ -51,8 +53,7 @@ class TensorData:
                     f"{what}: tensor {i} is on the meta device, which holds shapes but no "
                     "values; create the data with values (on 'cpu' or 'cuda')"
                 )
-            # a finite sum means finite values (one cheap pass); a sum that overflows is looked at
-            if t.is_floating_point() and not t.sum().isfinite() and not t.isfinite().all():
+            if t.is_floating_point() and not all_finite(t):
                 bad = ~torch.isfinite(t)
                 first = int(bad.reshape(n, -1).any(1).nonzero()[0])
                 raise ValueError(

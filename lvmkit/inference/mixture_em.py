@@ -16,7 +16,7 @@ import pyro
 import torch
 from torch import Tensor
 
-from lvmkit.core.checks import check_count, check_number
+from lvmkit.core.checks import all_finite, check_count, check_number
 from lvmkit.core.files import CheckpointError
 from lvmkit.core.processes import all_reduce_sum, group, shard, vote
 from lvmkit.inference.loop import Algorithm
@@ -194,10 +194,7 @@ class MixtureEM(Algorithm):
         if not x.is_floating_point():
             raise TypeError(f"EM fits floating-point data, got {x.dtype}: pass x.double()")
         self.gmm.check_data(x)
-        # the sum is finite when every value is (one cheap pass); one that overflows is looked at
-        size = self.chunk_size
-        chunks = (x[i : i + size] for i in range(0, len(x), size))
-        if not x.sum().isfinite() and not all(c.isfinite().all() for c in chunks):
+        if not all_finite(x, self.chunk_size):
             raise ValueError("x holds NaN/inf values; remove or impute them before fitting")
         self.gmm.to(device=x.device, dtype=x.dtype)
         self.n, self.d = x.shape
