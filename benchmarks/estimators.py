@@ -205,6 +205,7 @@ def log_p_row(vae, x, k: int, rounds: int, device) -> None:
         "lvmkit_s": round(med["lvmkit"], 3),
         "lvmkit_over_torch": round(med["lvmkit"] / med["torch"], 3),
         "mean_log_p": [round(v, 3) for v in values],
+        "unit": "nats per binarized image, mean over images (lvmkit, torch)",
     }), flush=True)  # fmt: skip
 
 
@@ -262,6 +263,7 @@ def ais_row(vae, x, rounds: int, device, chains: int, steps: int) -> None:
         "torch_chain_steps_per_s": round(work / med["torch"]),
         "lvmkit_chain_steps_per_s": round(work / med["lvmkit"]),
         "lvmkit_over_torch": round(med["lvmkit"] / med["torch"], 3), "mean_log_p": values,
+        "unit": "nats per binarized image, mean over images (lvmkit, torch)",
     }), flush=True)  # fmt: skip
 
 
