@@ -251,25 +251,37 @@ def _needs_gaussian_code(section):
     return run
 
 
+def _needs_guide(section):
+    """Run ``section`` only for models whose guide q(z|x) the report can weigh
+    (``posterior_guide``)."""
+
+    def run(ctx: Context) -> Section | None:
+        return section(ctx) if ctx.model.posterior_guide else None
+
+    run.__name__ = section.__name__
+    return run
+
+
 def _no_posterior(ctx: Context) -> Section | None:
     if ctx.model.gaussian_code:
         return None
     return Section(
         "Posterior",
         [],
-        "posterior diagnostics need a latent variable model with a Gaussian code "
-        "(gaussian_code: lvm, pixellvm)",
+        "KL per dimension, active units and the amortization gap need a latent variable "
+        "model with a Gaussian code (gaussian_code: lvm and pixellvm with the normal prior, "
+        "the Gaussian guide and one layer)",
     )
 
 
 SECTIONS = [
     _training,
     _likelihood,
-    _needs_gaussian_code(_trust),
+    _needs_guide(_trust),
     _settled,
     _needs_gaussian_code(_collapse),
     _needs_gaussian_code(_amortization),
-    _needs_gaussian_code(_ppc),
+    _needs_guide(_ppc),
     _no_posterior,
 ]
 

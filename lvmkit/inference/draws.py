@@ -5,10 +5,10 @@ whatever else shares its batch: a fit over N processes equals the 1-process fit 
 global batch, and a resume on another world size continues exactly.
 
 The uniforms are ``core.rng``'s (the keys are an input of a jit trace). Sites are drawn by
-inverse CDF from them: Normal (also wrapped by ``to_event``, ``expand`` or
-``mask``), MultivariateNormal, Uniform, Bernoulli and Categorical; reparameterized where the
-distribution is. Any other site is drawn from the process's stream, as before (``unseeded``
-names them).
+inverse CDF from them: Normal (also wrapped by ``to_event``, ``expand`` or ``mask``),
+MultivariateNormal, Uniform, Bernoulli and Categorical, and any of them pushed through
+transforms (a flow); reparameterized where the distribution is. Any other site is drawn from
+the process's stream, as before (``unseeded`` names them).
 """
 
 from __future__ import annotations
@@ -82,6 +82,12 @@ def inverse_cdf(fn, u: Tensor) -> Tensor | None:
     distribution this module does not know."""
     while isinstance(fn, WRAPPERS):
         fn = fn.base_dist
+    if isinstance(fn, tdist.TransformedDistribution):  # a flow: its base's draw, transformed
+        value = inverse_cdf(fn.base_dist, u)
+        if value is not None:
+            for t in fn.transforms:  # t(value), not t._call: log_prob reads the cached pair
+                value = t(value)
+        return value
     if isinstance(fn, tdist.Normal):
         return fn.loc + fn.scale * torch.special.ndtri(u).to(fn.loc.dtype)
     if isinstance(fn, tdist.MultivariateNormal):

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import torch
+from pyro import poutine
 from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
@@ -26,7 +28,14 @@ from torch import Tensor
 
 from lvmkit.core.checks import check_count
 from lvmkit.inference.importance import log_weights
-from lvmkit.inference.programs import is_plate_site, max_plate_nesting
+from lvmkit.inference.programs import (
+    is_latent,
+    is_plate_site,
+    max_plate_nesting,
+    particle_traces,
+    per_datapoint,
+    unguided_latents,
+)
 
 
 class Objective(ELBO):
@@ -173,11 +182,102 @@ class IWAELoss(Objective):
         return -bound.sum()
 
 
+class STLELBO(Objective):
+    """-ELBO with the "sticking the landing" gradient (Roeder et al. 2017): log q(z) counts with
+    q's parameters held fixed, so the encoder's gradient keeps the path through z and drops the
+    score term, whose mean is zero and which alone stays noisy at the exact posterior. The value
+    is the ELBO's, from the same draws; the model's gradient is the ELBO's. Every guide site
+    must be reparameterized. log q at the held draw is computed anew (a flow posterior's
+    density there runs its inverse)."""
+
+    def _particle(self, model, guide, args) -> Tensor:
+        with _GuidePass() as g:
+            guide(*args)
+        with _ModelPass(g.values) as m:
+            model(*args)
+        held = {name: v.detach() for name, v in g.values.items()}
+        with _ModelPass(held) as fixed:  # the guide again at the detached draw: log q's
+            guide(*args)  # score term alone
+        log_q_fixed = _total(fixed.log_p)
+        return _total(g.log_q) - log_q_fixed + log_q_fixed.detach() - _total(m.log_p)
+
+    def differentiable_loss(self, model, guide, *args) -> Tensor:
+        try:
+            particles = [self._particle(model, guide, args) for _ in range(self.num_samples)]
+        except _Unsupported as site:
+            raise ValueError(
+                f"elbo='stl' needs every latent site reparameterized and guided; site {site} is "
+                "not (a discrete, enumerated or unguided latent): use elbo='elbo'"
+            ) from None
+        return _total(particles) / self.num_samples
+
+
+class DReGLoss(Objective):
+    """The importance-weighted bound with the doubly reparameterized gradient (Tucker et al.
+    2019), as a loss: the value is IWAE's, -sum_n log mean_k w_kn, from the same draws; the
+    model's gradient is IWAE's, sum_k w~_k d log p(x, z_k); the guide's is
+    sum_k w~_k^2 d log w_k / dz_k dz_k/dphi (normalized weights w~), which drops the score
+    terms whose noise grows with K. Needs K >= 2 and every latent site reparameterized and
+    guided, inside ``pyro.plate("data", N)``.
+
+    Generic over guides, it runs model and guide twice: at the draws z (the paths through z)
+    and at the detached draws (the direct gradients, which are subtracted or kept)."""
+
+    def __init__(self, num_samples: int = 2):
+        if num_samples < 2:
+            raise ValueError(
+                f"elbo='dreg' with num_samples={num_samples}: the doubly reparameterized "
+                "gradient weighs K >= 2 importance samples; set num_samples >= 2 (with one "
+                "sample it is elbo='stl')"
+            )
+        super().__init__(num_samples)
+        self._plate_nesting: int | None = None
+
+    def differentiable_loss(self, model, guide, *args) -> Tensor:
+        if self._plate_nesting is None:
+            self._plate_nesting = max_plate_nesting(model, guide, *args)
+        nesting, k = self._plate_nesting, self.num_samples
+        guide_tr, model_tr = particle_traces(
+            model, guide, args, num_samples=k, plate_nesting=nesting
+        )
+        held = {}
+        for name, site in guide_tr.nodes.items():
+            if is_latent(site):
+                if not site["fn"].has_rsample:
+                    raise ValueError(
+                        f"elbo='dreg' needs every latent site reparameterized; guide site "
+                        f"{name!r} is not: use elbo='iwae'"
+                    )
+                held[name] = site["value"].detach()
+        unguided = [n for n, s in model_tr.nodes.items() if is_latent(s) and n not in held]
+        if unguided:
+            raise ValueError(
+                f"elbo='dreg' needs every latent guided; the guide does not sample "
+                f"{unguided[0]!r}: add it to the guide, or use elbo='iwae' (which sums out "
+                "enumerated sites)"
+            )
+        with pyro.plate("particles", k, dim=-nesting - 1):
+            log_q_held = per_datapoint(
+                poutine.trace(poutine.condition(guide, held)).get_trace(*args), nesting
+            )
+            log_p_held = per_datapoint(
+                poutine.trace(poutine.condition(model, held)).get_trace(*args), nesting
+            )
+        log_w = per_datapoint(model_tr, nesting) - per_datapoint(guide_tr, nesting)  # (K, N)
+        path = log_w - log_p_held + log_q_held  # only the gradient through z; value 0
+        w = torch.softmax(log_w.detach(), dim=0)
+        surrogate = (w * log_p_held).sum() + (w.square() * path).sum()
+        loss = -(torch.logsumexp(log_w, dim=0) - math.log(k)).sum()
+        return loss.detach() - (surrogate - surrogate.detach())
+
+
 ELBOS = {
     "elbo": ReparamELBO,  # Trace_ELBO's estimate in one pass (falls back to it when needed)
     "meanfield": lambda k: TraceMeanField_ELBO(num_particles=k),  # analytic KL where available
     "iwae": IWAELoss,  # per-datapoint importance-weighted bound (Burda et al. 2016)
     "enum": lambda k: TraceEnum_ELBO(num_particles=k),  # sums out enumerated discrete latents
+    "stl": STLELBO,  # the ELBO, sticking-the-landing gradient (Roeder et al. 2017)
+    "dreg": DReGLoss,  # IWAE, doubly reparameterized gradient (Tucker et al. 2019)
 }
 
 
@@ -187,3 +287,41 @@ def make_elbo(name: str, num_samples: int = 1):
         raise ValueError(f"unknown elbo {name!r}; choose one of {sorted(ELBOS)}")
     check_count("num_samples", num_samples)
     return ELBOS[name](num_samples)
+
+
+def check_objective(name: str | None, guide_tr, model_tr) -> None:
+    """ValueError where the objective ``name`` cannot score this model and guide (traces from
+    ``trace_once``). A model latent the guide does not sample is summed out by "enum" (if
+    marked for enumeration) and "iwae"; "elbo" and "meanfield" would draw it from its prior
+    and count its log-prior with no log q against it, a wrong objective: refused, by name.
+    "meanfield" also needs every KL in closed form."""
+    if name == "meanfield":
+        check_closed_form_kl(guide_tr, model_tr)
+    if name not in ("elbo", "meanfield", "enum"):
+        return  # "iwae", "stl" and "dreg" check for themselves; others know their own rules
+    for site, marked in unguided_latents(guide_tr, model_tr).items():
+        if name == "enum" and marked:
+            continue
+        fix = "" if name == "enum" else " and use elbo='enum' (or 'iwae')"
+        raise ValueError(
+            f"latent site {site!r} is in the model but the guide does not sample it, which "
+            f"elbo={name!r} cannot score: add it to the guide, or, if it is discrete, mark it "
+            f"infer={{'enumerate': 'parallel'}}{fix}"
+        )
+
+
+def check_closed_form_kl(guide_tr, model_tr) -> None:
+    """ValueError naming a guided latent whose KL(q || p) has no closed form, for an objective
+    that promises analytic KL ("meanfield"; Pyro's would estimate it silently instead)."""
+    for name, site in guide_tr.nodes.items():
+        if not is_latent(site) or name not in model_tr.nodes:
+            continue
+        q, p = site["fn"], model_tr.nodes[name]["fn"]
+        try:
+            torch.distributions.kl_divergence(q, p)
+        except NotImplementedError:
+            raise ValueError(
+                f"elbo='meanfield' computes KL(q || p) in closed form, and site {name!r} has "
+                f"none (q: {type(q).__name__}, p: {type(p).__name__}, e.g. a learned mixture "
+                "prior or a flow posterior): use elbo='elbo', which estimates it by Monte Carlo"
+            ) from None

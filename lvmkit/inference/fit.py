@@ -122,7 +122,9 @@ def fit(
     data: a tensor (N, ...), a tuple of tensors with N rows each (passed positionally), or
         a Dataset (ImageData). ``model(*batch)`` and ``guide(*batch)`` are called on each batch.
     elbo: "elbo" (Trace_ELBO), "meanfield" (analytic KL where available), "iwae" (importance-
-        weighted bound with ``num_samples``), "enum" (TraceEnum_ELBO for discrete latents).
+        weighted bound with ``num_samples``), "enum" (TraceEnum_ELBO for discrete latents),
+        "stl" (the ELBO with the sticking-the-landing gradient), "dreg" (the IWAE bound with
+        the doubly reparameterized gradient, ``num_samples`` >= 2).
     num_samples: particles (draws of z per datapoint) in the objective's estimate.
     optimizer: "adam", "adamw", "sgd", or a factory ``(params, lr=lr) -> torch.optim.Optimizer``.
     epochs: the total number of epochs; with ``resume`` training continues up to it.

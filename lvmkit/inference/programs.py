@@ -370,10 +370,9 @@ def particle_traces(model, guide, args, *, num_samples: int, plate_nesting: int)
     return guide_tr, model_tr
 
 
-def unguided_latents(model, guide, *args) -> dict[str, bool]:
-    """The model's latent sites the guide does not sample -> whether each is marked
-    ``infer={"enumerate": "parallel"}``."""
-    guide_tr, model_tr = trace_once(model, guide, *args)
+def unguided_latents(guide_tr, model_tr) -> dict[str, bool]:
+    """The model's latent sites the guide does not sample (traces from ``trace_once``) ->
+    whether each is marked ``infer={"enumerate": "parallel"}``."""
     return {
         name: site["infer"].get("enumerate") == "parallel"
         for name, site in model_tr.nodes.items()

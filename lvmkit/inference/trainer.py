@@ -18,13 +18,13 @@ from lvmkit.core.processes import all_reduce_sum, broadcast, group, process_devi
 from lvmkit.core.rng import draw_keys, drawn_by, seeded
 from lvmkit.data import as_dataset
 from lvmkit.inference.draws import PositionDraws
-from lvmkit.inference.elbo import make_elbo
+from lvmkit.inference.elbo import check_objective, make_elbo
 from lvmkit.inference.jit import UNTRACEABLE, TracedLoss
 from lvmkit.inference.programs import (
     modules_behind,
     on_device,
     resolve_device,
-    unguided_latents,
+    trace_once,
 )
 from lvmkit.inference.resume import check_optimizer_state, check_same
 
@@ -186,23 +186,11 @@ class Trainer:
         broadcast([*self.leaves(), *self._buffers().values()], self.group)
 
     def _check_guide_covers(self, batch: tuple) -> None:
-        """A model latent the guide does not sample is summed out by "enum" (if marked for
-        enumeration) and "iwae"; "elbo" and "meanfield" would draw it from its prior and count
-        its log-prior with no log q against it, a wrong objective: refuse, naming it. The trace
-        this takes checks every objective's model and guide (``trace_once``)."""
+        """The objective's rules for this model and guide (``check_objective``), on one trace
+        that also checks the programs themselves (``trace_once``)."""
         with seeded(None, self.device):  # a check: the fit's draws stay the same
-            unguided = unguided_latents(self.model, self.guide, *batch)
-        if self.elbo_name not in ("elbo", "meanfield", "enum"):
-            return  # "iwae" checks for itself; other objectives know their own rules
-        for name, marked in unguided.items():
-            if self.elbo_name == "enum" and marked:
-                continue
-            fix = "" if self.elbo_name == "enum" else " and use elbo='enum' (or 'iwae')"
-            raise ValueError(
-                f"latent site {name!r} is in the model but the guide does not sample it, which "
-                f"elbo={self.elbo_name!r} cannot score: add it to the guide, or, if it is "
-                f"discrete, mark it infer={{'enumerate': 'parallel'}}{fix}"
-            )
+            guide_tr, model_tr = trace_once(self.model, self.guide, *batch)
+        check_objective(self.elbo_name, guide_tr, model_tr)
 
     def _collect_params(self) -> None:
         """Pick up parameters created since the last call; move them to the device."""

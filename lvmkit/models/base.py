@@ -21,8 +21,10 @@ weights) and:
   x's shape), ``can_reconstruct`` (``reconstruct(x)``, in x's shape), ``can_encode``
   (``encode(x)``: a torch Distribution over the code, its ``mean``, or a Categorical's
   ``probs``, is the representation), ``gaussian_code`` (p(z) = N(0, I) at site "z", ``encode(x)``
-  an Independent diagonal Normal, ``decode_mean(z)`` in x's units: what k-hat, KL per dimension,
-  mutual information, the amortization gap and traversals need), ``closed_form_em``.
+  an Independent diagonal Normal, ``decode_mean(z)`` in x's units: what KL per dimension,
+  mutual information, the amortization gap and traversals need), ``posterior_guide`` (a
+  guide q(z|x) over a batch (x,): PSIS k-hat and the posterior predictive check weigh it),
+  ``closed_form_em``.
 - ``default_elbo`` / ``default_samples``: the objective ``lvmkit fit`` trains it with.
 
 To add one: subclass, fill in the above, and ``lvmkit.models.register_model(name, cls, ...)``,
@@ -50,6 +52,7 @@ class BuiltinModel(nn.Module):
     can_reconstruct = False
     can_encode = False
     gaussian_code = False
+    posterior_guide = False
     closed_form_em = False
     density: str | None = "importance"
     default_elbo = "elbo"

@@ -22,6 +22,14 @@ from lvmkit.models.common import (
     make_encoder,
     observation_for,
 )
+from lvmkit.models.latents import (
+    GUIDES,
+    PRIORS,
+    InverseAutoregressiveFlow,
+    MixturePrior,
+    VampPrior,
+)
+from lvmkit.nets import MLP
 
 
 @dataclass
@@ -49,6 +57,19 @@ class GaussianLVMConfig:
     ar_features: int = 32  # pixelcnn likelihood: the PixelCNN's feature maps per layer
     ar_layers: int = 3  # and its gated layers
     ar_context: int = 32  # and the size of the decoder output it is conditioned on
+    # p(z): "normal" is N(0, I); "mog" a mixture of prior_components Gaussians, all learned;
+    # "vamp" the VampPrior (Tomczak & Welling 2018): the mean of q(z|u_k) over
+    # prior_components learned pseudo-inputs u_k, started at training images. With top_dim,
+    # the prior of the top layer z2.
+    prior: str = "normal"
+    prior_components: int = 50
+    # q(z|x): "gaussian" (diagonal) or "iaf": that Gaussian followed by flow_steps inverse
+    # autoregressive flow steps conditioned on the encoder (Kingma et al. 2016)
+    guide: str = "gaussian"
+    flow_steps: int = 2
+    # dims of a second latent layer z2 above z: p(z2) p(z|z2) p(x|z), inferred as q(z2|x)
+    # q(z|x, z2), in the generative order (Sønderby et al. 2016; Tomczak & Welling 2018). 0: one
+    top_dim: int = 0
 
 
 class GaussianLVM(BuiltinModel):
@@ -56,7 +77,9 @@ class GaussianLVM(BuiltinModel):
 
     ``model(x)`` scores a batch (B, *image_shape); ``model(n=16)`` samples the prior predictive.
     ``beta`` and ``free_bits`` change the objective in training mode only: ``lvm.eval()`` makes
-    the model the exact p(x, z), e.g. for likelihood estimates.
+    the model the exact p(x, z), e.g. for likelihood estimates. ``prior``, ``guide`` and
+    ``top_dim`` swap in a learned prior, a flow posterior and a second latent layer z2 (site
+    "z2", above site "z").
     """
 
     config_class = GaussianLVMConfig
@@ -64,19 +87,48 @@ class GaussianLVM(BuiltinModel):
     can_complete = True
     can_reconstruct = True
     can_encode = True
-    gaussian_code = True
+    posterior_guide = True
+    gaussian_code = True  # per instance: False with a learned prior, a flow or two layers
 
     def __init__(self, config: GaussianLVMConfig | None = None):
         super().__init__()
         self.config = config = config or GaussianLVMConfig()
+        _check_latents(config)
+        self.gaussian_code = config.prior == "normal" and config.guide == "gaussian" and (
+            not config.top_dim
+        )  # fmt: skip
         self.obs = observation_for(config)
         self.ar_net = self.obs.net  # a PixelCNN decoder's own net, or None
-        self.encoder = make_encoder(config.net, config.image_shape, config.hidden, 2 * config.z_dim)
+        z, top = config.z_dim, config.top_dim
+        flow = config.guide == "iaf"
+        q_out = 2 * z + (2 * z if flow else 0)  # loc, scale (and a flow's context) of q(z|..)
+        # q(z|x) for one layer; for two, q(z2|x), and q(z|x, z2) from x's features and z2
+        self.encoder = make_encoder(config.net, config.image_shape, config.hidden,
+                                    2 * top if top else q_out)  # fmt: skip
+        if top:
+            width = config.hidden[-1] if config.hidden else 2 * z
+            self.features = make_encoder(config.net, config.image_shape, config.hidden, width)
+            self.merge = MLP(width + top, (width,), q_out)
+            self.top_decoder = MLP(top, config.hidden, 2 * z)  # p(z|z2)
+        self.flow = InverseAutoregressiveFlow(z, 2 * z, config.flow_steps, 4 * z) if flow else None
+        prior_dim = top or z
+        self.prior_net = None  # a learned prior's parameters
+        if config.prior == "mog":
+            self.prior_net = MixturePrior(prior_dim, config.prior_components)
+        elif config.prior == "vamp":
+            self.prior_net = VampPrior(config.image_shape, config.prior_components)
         self.decoder = make_decoder(config.net, config.z_dim, config.hidden, self.obs)
         # Buffers, so the prior follows the module's device and dtype.
-        self.register_buffer("prior_loc", torch.zeros(config.z_dim))
-        self.register_buffer("prior_scale", torch.ones(config.z_dim))
+        self.register_buffer("prior_loc", torch.zeros(prior_dim))
+        self.register_buffer("prior_scale", torch.ones(prior_dim))
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for warm-up
+
+    def initialize(self, data, *, seed: int = 0) -> GaussianLVM:
+        """A VampPrior's pseudo-inputs start at training images (prepared ImageData)."""
+        if self.config.prior == "vamp":
+            x = data.pixels() if hasattr(data, "pixels") else data
+            self.prior_net.start_at(x, torch.Generator().manual_seed(seed))
+        return self
 
     def _n(self, x: Tensor | None, n: int | None) -> int:
         if x is None:
@@ -87,9 +139,35 @@ class GaussianLVM(BuiltinModel):
         check_support(self.obs, x)
         return len(x)
 
+    def _top_q(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """loc, scale (B, top or Z) of the encoder's Gaussian over the prior's latent."""
+        dims = self.config.top_dim or self.config.z_dim
+        return gaussian_params(self.encoder(x)[..., : 2 * dims])
+
     def prior(self) -> dist.Distribution:
-        """p(z) = N(0, I): event shape (Z,)."""
+        """p(z), or p(z2) with a second layer: event shape (Z,) (or (top_dim,))."""
+        if self.config.prior == "vamp":
+            return self.prior_net(self._top_q)
+        if self.config.prior == "mog":
+            return self.prior_net()
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
+
+    def _q(self, h: Tensor) -> dist.Distribution:
+        """q(z|...) from the encoder output h (B, 2Z (+ 2Z context for a flow))."""
+        z = self.config.z_dim
+        loc, scale = gaussian_params(h[..., : 2 * z])
+        if self.flow is None:
+            return dist.Normal(loc, scale).to_event(1)
+        return self.flow(loc, scale, h[..., 2 * z :])
+
+    def _bottom_q(self, x: Tensor, z2: Tensor) -> dist.Distribution:
+        """q(z | x, z2) of the two-layer model; z2 (..., B, top_dim) may carry particle dims."""
+        h = self.features(x)
+        return self._q(self.merge(torch.cat([h.expand(*z2.shape[:-1], -1), z2], -1)))
+
+    def _z_given_top(self, z2: Tensor) -> dist.Distribution:
+        """p(z | z2)."""
+        return dist.Normal(*gaussian_params(self.top_decoder(z2))).to_event(1)
 
     def decode(self, z: Tensor) -> dist.Distribution:
         """p(x|z) for z (B, Z): a distribution with event shape ``image_shape``."""
@@ -101,9 +179,12 @@ class GaussianLVM(BuiltinModel):
         return self.obs.mean(self.decoder(z))
 
     def encode(self, x: Tensor) -> dist.Distribution:
-        """q(z|x) for a batch: a Normal with event shape (Z,)."""
+        """q(z|x) for a batch, event shape (Z,): a diagonal Normal, or a ``FlowPosterior``;
+        with two layers, q(z | x, z2) at z2 = the mean of q(z2|x)."""
         check_batch(self, x, self.config.image_shape)
-        return dist.Normal(*gaussian_params(self.encoder(x))).to_event(1)
+        if self.config.top_dim:
+            return self._bottom_q(x, self._top_q(x)[0])
+        return self._q(self.encoder(x))
 
     def _kl_weight(self) -> float | Tensor:
         """beta; during the KL warm-up a tensor rising linearly from ~0, computed from the step
@@ -114,8 +195,8 @@ class GaussianLVM(BuiltinModel):
         return self.config.beta
 
     def _z_site(self):
-        """How the z site counts in the objective: as is in eval mode; while training, scaled
-        by the KL weight, or left out under free bits (their penalty stands in for the KL)."""
+        """How the z sites count in the objective: as they are in eval mode; while training,
+        scaled by the KL weight, or left out under free bits (their penalty stands in)."""
         if self.training and self.config.free_bits > 0:
             return poutine.mask(mask=False)
         beta = self._kl_weight()
@@ -123,16 +204,28 @@ class GaussianLVM(BuiltinModel):
             return poutine.scale(scale=beta)
         return nullcontext()
 
+    def _register(self, *names: str) -> None:
+        for name in names:
+            module = getattr(self, name)
+            if module is not None:
+                pyro.module(name, module)
+
     def model(self, x: Tensor | None = None, n: int | None = None) -> Tensor:
         n = self._n(x, n)
-        pyro.module("decoder", self.decoder)
-        if self.ar_net is not None:
-            pyro.module("ar_net", self.ar_net)
+        self._register("decoder", "ar_net", "prior_net")
+        if self.config.top_dim:
+            self._register("top_decoder")
+        if self.config.prior == "vamp":
+            self._register("encoder")  # the prior is q at the pseudo-inputs
         if self.training and x is not None and torch.is_grad_enabled():
             self.train_steps += 1  # counts gradient steps (evaluation runs without gradients)
         with pyro.plate("data", n):
             with self._z_site():
-                z = pyro.sample("z", self.prior())
+                if self.config.top_dim:
+                    z2 = pyro.sample("z2", self.prior())
+                    z = pyro.sample("z", self._z_given_top(z2))
+                else:
+                    z = pyro.sample("z", self.prior())
             x_out = pyro.sample("x", self.decode(z), obs=x)
         if self.training and self.config.free_bits > 0 and x is not None:
             # -beta * sum_j max(lambda, KL_j): KL_j is dim j's analytic KL(q(z_j|x) || p(z_j))
@@ -147,16 +240,25 @@ class GaussianLVM(BuiltinModel):
         if x is None:
             raise ValueError("the guide q(z|x) needs x; to sample the prior call model(n=...)")
         check_batch(self, x, self.config.image_shape)
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", len(x)):
-            loc, scale = gaussian_params(self.encoder(x))
-            with self._z_site():
-                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        self._register("encoder", "flow")
+        if self.config.top_dim:
+            self._register("features", "merge")
+        with pyro.plate("data", len(x)), self._z_site():
+            if self.config.top_dim:
+                z2 = pyro.sample("z2", dist.Normal(*self._top_q(x)).to_event(1))
+                return pyro.sample("z", self._bottom_q(x, z2))
+            return pyro.sample("z", self._q(self.encoder(x)))
+
+    @torch.no_grad()
+    def sample_z(self, n: int) -> Tensor:
+        """n draws of z (n, Z) from p(z) (through p(z2) with two layers)."""
+        z = self.prior().sample((check_count("n", n),))
+        return self._z_given_top(z).sample() if self.config.top_dim else z
 
     @torch.no_grad()
     def sample(self, n: int, *, mean: bool = False) -> Tensor:
         """n draws from p(x); ``mean=True`` gives E[x|z] for z ~ p(z) instead."""
-        z = self.prior().sample((check_count("n", n),))
+        z = self.sample_z(n)
         return self.decode_mean(z) if mean else self.decode(z).sample()
 
     def sample_images(self, n: int) -> Tensor:
@@ -212,7 +314,15 @@ class GaussianLVM(BuiltinModel):
     ) -> Tensor:
         """The z (B, Z) that ``complete`` draws the unknown pixels with (see there)."""
         known = known.bool()
-        fill = fill_unknown(x, known, self.decode_mean(self.prior_loc.expand(len(x), -1)))
+        if method == "importance" and self.config.top_dim:
+            raise ValueError(
+                "method='importance' weighs z by p(z), which a two-layer model (top_dim) has "
+                "in no closed form; method='gibbs' completes with it"
+            )
+        start = self.prior().mean if self.config.prior != "normal" else self.prior_loc
+        if self.config.top_dim:
+            start = self._z_given_top(start).mean
+        fill = fill_unknown(x, known, self.decode_mean(start.expand(len(x), -1)))
         if method == "gibbs":
             for step in range(check_count("steps", steps)):
                 z = self.encode(fill).sample()
@@ -248,3 +358,31 @@ class GaussianLVM(BuiltinModel):
             for i in range(0, len(zs), chunk)
         ]
         return torch.cat(parts).reshape(lead)
+
+
+def _check_latents(config: GaussianLVMConfig) -> None:
+    """ValueError for latent settings that cannot work, saying what to set."""
+    if config.prior not in PRIORS:
+        raise ValueError(f"unknown prior {config.prior!r}; choose one of {list(PRIORS)}")
+    if config.guide not in GUIDES:
+        raise ValueError(f"unknown guide {config.guide!r}; choose one of {list(GUIDES)}")
+    if config.prior != "normal" and config.prior_components < 1:
+        what = "pseudo-inputs" if config.prior == "vamp" else "components"
+        raise ValueError(
+            f"prior={config.prior!r} with prior_components={config.prior_components} has no "
+            f"{what}: set prior_components >= 1 (500 in Tomczak & Welling 2018)"
+        )
+    if config.guide == "iaf" and config.flow_steps < 1:
+        raise ValueError(
+            f"guide='iaf' with flow_steps={config.flow_steps} is a flow with no steps: set "
+            "flow_steps >= 1, or guide='gaussian'"
+        )
+    if config.top_dim < 0:
+        raise ValueError(f"top_dim={config.top_dim}: give 0 (one layer) or the dims of z2")
+    plain = config.prior == "normal" and config.guide == "gaussian" and not config.top_dim
+    if config.free_bits > 0 and not plain:
+        raise ValueError(
+            "free_bits counts each dim's closed-form KL(q(z_j|x) || N(0, 1)), which a learned "
+            "prior, a flow posterior or a second layer does not have: set free_bits = 0 (use "
+            "kl_warmup_steps to anneal the KL instead)"
+        )

@@ -17,6 +17,7 @@ from lvmkit.core.processes import barrier, group, process_device, rank, set_thre
 from lvmkit.data import BUNDLED, DATASETS
 from lvmkit.diagnostics import encode, linear_probe, loss_curve, probe_problem, save_figure
 from lvmkit.inference import FitResult, em, fit
+from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.evaluation import scores_discrete
 from lvmkit.inference.likelihood import loss_bits_per_dim
 from lvmkit.inference.programs import resolve_device
@@ -174,6 +175,8 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
                                 resume=resume, overwrite=overwrite)  # fmt: skip
     dcfg, fcfg = config["data"], config["fit"]
     resolve_device(fcfg["device"])  # a device this machine lacks is refused before any file
+    if fcfg["inference"] == "svi":  # so is an objective with too few samples (dreg: K >= 2)
+        make_elbo(fcfg["elbo"], fcfg["num_samples"])
     dataset = lvdata.load(dcfg["name"], image_shape=dcfg["image_shape"], levels=dcfg["levels"])
     splits = lvdata.train_val_test(dataset, dcfg["val_fraction"], seed=dcfg["split_seed"])
     torch.manual_seed(fcfg["seed"])  # the nets' initial weights
