@@ -253,10 +253,11 @@ def _needs_gaussian_code(section):
 
 def _needs_guide(section):
     """Run ``section`` only for models whose guide q(z|x) the report can weigh
-    (``posterior_guide``)."""
+    (``posterior_guide``, or ``gaussian_code``, which implies it)."""
 
     def run(ctx: Context) -> Section | None:
-        return section(ctx) if ctx.model.posterior_guide else None
+        model = ctx.model
+        return section(ctx) if model.posterior_guide or model.gaussian_code else None
 
     run.__name__ = section.__name__
     return run

@@ -23,7 +23,8 @@ weights) and:
   ``probs``, is the representation), ``gaussian_code`` (p(z) = N(0, I) at site "z", ``encode(x)``
   an Independent diagonal Normal, ``decode_mean(z)`` in x's units: what KL per dimension,
   mutual information, the amortization gap and traversals need), ``posterior_guide`` (a
-  guide q(z|x) over a batch (x,): PSIS k-hat and the posterior predictive check weigh it),
+  guide q(z|x) over a batch (x,): PSIS k-hat and the posterior predictive check weigh it;
+  implied by ``gaussian_code``),
   ``closed_form_em``.
 - ``default_elbo`` / ``default_samples``: the objective ``lvmkit fit`` trains it with.
 
