@@ -12,6 +12,7 @@ from lvmkit.models.conditional import (
     quadrant_masks,
 )
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
+from lvmkit.models.latents import FlowGuide
 from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
 from lvmkit.models.registry import MODELS, build_model, rebuild, register_model
 
@@ -24,6 +25,7 @@ __all__ = [
     "BuiltinModel",
     "CompletionBaseline",
     "CompletionData",
+    "FlowGuide",
     "ConditionalLVM",
     "ConditionalLVMConfig",
     "GaussianLVM",

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import copy
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
+
+from lvmkit.models.common import gaussian_params
 
 PRIORS = ("normal", "mog", "vamp")
 GUIDES = ("gaussian", "iaf")
@@ -99,3 +102,41 @@ class InverseAutoregressiveFlow(nn.Module):
         """loc, scale (B, Z), context (B, C) -> q with batch shape (B,), event shape (Z,)."""
         base = dist.Normal(loc, scale).to_event(1)
         return FlowPosterior(base, [step.condition(context) for step in self.steps])
+
+
+class FlowGuide(nn.Module):
+    """An IAF guide for your own model: q(z|x) = the diagonal Gaussian ``encoder`` gives,
+    followed by ``flow_steps`` inverse autoregressive flow steps conditioned on the encoder.
+
+    encoder: (B, ...) -> (B, 4 * z_dim): loc, raw scale (softplus), and a context of 2 * z_dim
+    for the flow. The guide samples site ``site`` (event shape (z_dim,)) inside
+    ``pyro.plate("data", B)``, as a model with ``pyro.sample(site, ...to_event(1))`` there
+    expects; it is called with the model's arguments and reads the first.
+
+    >>> guide = FlowGuide(nn.Sequential(nn.Flatten(), MLP(784, (400,), 64)), z_dim=16)
+    >>> lvmkit.fit(my_model, guide, x)  # then lvmkit.log_likelihood(my_model, guide, x_test)
+    """
+
+    def __init__(self, encoder: nn.Module, z_dim: int, *, flow_steps: int = 2,
+                 site: str = "z", name: str = "flow_guide"):  # fmt: skip
+        super().__init__()
+        if flow_steps < 1:
+            raise ValueError(f"flow_steps={flow_steps}: a flow needs at least one step")
+        self.encoder, self.z_dim, self.site, self.name = encoder, z_dim, site, name
+        self.flow = InverseAutoregressiveFlow(z_dim, 2 * z_dim, flow_steps, 4 * z_dim)
+
+    def q(self, x: Tensor) -> FlowPosterior:
+        """q(z|x) for a batch x: batch shape (B,), event shape (z_dim,)."""
+        h = self.encoder(x)
+        if h.shape[-1] != 4 * self.z_dim:
+            raise ValueError(
+                f"the encoder gives {h.shape[-1]} numbers per datapoint; FlowGuide with "
+                f"z_dim={self.z_dim} needs 4 * z_dim = {4 * self.z_dim} (loc, scale, context)"
+            )
+        loc, scale = gaussian_params(h[..., : 2 * self.z_dim])
+        return self.flow(loc, scale, h[..., 2 * self.z_dim :])
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        pyro.module(self.name, self)
+        with pyro.plate("data", len(x)):
+            return pyro.sample(self.site, self.q(x))
