@@ -183,7 +183,8 @@ def evaluate(model, guide, x_test, args, *, own_nll=None, codes=None) -> dict:
             row["nll_is"] = own_nll(x_test, args.is_samples)
             values = None
         khat = torch.cat([
-            psis_khat(posterior(model, guide, x_test[i : i + 100], num_samples=1000, seed=1))
+            psis_khat(posterior(model, guide, x_test[i : i + 100], num_samples=args.khat_samples,
+                                seed=1))
             for i in range(0, len(x_test), 100)
         ]) if own_nll is None else None  # fmt: skip
     if khat is not None:
@@ -207,6 +208,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=None,
                         help="rows such as lvmkit:vae pythae:iwae (default: all)")  # fmt: skip
     parser.add_argument("--is-samples", type=int, default=5000)
+    parser.add_argument("--khat-samples", type=int, default=1000)
     parser.add_argument("--ais-images", type=int, default=100)
     parser.add_argument("--ais-steps", type=int, default=200)
     parser.add_argument("--out", type=Path, help="append rows here; rows already in it are kept")
@@ -217,6 +219,7 @@ def main() -> None:
     if args.smoke:
         x_train, x_test = x_train[:200], x_test[:100]
         args.epochs, args.is_samples, args.ais_images, args.ais_steps = 1, 20, 10, 5
+        args.khat_samples = 100
     rows = [f"lvmkit:{m}" for m in LVMKIT] + [f"pythae:{m}" for m in PYTHAE]
     wanted = args.models or rows
     unknown = sorted(set(wanted) - set(rows))

@@ -1,4 +1,5 @@
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ SCRIPTS = [
     "ais_vs_is.py",
     "startup.py",
     "estimators.py",
+    "quality.py",
 ]
 
 
@@ -57,6 +59,13 @@ def test_benchmark_smoke_runs_print_json(smoke_runs, script):
     elif script == "threads.py":
         assert [row["load"] for row in rows] == ["idle", "one core busy"]
         assert all(row["seconds_1_thread"] > 0 and row["seconds_auto"] > 0 for row in rows)
+    elif script == "quality.py":
+        trained = [r for r in rows if "seed" in r]
+        names = {f"{r['library']}:{r['model']}" for r in trained}
+        assert {"lvmkit:vae", "lvmkit:dreg", "lvmkit:best", "pythae:vae", "pythae:iaf"} <= names
+        assert all(math.isfinite(r["nll_is"]) and math.isfinite(r["nll_ais"]) for r in trained)
+        assert all(r["nll_is"] > 0 for r in trained)  # NLLs in nats, positive for binary images
+        assert sum("summary" in r for r in rows) == len(names)
     elif script == "ais_vs_is.py":
         (row,) = rows
         assert list(row["rows"]) == [
