@@ -5,6 +5,7 @@ autoregressive flow). Each is a small ``nn.Module`` that returns a Pyro distribu
 from __future__ import annotations
 
 import copy
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -19,10 +20,47 @@ PRIORS = ("normal", "mog", "vamp")
 GUIDES = ("gaussian", "iaf")
 
 
-def uniform_mixture(loc: Tensor, scale: Tensor) -> dist.Distribution:
+class DiagonalMixture(dist.TorchDistribution):
+    """sum_k pi_k N(z; loc_k, diag scale_k^2) over z (Z,), for loc, scale (K, Z) and mixture
+    logits (K,). log_prob takes two (., Z) x (Z, K) products, not a (., K, Z) tensor: with K in
+    the hundreds (a VampPrior) and K x B particles it is the cost of the prior."""
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector
+
+    def __init__(self, loc: Tensor, scale: Tensor, logits: Tensor, validate_args=None):
+        self.loc, self.scale, self.logits = loc, scale, logits
+        super().__init__(torch.Size(), loc.shape[-1:], validate_args=validate_args)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        precision = self.scale.pow(-2)  # (K, Z)
+        quadratic = -0.5 * (value.square() @ precision.T) + value @ (self.loc * precision).T
+        const = (
+            -0.5 * (self.loc.square() * precision).sum(-1)
+            - self.scale.log().sum(-1)
+            - 0.5 * self.loc.shape[-1] * math.log(2 * math.pi)
+            + self.logits.log_softmax(-1)
+        )
+        return torch.logsumexp(quadratic + const, dim=-1)
+
+    def sample(self, sample_shape=()) -> Tensor:
+        with torch.no_grad():
+            k = dist.Categorical(logits=self.logits).sample(torch.Size(sample_shape))
+            return self.loc[k] + self.scale[k] * torch.randn_like(self.loc[k])
+
+    @property
+    def mean(self) -> Tensor:
+        return (self.logits.softmax(-1)[:, None] * self.loc).sum(0)
+
+    def expand(self, batch_shape, _instance=None):
+        return dist.ExpandedDistribution(self, batch_shape)
+
+
+def uniform_mixture(loc: Tensor, scale: Tensor) -> DiagonalMixture:
     """(1/K) sum_k N(loc_k, diag scale_k^2) for loc, scale (K, Z): event shape (Z,)."""
-    weights = dist.Categorical(logits=torch.zeros(loc.shape[0], device=loc.device, dtype=loc.dtype))
-    return dist.MixtureSameFamily(weights, dist.Normal(loc, scale).to_event(1))
+    return DiagonalMixture(
+        loc, scale, torch.zeros(loc.shape[0], device=loc.device, dtype=loc.dtype)
+    )
 
 
 class MixturePrior(nn.Module):
@@ -35,8 +73,7 @@ class MixturePrior(nn.Module):
         self.logits = nn.Parameter(torch.zeros(components))
 
     def forward(self) -> dist.Distribution:
-        normals = dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), normals)
+        return DiagonalMixture(self.loc, self.log_scale.exp(), self.logits)
 
 
 class VampPrior(nn.Module):
@@ -80,9 +117,11 @@ class FlowPosterior(dist.TransformedDistribution):
 
 class InverseAutoregressiveFlow(nn.Module):
     """q(z|x): N(loc(x), diag scale(x)^2) followed by ``steps`` inverse autoregressive flow
-    steps (Kingma et al. 2016) conditioned on a context h(x), each a MADE with the numerically
-    stable gated update, the variable order reversed between steps. A draw costs one pass per
-    step; log q of its own draw is read from the draw (no inverse)."""
+    steps (Kingma et al. 2016) conditioned on a context h(x), each a MADE giving a shift and a
+    log-scale clipped to [-5, 3], the variable order reversed between steps. A draw costs one
+    pass per step; log q of its own draw is read from the draw (no inverse). log q elsewhere
+    (AIS, the held draws of stl and dreg) runs the inverse, one pass per dimension; the clipped
+    scale keeps it finite everywhere, where the gated update's sigmoid can divide by ~0."""
 
     def __init__(self, z_dim: int, context_dim: int, steps: int, hidden: int):
         super().__init__()
@@ -93,7 +132,6 @@ class InverseAutoregressiveFlow(nn.Module):
                     z_dim, context_dim, [hidden, hidden], permutation=order.flip(0) if i % 2
                     else order,
                 ),
-                stable=True,
             )
             for i in range(steps)
         )  # fmt: skip

@@ -62,14 +62,14 @@ class GaussianLVMConfig:
     # prior_components learned pseudo-inputs u_k, started at training images. With top_dim,
     # the prior of the top layer z2.
     prior: str = "normal"
-    prior_components: int = 50
+    prior_components: int = 50  # pseudo-inputs (vamp) or Gaussians (mog)
     # q(z|x): "gaussian" (diagonal) or "iaf": that Gaussian followed by flow_steps inverse
     # autoregressive flow steps conditioned on the encoder (Kingma et al. 2016)
     guide: str = "gaussian"
-    flow_steps: int = 2
+    flow_steps: int = 2  # IAF steps of guide = "iaf"
     # dims of a second latent layer z2 above z: p(z2) p(z|z2) p(x|z), inferred as q(z2|x)
-    # q(z|x, z2), in the generative order (Sønderby et al. 2016; Tomczak & Welling 2018). 0: one
-    top_dim: int = 0
+    # q(z|x, z2), in the generative order (Sønderby et al. 2016; Tomczak & Welling 2018)
+    top_dim: int = 0  # 0 is one layer
 
 
 class GaussianLVM(BuiltinModel):
