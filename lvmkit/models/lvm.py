@@ -94,9 +94,8 @@ class GaussianLVM(BuiltinModel):
         super().__init__()
         self.config = config = config or GaussianLVMConfig()
         _check_latents(config)
-        self.gaussian_code = config.prior == "normal" and config.guide == "gaussian" and (
-            not config.top_dim
-        )  # fmt: skip
+        plain = config.prior == "normal" and config.guide == "gaussian" and not config.top_dim
+        self.gaussian_code = plain
         self.obs = observation_for(config)
         self.ar_net = self.obs.net  # a PixelCNN decoder's own net, or None
         z, top = config.z_dim, config.top_dim
