@@ -10,7 +10,8 @@ decoder, Adam 1e-3, batch 100, ``--epochs`` epochs (50).
 Rows (``--models``; pythae's skipped with a note when it is not installed: pip install pythae):
 pythae's VAE, IWAE (K = 10), VAMP (500 pseudo-inputs) and VAE_IAF; lvmkit's VAE, IWAE and DReG
 (K = 10), VampPrior (500 pseudo-inputs), IAF posterior (2 steps), two-layer model (z2 of 16
-dims above z) and ``best``: DReG with the VampPrior and two layers. Each row reports, on the test split:
+dims above z) and ``best``: DReG with the VampPrior and two layers. Each row reports, on the
+test split:
 
 - ``nll_is``: -log p(x) in nats by importance sampling with the model's own guide, K = 5000
   (``--is-samples``), lvmkit.log_likelihood for every row (pythae's nets wrapped as Pyro
@@ -24,7 +25,8 @@ dims above z) and ``best``: DReG with the VampPrior and two layers. Each row rep
                                  [--out results.jsonl] [--smoke]
 
 Prints one JSON line per (model, seed), appended to ``--out`` when given (rows already there
-are skipped, so an interrupted run continues), then the mean over seeds per model.
+are skipped, so an interrupted run continues; rows another process sharing ``--out`` has begun,
+listed in its ``.claims`` file, are left to it), then the mean over seeds per model.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ import torch
 from torch import nn
 
 import lvmkit
-from lvmkit.diagnostics import posterior, psis_khat
+from lvmkit.diagnostics import psis_khat
+from lvmkit.inference.importance import log_weights
 from lvmkit.models import GaussianLVM, GaussianLVMConfig
 from lvmkit.models.latents import uniform_mixture
 from lvmkit.nets import MLP
@@ -180,11 +183,13 @@ def evaluate(model, guide, x_test, args, *, own_nll=None, codes=None) -> dict:
         else:  # pythae's own estimator (its flow's density is not available outside it)
             row["nll_is"] = own_nll(x_test, args.is_samples)
             values = None
-        khat = torch.cat([
-            psis_khat(posterior(model, guide, x_test[i : i + 100], num_samples=args.khat_samples,
-                                seed=1))
-            for i in range(0, len(x_test), 100)
-        ]) if own_nll is None else None  # fmt: skip
+        khat = None
+        if own_nll is None:  # k-hat of each image's importance weights
+            khat = torch.cat([
+                psis_khat(log_weights(model, guide, x_test[i : i + 100], plate_nesting=1,
+                                      num_samples=args.khat_samples))
+                for i in range(0, len(x_test), 100)
+            ])  # fmt: skip
     if khat is not None:
         row["khat_over_0.7"] = float((khat > 0.7).double().mean())
     n = args.ais_images
@@ -233,11 +238,18 @@ def main() -> None:
     if args.out and args.out.exists():
         done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     key = {(r["library"], r["model"], r["seed"], r["epochs"]) for r in done if "model" in r}
+    claims = args.out.with_suffix(".claims") if args.out else None
     for seed in args.seeds:
         for row_name in wanted:
             library, name = row_name.split(":")
+            claim = f"{library} {name} {seed} {args.epochs}"
             if (library, name, seed, args.epochs) in key:
                 continue
+            if claims:  # another process sharing --out has begun this row: leave it
+                if claims.exists() and claim in claims.read_text().splitlines():
+                    continue
+                with claims.open("a") as f:
+                    f.write(claim + "\n")
             pyro.clear_param_store()
             if library == "lvmkit":
                 model, guide, lvm, seconds = train_lvmkit(name, x_train, args.epochs, seed)
