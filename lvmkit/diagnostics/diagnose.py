@@ -118,7 +118,7 @@ def _settled(ctx: Context) -> Section | None:
     ks = sample_counts(ctx.num_samples)
     rows = convergence(model.model, model.guide, data, ks=ks, ais_steps=ctx.ais_steps)
     ctx.results["convergence"] = [r.row() for r in rows]
-    ctx.figures["convergence.png"] = convergence_plot(rows)
+    ctx.figures["settled.png"] = convergence_plot(rows)
     table = []
     for r in rows:
         bits = f", {r.bits_per_dim:.4f} bits/dim" if r.bits_per_dim is not None else ""
@@ -264,15 +264,24 @@ def _needs_guide(section):
 
 
 def _no_posterior(ctx: Context) -> Section | None:
-    if ctx.model.gaussian_code:
+    """For a model without a Gaussian code: what its guide's codes still show (active units,
+    the latent space), and which sections it lacks."""
+    model = ctx.model
+    if model.gaussian_code:
         return None
-    return Section(
-        "Posterior",
-        [],
-        "KL per dimension, active units and the amortization gap need a latent variable "
-        "model with a Gaussian code (gaussian_code: lvm and pixellvm with the normal prior, "
-        "the Gaussian guide and one layer)",
+    note = (
+        "KL per dimension, mutual information, traversals and the amortization gap need a "
+        "latent variable model with a Gaussian code (gaussian_code: lvm and pixellvm with the "
+        "normal prior, the Gaussian guide and one layer)"
     )
+    if not (model.posterior_guide and model.can_encode):
+        return Section("Posterior", [], note)
+    units, _ = active_units(model, ctx.x)
+    codes = encode(model, ctx.data)
+    ctx.results["active_units"] = units
+    ctx.figures["latent_space.png"] = latent_space(codes, ctx.data.y)
+    reading = "dims with Cov_x E[z|x] > 0.01, E[z|x] as encode(x).mean gives it"
+    return Section("Codes", [("active units", f"{units} / {codes.shape[1]}", reading)], note)
 
 
 SECTIONS = [

@@ -322,6 +322,15 @@ def check_closed_form_kl(guide_tr, model_tr) -> None:
         except NotImplementedError:
             raise ValueError(
                 f"elbo='meanfield' computes KL(q || p) in closed form, and site {name!r} has "
-                f"none (q: {type(q).__name__}, p: {type(p).__name__}, e.g. a learned mixture "
-                "prior or a flow posterior): use elbo='elbo', which estimates it by Monte Carlo"
+                f"none (q: {_innermost(q)}, p: {_innermost(p)}, e.g. a learned mixture prior "
+                "or a flow posterior): use elbo='elbo', which estimates it by Monte Carlo"
             ) from None
+
+
+def _innermost(fn) -> str:
+    """A distribution's name under its expand / to_event / mask wrappers."""
+    while hasattr(fn, "base_dist") and not isinstance(
+        fn, torch.distributions.TransformedDistribution
+    ):
+        fn = fn.base_dist
+    return type(fn).__name__

@@ -68,7 +68,7 @@ class GaussianLVMConfig:
     guide: str = "gaussian"
     flow_steps: int = 2  # IAF steps of guide = "iaf"
     # dims of a second latent layer z2 above z: p(z2) p(z|z2) p(x|z), inferred as q(z2|x)
-    # q(z|x, z2), in the generative order (Sønderby et al. 2016; Tomczak & Welling 2018)
+    # q(z|x, z2), in the generative order (Sønderby et al. 2016; Tomczak & Welling 2018);
     top_dim: int = 0  # 0 is one layer
 
 
@@ -361,6 +361,8 @@ class GaussianLVM(BuiltinModel):
 
 def _check_latents(config: GaussianLVMConfig) -> None:
     """ValueError for latent settings that cannot work, saying what to set."""
+    for name in ("prior_components", "flow_steps", "top_dim"):  # ints; their ranges below
+        check_count(name, getattr(config, name), minimum=-(2**31))
     if config.prior not in PRIORS:
         raise ValueError(f"unknown prior {config.prior!r}; choose one of {list(PRIORS)}")
     if config.guide not in GUIDES:

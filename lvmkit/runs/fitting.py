@@ -171,6 +171,7 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
         and metrics when interrupted; under torchrun, nothing on ranks other than 0).
     """
     out = Path(out)
+    existed = out.exists()  # a refused new run removes the folder only if it made it
     config, resume = run_config(model_name, out, settings=settings, config=config,
                                 resume=resume, overwrite=overwrite)  # fmt: skip
     dcfg, fcfg = config["data"], config["fit"]
@@ -192,16 +193,27 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
     check_writable(*(out / name for name in RUN_OUTPUTS))  # before the fit, not after it
     set_threads(fcfg["threads"])
     g = group(resolve_device(process_device(fcfg["device"])))  # torchrun: rank 0 writes
-    with run_lock(out) if g.main else nullcontext():  # a second process here is refused
-        result = _fit(model, config, out, splits, resume=resume, progress=progress, main=g.main)
-        if not g.main:
-            done = FittedRun(out, result, main=False)
-        else:
-            write_text(out / "metrics.jsonl", _metrics(result))
-            written = [out / "metrics.jsonl", result.checkpoint]
-            done = FittedRun(out, result, written=written)
-            if not result.interrupted:
-                done = _write_run(model_name, model, config, out, dataset, splits, result)
+    try:
+        with run_lock(out) if g.main else nullcontext():  # a second process here is refused
+            try:
+                result = _fit(model, config, out, splits, resume=resume, progress=progress,
+                              main=g.main)  # fmt: skip
+            except BaseException:
+                if g.main and not resume and not (out / "checkpoint.pt").exists():
+                    (out / "config.toml").unlink(missing_ok=True)  # a run that never began
+                raise
+            if not g.main:
+                done = FittedRun(out, result, main=False)
+            else:
+                write_text(out / "metrics.jsonl", _metrics(result))
+                written = [out / "metrics.jsonl", result.checkpoint]
+                done = FittedRun(out, result, written=written)
+                if not result.interrupted:
+                    done = _write_run(model_name, model, config, out, dataset, splits, result)
+    except BaseException:
+        if g.main and not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # the folder this refused run made, empty once its lock is gone
+        raise
     # the processes leave together: a group torn down while another still works aborts it
     barrier(g)
     return done
