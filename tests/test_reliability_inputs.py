@@ -498,7 +498,7 @@ def test_nan_weights_in_a_model_file_are_named_on_loading(finished_run, tmp_path
 @pytest.mark.parametrize(
     "setting, message",
     [
-        ("fit.elbo=foo", "must be one of ['elbo', 'enum', 'iwae', 'meanfield']"),
+        ("fit.elbo=foo", "must be one of ['dreg', 'elbo', 'enum', 'iwae', 'meanfield', 'stl']"),
         ("fit.optimizer=lbfgs", "must be one of ['adam', 'adamw', 'sgd']"),
         ("fit.seed=-1", "must be a seed in 0 .. 2**32 - 1"),
         ("data.levels=1", "must be"),
