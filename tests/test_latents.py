@@ -22,10 +22,10 @@ def tiny(**settings) -> GaussianLVM:
     torch.manual_seed(0)
     base = {"image_shape": (1, 3, 3), "likelihood": "bernoulli", "z_dim": 1, "hidden": (8,)}
     lvm = GaussianLVM(GaussianLVMConfig(**{**base, **settings})).eval()
-    for net in (lvm.encoder, getattr(lvm, "merge", None)):
+    for net in (lvm.encoder, lvm.up):
         if net is not None:
             last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
-            width = lvm.config.top_dim if net is lvm.encoder and lvm.config.top_dim else 1
+            width = lvm.config.top_dim if net is lvm.up else lvm.config.z_dim
             with torch.no_grad():
                 last.bias[width : 2 * width] += 3.0  # softplus(raw + 3): scale about 3
     return lvm

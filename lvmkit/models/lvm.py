@@ -67,9 +67,10 @@ class GaussianLVMConfig:
     # autoregressive flow steps conditioned on the encoder (Kingma et al. 2016)
     guide: str = "gaussian"
     flow_steps: int = 2  # IAF steps of guide = "iaf"
-    # dims of a second latent layer z2 above z: p(z2) p(z|z2) p(x|z), inferred as q(z2|x)
-    # q(z|x, z2), in the generative order (Sønderby et al. 2016; Tomczak & Welling 2018);
-    top_dim: int = 0  # 0 is one layer
+    # dims of a second latent layer z2 above z: p(z2) p(z|z2) p(x|z), inferred bottom-up as
+    # q(z|x) q(z2|z) (Burda et al. 2016's two-layer model); 0 is one layer
+    top_dim: int = 0
+    top_hidden: tuple[int, ...] = (100, 100)  # hidden widths of the nets of q(z2|z), p(z|z2)
 
 
 class GaussianLVM(BuiltinModel):
@@ -101,14 +102,11 @@ class GaussianLVM(BuiltinModel):
         z, top = config.z_dim, config.top_dim
         flow = config.guide == "iaf"
         q_out = 2 * z + (2 * z if flow else 0)  # loc, scale (and a flow's context) of q(z|..)
-        # q(z|x) for one layer; for two, q(z2|x), and q(z|x, z2) from x's features and z2
-        self.encoder = make_encoder(config.net, config.image_shape, config.hidden,
-                                    2 * top if top else q_out)  # fmt: skip
+        self.encoder = make_encoder(config.net, config.image_shape, config.hidden, q_out)
+        self.up = None  # q(z2|z) of a second layer
         if top:
-            width = config.hidden[-1] if config.hidden else 2 * z
-            self.features = make_encoder(config.net, config.image_shape, config.hidden, width)
-            self.merge = MLP(width + top, (width,), q_out)
-            self.top_decoder = MLP(top, config.hidden, 2 * z)  # p(z|z2)
+            self.up = MLP(z, config.top_hidden, 2 * top)
+            self.top_decoder = MLP(top, config.top_hidden, 2 * z)  # p(z|z2)
         self.flow = InverseAutoregressiveFlow(z, 2 * z, config.flow_steps, 4 * z) if flow else None
         prior_dim = top or z
         self.prior_net = None  # a learned prior's parameters
@@ -139,9 +137,11 @@ class GaussianLVM(BuiltinModel):
         return len(x)
 
     def _top_q(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """loc, scale (B, top or Z) of the encoder's Gaussian over the prior's latent."""
-        dims = self.config.top_dim or self.config.z_dim
-        return gaussian_params(self.encoder(x)[..., : 2 * dims])
+        """loc, scale (B, Z) of the encoder's Gaussian over z (before any flow steps); with
+        two layers, of q(z2 | z) at z = that Gaussian's mean: (B, top_dim). What the
+        VampPrior puts at each pseudo-input."""
+        loc, scale = gaussian_params(self.encoder(x)[..., : 2 * self.config.z_dim])
+        return gaussian_params(self.up(loc)) if self.config.top_dim else (loc, scale)
 
     def prior(self) -> dist.Distribution:
         """p(z), or p(z2) with a second layer: event shape (Z,) (or (top_dim,))."""
@@ -159,11 +159,6 @@ class GaussianLVM(BuiltinModel):
             return dist.Normal(loc, scale).to_event(1)
         return self.flow(loc, scale, h[..., 2 * z :])
 
-    def _bottom_q(self, x: Tensor, z2: Tensor) -> dist.Distribution:
-        """q(z | x, z2) of the two-layer model; z2 (..., B, top_dim) may carry particle dims."""
-        h = self.features(x)
-        return self._q(self.merge(torch.cat([h.expand(*z2.shape[:-1], -1), z2], -1)))
-
     def _z_given_top(self, z2: Tensor) -> dist.Distribution:
         """p(z | z2)."""
         return dist.Normal(*gaussian_params(self.top_decoder(z2))).to_event(1)
@@ -178,11 +173,9 @@ class GaussianLVM(BuiltinModel):
         return self.obs.mean(self.decoder(z))
 
     def encode(self, x: Tensor) -> dist.Distribution:
-        """q(z|x) for a batch, event shape (Z,): a diagonal Normal, or a ``FlowPosterior``;
-        with two layers, q(z | x, z2) at z2 = the mean of q(z2|x)."""
+        """q(z|x) for a batch, event shape (Z,): a diagonal Normal, or a ``FlowPosterior``
+        (with two layers too: z is the layer next to x)."""
         check_batch(self, x, self.config.image_shape)
-        if self.config.top_dim:
-            return self._bottom_q(x, self._top_q(x)[0])
         return self._q(self.encoder(x))
 
     def _kl_weight(self) -> float | Tensor:
@@ -215,7 +208,7 @@ class GaussianLVM(BuiltinModel):
         if self.config.top_dim:
             self._register("top_decoder")
         if self.config.prior == "vamp":
-            self._register("encoder")  # the prior is q at the pseudo-inputs
+            self._register("encoder", "up")  # the prior is q at the pseudo-inputs
         if self.training and x is not None and torch.is_grad_enabled():
             self.train_steps += 1  # counts gradient steps (evaluation runs without gradients)
         with pyro.plate("data", n):
@@ -239,14 +232,12 @@ class GaussianLVM(BuiltinModel):
         if x is None:
             raise ValueError("the guide q(z|x) needs x; to sample the prior call model(n=...)")
         check_batch(self, x, self.config.image_shape)
-        self._register("encoder", "flow")
-        if self.config.top_dim:
-            self._register("features", "merge")
+        self._register("encoder", "flow", "up")
         with pyro.plate("data", len(x)), self._z_site():
+            z = pyro.sample("z", self._q(self.encoder(x)))
             if self.config.top_dim:
-                z2 = pyro.sample("z2", dist.Normal(*self._top_q(x)).to_event(1))
-                return pyro.sample("z", self._bottom_q(x, z2))
-            return pyro.sample("z", self._q(self.encoder(x)))
+                pyro.sample("z2", dist.Normal(*gaussian_params(self.up(z))).to_event(1))
+            return z
 
     @torch.no_grad()
     def sample_z(self, n: int) -> Tensor:
