@@ -79,8 +79,11 @@ def launch(kind: str, procs: int, rounds: int, smoke: bool) -> float:
            "--rounds", str(rounds)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
-        cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, env=env, check=True
+        cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, env=env
     )
+    if done.returncode:  # the workers' own words first: torchrun's summary hides them
+        lines = [ln for ln in done.stderr.splitlines() if "torch/distributed" not in ln]
+        sys.exit(f"{procs} {kind} worker(s) failed ({done.returncode}):\n" + "\n".join(lines[-40:]))
     return json.loads(done.stdout.strip().splitlines()[-1])["rate"]
 
 
