@@ -27,6 +27,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from lvmkit.core.checks import check_count
+from lvmkit.inference.draws import WRAPPERS
 from lvmkit.inference.importance import log_weights
 from lvmkit.inference.programs import (
     is_latent,
@@ -329,8 +330,6 @@ def check_closed_form_kl(guide_tr, model_tr) -> None:
 
 def _innermost(fn) -> str:
     """A distribution's name under its expand / to_event / mask wrappers."""
-    while hasattr(fn, "base_dist") and not isinstance(
-        fn, torch.distributions.TransformedDistribution
-    ):
+    while isinstance(fn, WRAPPERS):
         fn = fn.base_dist
     return type(fn).__name__
