@@ -268,6 +268,7 @@ def _run(args, argv: list[str]) -> int:
         _print_files(written, first="report: ")
         return 0
     if args.command == "evaluate":
+        from lvmkit.inference.likelihood import describe
         from lvmkit.runs import evaluate_run
 
         est, written = evaluate_run(args.run, num_samples=args.num_samples, seed=args.seed,
@@ -277,7 +278,7 @@ def _run(args, argv: list[str]) -> int:
             shown = {k: v for k, v in est.items() if k != "convergence"}
             print(json.dumps(shown))
             for row in est.get("convergence", []):
-                print(f"  {row}")
+                print(f"  {describe(row)}")
             print("\n".join(f"wrote {p}" for p in written))
         return 0
     from lvmkit.core.processes import launch_local, launched

@@ -205,6 +205,9 @@ def test_evaluate_an_lvm_by_importance_sampling(tmp_path, capsys):
     result = json.loads((run / "evaluation.json").read_text())
     assert result["num_samples"] == 20 and result["log_likelihood"] < 0
     assert 0 < result["bits_per_dim"] < 1  # binary pixels: at most one bit each
+    lines = capsys.readouterr().out.splitlines()  # the convergence rows, one readable line each
+    last = next(line for line in lines if "IS K=20;" in line)
+    assert f"log p(x) = {result['log_likelihood']:.4f} nats" in last and "{" not in last
     assert main(["fit", "ae", "--epochs", "1", "--out", str(tmp_path / "ae"), "--no-progress"]) == 0
     assert main(["evaluate", str(tmp_path / "ae")]) == 2
     assert "no density p(x)" in capsys.readouterr().err

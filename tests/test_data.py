@@ -25,6 +25,14 @@ def test_digits_is_the_real_dataset():
     assert sorted(d.y.unique().tolist()) == list(range(10))
 
 
+def test_repr_names_shapes_not_values():
+    data = ImageData(torch.zeros(5, 1, 3, 3), torch.arange(5), levels=2, name="toy",
+                     splits={"train": (0, 4), "test": (4, 5)})  # fmt: skip
+    assert repr(data) == (
+        "ImageData('toy': x (5, 1, 3, 3), 2 levels, 5 labels, splits ['test', 'train'])"
+    )
+
+
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_images_and_labels_beside_them(tmp_path, compress):
     rng = np.random.default_rng(0)

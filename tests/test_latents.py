@@ -2,6 +2,7 @@
 against quadrature and autograd, estimators against the exact log p(x), settings refused."""
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -153,6 +154,19 @@ def test_flow_draws_come_from_positions_not_the_stream():
     keys = torch.arange(4)
     trainer.step(images(), keys=keys)
     assert trainer.unseeded == set()
+
+
+def test_fitting_a_vampprior_never_placed_at_training_images_warns():
+    lvm = tiny(prior="vamp", prior_components=3).train()
+    with pytest.warns(UserWarning, match=r"call model.initialize\(train_data\)"):
+        lvmkit.fit(lvm.model, lvm.guide, images(8), epochs=1, batch_size=4, progress=False)
+    placed = tiny(prior="vamp", prior_components=3).initialize(images(8)).train()
+    copy = tiny(prior="vamp", prior_components=3)
+    copy.load_state_dict(placed.state_dict())  # a checkpoint remembers the placing
+    for model in (placed, copy.train()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lvmkit.fit(model.model, model.guide, images(8), epochs=1, batch_size=4, progress=False)
 
 
 def test_the_cli_fits_resumes_and_evaluates_a_combined_model(tmp_path, capsys):

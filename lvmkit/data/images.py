@@ -45,6 +45,15 @@ class ImageData:
         if self.splits is not None:
             _check_splits(self.splits, len(self.x), self.name)
 
+    def __repr__(self) -> str:  # shapes, not the tensors' values
+        x = tuple(self.x.shape)
+        labels = "no labels" if self.y is None else f"{len(self.y)} labels"
+        kind = f"{self.levels} levels" if self.levels else "continuous"
+        split = [f"splits {sorted(self.splits)}"] if self.splits else []
+        flags = [f for f in ("dynamic_binarization", "dequantized") if getattr(self, f)]
+        parts = ", ".join([f"x {x}", kind, labels, *split, *flags])
+        return f"ImageData({self.name!r}: {parts})"
+
     def part(self, name: str) -> ImageData:
         """The part ``name`` of the split the data came with (e.g. ``"test"``)."""
         if not self.splits or name not in self.splits:

@@ -53,7 +53,9 @@ class LogLikelihood:
     would move on other data from the same source. ``mc_stderr`` is the estimator's own Monte
     Carlo error of the mean: how far it would move with other random draws on the same data
     (from each datapoint's weights by the delta method, ``mc_errors``; it says nothing of the
-    bias of a loose proposal, which PSIS k-hat and AIS address). ``bits_per_dim`` counts the
+    bias of a loose proposal, which PSIS k-hat and AIS address, and where k-hat > 0.7 the
+    weights' variance is itself estimated from draws that miss the tail: reruns with other
+    seeds then spread several times wider than it says). ``bits_per_dim`` counts the
     dimensions the model predicts (``dims`` per datapoint): the hidden pixels of a completion,
     every pixel otherwise; for a continuous density of dequantized pixels the values already
     include the bins' width, so they bound the discrete log-likelihood.
@@ -125,14 +127,19 @@ class LogLikelihood:
         )
 
     def __str__(self) -> str:
-        unit = f", {self.bits_per_dim:.4f} bits/dim" if self.bits_per_dim is not None else ""
-        how = {"exact": "exact", "importance": f"IS K={self.num_samples}"}.get(
-            self.method, f"AIS {self.num_samples} chains x {self.steps} steps"
-        )
-        return (
-            f"log p(x) = {self.mean:.4f} nats{unit} ({how}; stderr over data {self.stderr:.4f}, "
-            f"Monte Carlo stderr {self.mc_stderr:.4f})"
-        )
+        return describe(self.row())
+
+
+def describe(row: dict) -> str:
+    """A ``LogLikelihood.row()`` as one line: how, the value, its errors and bits/dim."""
+    how = {"exact": "exact", "importance": f"IS K={row['num_samples']}"}.get(
+        row["method"], f"AIS {row['num_samples']} chains x {row.get('steps')} steps"
+    )
+    errors = ", ".join(f"{name} {row[key]:.4f}" for key, name in
+                       (("stderr", "stderr over data"), ("mc_stderr", "Monte Carlo stderr"))
+                       if row.get(key) is not None)  # fmt: skip
+    unit = f", {row['bits_per_dim']:.4f} bits/dim" if row.get("bits_per_dim") is not None else ""
+    return f"log p(x) = {row['mean']:.4f} nats{unit} ({how}; {errors})"
 
 
 def predicted_dims(dataset, batch: tuple[Tensor, ...]) -> Tensor:

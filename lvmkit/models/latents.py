@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -85,6 +86,7 @@ class VampPrior(nn.Module):
         super().__init__()
         # near 0 until ``start_at`` puts them at training images (GaussianLVM.initialize)
         self.pseudo_inputs = nn.Parameter(0.01 * torch.randn(components, *image_shape))
+        self.register_buffer("placed", torch.tensor(False))  # saved: a resumed run knows
 
     @torch.no_grad()
     def start_at(self, x: Tensor, generator: torch.Generator) -> None:
@@ -96,9 +98,17 @@ class VampPrior(nn.Module):
         )  # fmt: skip
         noise = 0.01 * torch.randn(self.pseudo_inputs.shape, generator=generator)
         self.pseudo_inputs.copy_(x[pick].to(self.pseudo_inputs) + noise.to(self.pseudo_inputs))
+        self.placed.fill_(True)
 
     def forward(self, gaussian_q) -> dist.Distribution:
         """gaussian_q: x (K, *image_shape) -> (loc, scale), each (K, Z)."""
+        if self.training and not self.placed and torch.is_grad_enabled():
+            # training from the near-zero start works, but converges nats worse
+            warnings.warn(
+                "the VampPrior's pseudo-inputs were never placed at training images: call "
+                "model.initialize(train_data) before fitting (lvmkit fit does)",
+                stacklevel=2,
+            )
         return uniform_mixture(*gaussian_q(self.pseudo_inputs))
 
 
