@@ -10,7 +10,7 @@ decoder, Adam 1e-3, batch 100, ``--epochs`` epochs (50).
 Rows (``--models``; pythae's skipped with a note when it is not installed: pip install pythae):
 pythae's VAE, IWAE (K = 10), VAMP (500 pseudo-inputs) and VAE_IAF; lvmkit's VAE, IWAE and DReG
 (K = 10), VampPrior (500 pseudo-inputs), IAF posterior (2 steps), two-layer model (z2 of 16
-dims above z), and DReG with the VampPrior, with and without the second layer. Each row
+dims above z), and DReG with the second layer, the VampPrior, or both. Each row
 reports, on the test split:
 
 - ``nll_is``: -log p(x) in nats by importance sampling with the model's own guide, K = 5000
@@ -61,6 +61,7 @@ LVMKIT = {  # name -> (GaussianLVMConfig settings, elbo, num_samples)
     "two_layer": ({"top_dim": 16}, "elbo", 1),
     # combinations; not DReG with the flow posterior, whose density at DReG's held draws runs
     # its inverse (one pass per dim: 8x slower a step here)
+    "two_layer_dreg": ({"top_dim": 16}, "dreg", 10),
     "vamp_dreg": ({"prior": "vamp", "prior_components": 500}, "dreg", 10),
     "vamp_two_layer_dreg": ({"prior": "vamp", "prior_components": 500, "top_dim": 16}, "dreg", 10),
 }
