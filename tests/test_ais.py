@@ -142,6 +142,28 @@ def test_a_latent_with_positive_support_moves_in_unconstrained_coordinates():
     assert abs(ll.mean - float(exact.mean())) < 3 * ll.mc_stderr + 0.01
 
 
+def test_leapfrog_paths_through_a_nan_gradient_are_rejected_not_raised():
+    """Beyond a wall at z = 1 the model's density and gradient are NaN: a leapfrog path that
+    crosses it must be rejected, even where the guide's kept distribution checks its values.
+    p(x) is then the mass below the wall: N(x; 0, 2) Phi((1 - x/2) / sqrt(1/2))."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+            pyro.factor("wall", 0 * (1 - z).sqrt())  # 0 below; NaN, and a NaN gradient, above
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):  # far below the wall: no draw starts beyond it
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(torch.full_like(x, -1.0), 0.3))
+
+    x = torch.tensor([0.0, 0.5, -0.5], dtype=torch.float64)
+    below = dist.Normal(0.0, 1.0).cdf((1 - x / 2) / math.sqrt(0.5)).log()
+    exact = dist.Normal(0.0, math.sqrt(2)).log_prob(x) + below
+    ll = lvmkit.ais(model, x, guide=guide, num_samples=64, steps=100, step_size=0.5)
+    assert (ll.values - exact).abs().max() < 4 * ll.mc_errors.max(), (ll.values, exact)
+
+
 def test_pyro_param_values_come_from_params_or_the_store():
     def model(x):
         loc = pyro.param("loc", torch.tensor(0.0, dtype=x.dtype))

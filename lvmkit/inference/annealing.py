@@ -284,21 +284,27 @@ def _check_finite(path, u, log_f, delta, beta, t) -> None:
 
 def _hmc(path, u, beta, log_f, grads, eps, leapfrog_steps):
     """One HMC transition per chain leaving f_beta invariant: (new latents, acceptance rate
-    per datapoint (N,)). Proposals whose energy is not finite are rejected."""
+    per datapoint (N,)). Proposals whose energy is not finite are rejected; so are those whose
+    path left the reals (a NaN gradient on the way), evaluated at the start instead, as a
+    distribution kept from the start may still check its values."""
     step = {n: path.chain_view(eps, v, n) for n, v in u.items()}
     momentum = {n: torch.randn_like(v) for n, v in u.items()}
     h0 = -log_f + 0.5 * path.per_chain({n: p.square() for n, p in momentum.items()})
     q = dict(u)
     p = {n: momentum[n] + 0.5 * step[n] * grads[n] for n in u}
+    lost = torch.zeros_like(h0, dtype=torch.bool)  # (K, N)
     with pyro.validation_enabled(False):  # a diverging proposal may leave the support
         for i in range(leapfrog_steps):
             q = {n: q[n] + step[n] * p[n] for n in u}
-            new_log_f, _, new_grads = path.target(q, beta)
+            off = path.per_chain({n: (~torch.isfinite(v)).to(v.dtype) for n, v in q.items()})
+            lost = lost | (off > 0)
+            safe = {n: torch.where(path.chain_view(lost, v, n), u[n], v) for n, v in q.items()}
+            new_log_f, _, new_grads = path.target(safe, beta)
             half = 0.5 if i == leapfrog_steps - 1 else 1.0
             p = {n: p[n] + half * step[n] * new_grads[n] for n in u}
     h1 = -new_log_f + 0.5 * path.per_chain({n: v.square() for n, v in p.items()})
     log_accept = (h0 - h1).nan_to_num(nan=-math.inf)
-    accept = torch.isfinite(h1) & (torch.rand_like(h0).log() < log_accept)  # (K, N)
+    accept = ~lost & torch.isfinite(h1) & (torch.rand_like(h0).log() < log_accept)  # (K, N)
     moved = {n: torch.where(path.chain_view(accept, u[n], n), q[n], u[n]) for n in u}
     return moved, accept.to(h0.dtype).mean(0)
 
