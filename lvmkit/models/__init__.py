@@ -11,6 +11,7 @@ from lvmkit.models.conditional import (
     ConditionalLVMConfig,
     quadrant_masks,
 )
+from lvmkit.models.flow import FlowConfig, NormalizingFlow
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 from lvmkit.models.latents import FlowGuide
 from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
@@ -25,6 +26,7 @@ __all__ = [
     "BuiltinModel",
     "CompletionBaseline",
     "CompletionData",
+    "FlowConfig",
     "FlowGuide",
     "ConditionalLVM",
     "ConditionalLVMConfig",
@@ -32,6 +34,7 @@ __all__ = [
     "GaussianLVMConfig",
     "GaussianMixture",
     "GaussianMixtureConfig",
+    "NormalizingFlow",
     "build_model",
     "quadrant_masks",
     "rebuild",

@@ -10,6 +10,7 @@ from lvmkit.models.autoencoders import Autoencoder
 from lvmkit.models.autoregressive import AutoregressiveDensity
 from lvmkit.models.base import BuiltinModel
 from lvmkit.models.conditional import ConditionalLVM
+from lvmkit.models.flow import NormalizingFlow
 from lvmkit.models.gmm import GaussianMixture
 from lvmkit.models.lvm import GaussianLVM
 
@@ -100,6 +101,8 @@ register_model(
     fixed={"net": "rnn"},
     defaults={"layers": 2, "features": 64},
 )
+
+register_model("flow", NormalizingFlow, "RealNVP/Glow multi-scale normalizing flow p(x)")
 
 
 def _entry(name: str) -> ModelEntry:
