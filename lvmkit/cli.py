@@ -277,6 +277,9 @@ def _run(args, argv: list[str]) -> int:
         if written:
             shown = {k: v for k, v in est.items() if k != "convergence"}
             print(json.dumps(shown))
+            print(describe({"mean": est["log_likelihood"], "num_samples": 1, **est}))
+            if est.get("bound"):
+                print(f"  the bound: {est['bound']}")
             for row in est.get("convergence", []):
                 print(f"  {describe(row)}")
             print("\n".join(f"wrote {p}" for p in written))

@@ -33,7 +33,8 @@ def evaluate(
 ) -> LogLikelihood:
     """log p(x) of a built-in model (``lvmkit.models.BuiltinModel``) on ``data`` (ImageData,
     which ``model.prepare`` turns into the model's units): exact where the model declares
-    ``density = "exact"`` (mixtures, autoregressive models); otherwise estimated with its guide,
+    ``density = "exact"`` (mixtures, autoregressive models, flows), a lower bound in one pass
+    where it declares ``density = "bound"`` (the VQ-VAE); otherwise estimated with its guide,
     by importance sampling with ``num_samples`` draws (``method="importance"``, default 1000) or
     by AIS with ``num_samples`` chains (default 16) and ``steps`` temperatures
     (``method="ais"``, ``lvmkit.ais``).
@@ -71,4 +72,4 @@ def evaluate(
     est = estimate_per_batch(model.model, None, prepared, exact, what="log p(x)", params=None,
                              discrete=discrete, trace=False, dequantized=dequantized,
                              **common)  # fmt: skip
-    return est.summary(1, "exact")
+    return est.summary(1, model.density)

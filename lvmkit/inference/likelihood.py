@@ -67,7 +67,7 @@ class LogLikelihood:
     mc_stderr: float  # Monte Carlo error of the mean: sqrt(sum mc_errors^2) / N; 0 when exact
     bits_per_dim: float | None  # -mean / (dims log 2) for discrete data; None otherwise
     num_samples: int  # importance samples (or AIS chains) per datapoint; 1 when exact
-    method: str = "importance"  # "exact", "importance" or "ais"
+    method: str = "importance"  # "exact", "bound" (a lower bound in one pass), "importance", "ais"
     steps: int | None = None  # AIS temperatures
     dims: float = math.nan  # dimensions predicted per datapoint (mean)
     mc_errors: Tensor | None = field(default=None, repr=False)  # (N,) per datapoint
@@ -132,8 +132,9 @@ class LogLikelihood:
 
 def describe(row: dict) -> str:
     """A ``LogLikelihood.row()`` as one line: how, the value, its errors and bits/dim."""
-    how = {"exact": "exact", "importance": f"IS K={row['num_samples']}"}.get(
-        row["method"], f"AIS {row['num_samples']} chains x {row.get('steps')} steps"
+    k = row["num_samples"]
+    how = {"exact": "exact", "bound": "a lower bound", "importance": f"IS K={k}"}.get(
+        row["method"], f"AIS {k} chains x {row.get('steps')} steps"
     )
     errors = ", ".join(f"{name} {row[key]:.4f}" for key, name in
                        (("stderr", "stderr over data"), ("mc_stderr", "Monte Carlo stderr"))
@@ -178,7 +179,7 @@ class Estimates:
     seconds: float
 
     def summary(self, num_samples: int, method: str, steps: int | None = None) -> LogLikelihood:
-        exact = method == "exact"
+        exact = method in ("exact", "bound")  # no Monte Carlo error
         return LogLikelihood.of(
             self.values,
             dims=self.dims,

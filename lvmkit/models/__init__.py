@@ -16,6 +16,7 @@ from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 from lvmkit.models.latents import FlowGuide
 from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
 from lvmkit.models.registry import MODELS, build_model, rebuild, register_model
+from lvmkit.models.vqvae import VQVAE, VQVAEConfig
 
 __all__ = [
     "MODELS",
@@ -35,6 +36,8 @@ __all__ = [
     "GaussianMixture",
     "GaussianMixtureConfig",
     "NormalizingFlow",
+    "VQVAE",
+    "VQVAEConfig",
     "build_model",
     "quadrant_masks",
     "rebuild",

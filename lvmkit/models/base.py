@@ -13,7 +13,8 @@ weights) and:
   units -> pictures (N, C, H, W) in [0, 1].
 - ``data_kind``: what it scores ("continuous", "binary" or "levels"; the last two get bits/dim);
   by default ``self.obs.data_kind``.
-- ``density``: how log p(x) is had: "exact" (``log_prob(*batch)`` in closed form), "importance"
+- ``density``: how log p(x) is had: "exact" (``log_prob(*batch)`` in closed form), "bound"
+  (``log_prob(*batch)`` a lower bound, reported as one, with ``bound`` saying which), "importance"
   (importance-sampled with its guide), or None (no density, e.g. autoencoders).
 - Declared abilities, each off unless the class turns it on, each with its method:
   ``can_sample`` (``sample(n)`` in model units; ``sample_images(n)`` turns it into pictures),
@@ -56,6 +57,7 @@ class BuiltinModel(nn.Module):
     posterior_guide = False
     closed_form_em = False
     density: str | None = "importance"
+    bound = ""  # for density = "bound": what log_prob gives, in words
     default_elbo = "elbo"
     default_samples = 1
 
@@ -129,7 +131,8 @@ class BuiltinModel(nn.Module):
         return known.reshape(x.shape)
 
     def log_prob(self, *batch) -> Tensor:
-        """Exact log p(x) per datapoint (N,), for ``density = "exact"``."""
+        """Exact log p(x) per datapoint (N,), for ``density = "exact"``; a lower bound on it
+        for ``density = "bound"``."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form log p(x)")
 
 

@@ -13,6 +13,7 @@ from lvmkit.models.conditional import ConditionalLVM
 from lvmkit.models.flow import NormalizingFlow
 from lvmkit.models.gmm import GaussianMixture
 from lvmkit.models.lvm import GaussianLVM
+from lvmkit.models.vqvae import VQVAE
 
 DERIVED = ("image_shape", "dim")  # config fields set from the data, never by a user
 ABILITIES = {  # declared ability -> the method it promises
@@ -53,10 +54,14 @@ def register_model(
                 f"{cls.__name__} declares {ability} = True but has no {method}(...); write it, "
                 f"or set {ability} = False"
             )
-    if cls.density not in ("exact", "importance", None):
-        raise ValueError(f"{cls.__name__}.density must be 'exact', 'importance' or None")
-    if cls.density == "exact" and cls.log_prob is BuiltinModel.log_prob:
-        raise ValueError(f"{cls.__name__} declares density = 'exact' but has no log_prob(...)")
+    if cls.density not in ("exact", "bound", "importance", None):
+        raise ValueError(f"{cls.__name__}.density must be 'exact', 'bound', 'importance' or None")
+    if cls.density == "bound" and not cls.bound:
+        raise ValueError(f"{cls.__name__} declares density = 'bound': say which in bound = '...'")
+    if cls.density in ("exact", "bound") and cls.log_prob is BuiltinModel.log_prob:
+        raise ValueError(
+            f"{cls.__name__} declares density = {cls.density!r} but has no log_prob(...)"
+        )
     if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
         raise ValueError(f"{cls.__name__} needs config_class, the dataclass it is built from")
     MODELS[name] = ModelEntry(cls, description, dict(fixed or {}), dict(defaults or {}))
@@ -103,6 +108,7 @@ register_model(
 )
 
 register_model("flow", NormalizingFlow, "RealNVP/Glow multi-scale normalizing flow p(x)")
+register_model("vqvae", VQVAE, "VQ-VAE: discrete code grid, PixelCNN prior over the codes")
 
 
 def _entry(name: str) -> ModelEntry:

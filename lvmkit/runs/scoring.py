@@ -70,8 +70,10 @@ def evaluate_run(path, *, num_samples: int | None = None, seed: int = 0, progres
     est = {"log_likelihood": ll.mean, "stderr": ll.stderr, "mc_stderr": ll.mc_stderr}
     # the keys say what they are; the unit, once (bits_per_dim, where defined, is in bits)
     est |= {"unit": "nats per datapoint", "exact": ll.exact, "method": ll.method}
-    if not ll.exact:
+    if ll.method in ("importance", "ais"):
         est["num_samples"] = ll.num_samples
+    if ll.method == "bound":
+        est["bound"] = model.bound
     if ll.steps is not None:
         est["steps"] = ll.steps
     if ll.bits_per_dim is not None:
