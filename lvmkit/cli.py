@@ -185,9 +185,9 @@ def _run_parsers(sub) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="log p(x) and bits/dim on the test split")
     e.add_argument("run", type=Path, help="a run directory written by lvmkit fit")
-    e.add_argument("--method", choices=["importance", "ais"], default="importance",
-                   help="importance sampling with the model's encoder (default), or AIS from "
-                   "it")  # fmt: skip
+    e.add_argument("--method", choices=["importance", "ais"], default=None,
+                   help="importance sampling with the model's encoder (the default), or AIS "
+                   "from it; a GAN: AIS from the prior")  # fmt: skip
     e.add_argument("--num-samples", type=_positive(int),
                    help="importance samples per image (default 1000), or AIS chains (default "
                    "16)")  # fmt: skip

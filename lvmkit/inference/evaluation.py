@@ -23,7 +23,7 @@ def evaluate(
     model,
     data,
     *,
-    method: str = "importance",
+    method: str | None = None,
     num_samples: int | None = None,
     steps: int = 100,
     batch_size: int = 128,
@@ -37,12 +37,19 @@ def evaluate(
     where it declares ``density = "bound"`` (the VQ-VAE); otherwise estimated with its guide,
     by importance sampling with ``num_samples`` draws (``method="importance"``, default 1000) or
     by AIS with ``num_samples`` chains (default 16) and ``steps`` temperatures
-    (``method="ais"``, ``lvmkit.ais``).
+    (``method="ais"``, ``lvmkit.ais``); by AIS from the prior where it declares
+    ``density = "ais"`` (a GAN under its observation noise). ``method=None``: the model's own.
     Discrete data are scored on their levels; a continuous likelihood of discrete data is
     scored on dequantized pixels, so that its bits/dim bound the discrete likelihood's."""
     check_builtin(model, data, "evaluate", "lvmkit.log_likelihood(model, guide, data)")
-    if method not in ("importance", "ais"):
+    if method not in (None, "importance", "ais"):
         raise ValueError(f"unknown method {method!r}; choose 'importance' or 'ais'")
+    if model.density == "ais" and method == "importance":
+        raise ValueError(
+            f"{type(model).__name__} has no guide to importance-sample with: its log p(x) is "
+            "estimated by AIS from the prior (method='ais')"
+        )
+    method = method or ("ais" if model.density == "ais" else "importance")
     if model.density is None:
         raise ValueError(
             f"{type(model).__name__} defines no density p(x) to evaluate (an autoencoder's code "
@@ -52,6 +59,9 @@ def evaluate(
         num_samples = DEFAULT_SAMPLES[method]
     prepared = model.prepare(data)
     common = dict(batch_size=batch_size, seed=seed, device=device, progress=progress)
+    if model.density == "ais":  # annealed from the prior: the model has no guide
+        return ais(model.model, prepared, num_samples=num_samples, steps=steps,
+                   discrete=scores_discrete(model, prepared), **common)  # fmt: skip
     if model.density == "importance":
         discrete = scores_discrete(model, prepared)
         if method == "ais":

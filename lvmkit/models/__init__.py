@@ -12,6 +12,7 @@ from lvmkit.models.conditional import (
     quadrant_masks,
 )
 from lvmkit.models.flow import FlowConfig, NormalizingFlow
+from lvmkit.models.gan import GAN, GANConfig
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 from lvmkit.models.latents import FlowGuide
 from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
@@ -29,6 +30,8 @@ __all__ = [
     "CompletionData",
     "FlowConfig",
     "FlowGuide",
+    "GAN",
+    "GANConfig",
     "ConditionalLVM",
     "ConditionalLVMConfig",
     "GaussianLVM",

@@ -14,7 +14,8 @@ weights) and:
 - ``data_kind``: what it scores ("continuous", "binary" or "levels"; the last two get bits/dim);
   by default ``self.obs.data_kind``.
 - ``density``: how log p(x) is had: "exact" (``log_prob(*batch)`` in closed form), "bound"
-  (``log_prob(*batch)`` a lower bound, reported as one, with ``bound`` saying which), "importance"
+  (``log_prob(*batch)`` a lower bound, reported as one, with ``bound`` saying which), "ais"
+  (annealed from the prior: a model with no guide, such as a GAN under a noise model), "importance"
   (importance-sampled with its guide), or None (no density, e.g. autoencoders).
 - Declared abilities, each off unless the class turns it on, each with its method:
   ``can_sample`` (``sample(n)`` in model units; ``sample_images(n)`` turns it into pictures),
@@ -27,7 +28,8 @@ weights) and:
   guide q(z|x) over a batch (x,): PSIS k-hat and the posterior predictive check weigh it;
   implied by ``gaussian_code``),
   ``closed_form_em``.
-- ``default_elbo`` / ``default_samples``: the objective ``lvmkit fit`` trains it with.
+- ``default_inference``, ``default_lr``, ``default_elbo`` / ``default_samples``: how ``lvmkit
+  fit`` trains it ("adversarial": ``generator``, ``discriminator`` and ``z_dim``, the GAN's).
 
 To add one: subclass, fill in the above, and ``lvmkit.models.register_model(name, cls, ...)``,
 which checks that every declared ability has its method.
@@ -58,6 +60,8 @@ class BuiltinModel(nn.Module):
     closed_form_em = False
     density: str | None = "importance"
     bound = ""  # for density = "bound": what log_prob gives, in words
+    default_inference = "svi"  # the [fit] inference ``lvmkit fit`` uses: svi, em, adversarial
+    default_lr = 1e-3
     default_elbo = "elbo"
     default_samples = 1
 

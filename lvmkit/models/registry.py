@@ -11,6 +11,7 @@ from lvmkit.models.autoregressive import AutoregressiveDensity
 from lvmkit.models.base import BuiltinModel
 from lvmkit.models.conditional import ConditionalLVM
 from lvmkit.models.flow import NormalizingFlow
+from lvmkit.models.gan import GAN
 from lvmkit.models.gmm import GaussianMixture
 from lvmkit.models.lvm import GaussianLVM
 from lvmkit.models.vqvae import VQVAE
@@ -54,8 +55,10 @@ def register_model(
                 f"{cls.__name__} declares {ability} = True but has no {method}(...); write it, "
                 f"or set {ability} = False"
             )
-    if cls.density not in ("exact", "bound", "importance", None):
-        raise ValueError(f"{cls.__name__}.density must be 'exact', 'bound', 'importance' or None")
+    if cls.density not in ("exact", "bound", "ais", "importance", None):
+        raise ValueError(
+            f"{cls.__name__}.density must be 'exact', 'bound', 'ais', 'importance' or None"
+        )
     if cls.density == "bound" and not cls.bound:
         raise ValueError(f"{cls.__name__} declares density = 'bound': say which in bound = '...'")
     if cls.density in ("exact", "bound") and cls.log_prob is BuiltinModel.log_prob:
@@ -108,6 +111,7 @@ register_model(
 )
 
 register_model("flow", NormalizingFlow, "RealNVP/Glow multi-scale normalizing flow p(x)")
+register_model("gan", GAN, "GAN: the LVM's decoder as generator, non-saturating loss")
 register_model("vqvae", VQVAE, "VQ-VAE: discrete code grid, PixelCNN prior over the codes")
 
 

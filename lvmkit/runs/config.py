@@ -53,7 +53,8 @@ KEY_HELP = {
     "val_fraction": "validation share: of the train part where the data carry a split",
     "image_shape": "C, H, W that flat rows (N, C*H*W) of a .npy/.npz are read as",
     "levels": "pixel levels of integer data beyond 8 bits",
-    "inference": "svi, or em (closed-form EM, for gmm): which algorithm fits the model",
+    "inference": "svi, em (closed-form EM, for gmm) or adversarial (gan): which algorithm fits "
+    "the model",
     "epochs": "passes over the training data, or EM iterations at most (resuming: the total)",
     "batch_size": "datapoints per gradient step (over all processes under torchrun)",
     "lr": "learning rate",
@@ -100,7 +101,7 @@ SEEDS = {"seed", "split_seed"}
 CHOICES = {
     "elbo": set(ELBOS),
     "optimizer": set(OPTIMIZERS),
-    "inference": {"svi", "em"},
+    "inference": {"svi", "em", "adversarial"},
 }  # NumPy takes seeds in 0 .. 2**32 - 1
 
 
@@ -108,6 +109,7 @@ CHOICES = {
 USED_BY = {
     "svi": set(FIT_DEFAULTS),
     "em": {"inference", "epochs", "seed", "device", "threads"},
+    "adversarial": {"inference", "epochs", "batch_size", "lr", "seed", "device", "threads"},
 }
 
 
@@ -124,7 +126,8 @@ def default_config(model_name: str) -> dict:
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
     cls = MODELS[model_name].cls
-    fit = {**FIT_DEFAULTS, "elbo": cls.default_elbo, "num_samples": cls.default_samples}
+    fit = {**FIT_DEFAULTS, "inference": cls.default_inference, "lr": cls.default_lr,
+           "elbo": cls.default_elbo, "num_samples": cls.default_samples}  # fmt: skip
     return {"data": dict(DATA_DEFAULTS), "model": config_fields(model_name), "fit": fit}
 
 

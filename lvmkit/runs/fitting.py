@@ -17,6 +17,7 @@ from lvmkit.core.processes import barrier, group, process_device, rank, set_thre
 from lvmkit.data import BUNDLED, DATASETS
 from lvmkit.diagnostics import encode, linear_probe, loss_curve, probe_problem, save_figure
 from lvmkit.inference import FitResult, em, fit
+from lvmkit.inference.adversarial import fit_adversarial
 from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.evaluation import scores_discrete
 from lvmkit.inference.likelihood import loss_bits_per_dim
@@ -182,6 +183,15 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
     splits = lvdata.train_val_test(dataset, dcfg["val_fraction"], seed=dcfg["split_seed"])
     torch.manual_seed(fcfg["seed"])  # the nets' initial weights
     model = build_model(model_name, dataset.image_shape, dataset.levels, config["model"])
+    adversarial = model.default_inference == "adversarial"
+    if (fcfg["inference"] == "adversarial") != adversarial:
+        raise ValueError(
+            f"{model_name} is trained by inference 'adversarial' alone (it has no guide for "
+            "svi): leave inference out, or set it to 'adversarial'"
+            if adversarial
+            else f"inference 'adversarial' trains a GAN (gan); fit {model_name} by "
+            f"'{model.default_inference}'"
+        )
     if fcfg["inference"] == "em" and not model.closed_form_em:
         with_em = [name for name, entry in MODELS.items() if entry.cls.closed_form_em]
         raise ValueError(
@@ -235,6 +245,8 @@ def _fit(model, config, out, splits, *, resume, progress, main) -> FitResult:
         epochs = fcfg.pop("epochs")
         result = em(model, train_data.double(), max_iter=epochs, **fcfg, **loop)
         model.float()
+    elif inference == "adversarial":
+        result = fit_adversarial(model, train_data, **fcfg, **loop)
     else:
         model.initialize(train_data, seed=fcfg["seed"])
         result = fit(model.model, model.guide, train_data, val_data=model.prepare(val),

@@ -45,16 +45,18 @@ def _scored(run, data: str | None, split: str | None):
 
 
 def evaluate_run(path, *, num_samples: int | None = None, seed: int = 0, progress: bool = True,
-                 data: str | None = None, split: str | None = None, method: str = "importance",
+                 data: str | None = None, split: str | None = None, method: str | None = None,
                  steps: int = 100) -> tuple[dict, list[Path]]:  # fmt: skip
     """log p(x) of the run's model into RUN/evaluation.json: exact where the model can say it,
     else by ``method`` ("importance" with the model's guide, with the estimate as K grows, or
-    "ais"). On the run's own test part by default; ``data`` scores another file (its ``split``
-    part where it carries a split, else all of it). Returns the estimate and the files."""
+    "ais"; None: AIS for a model whose density is AIS from the prior, else importance). On
+    the run's own test part by default; ``data`` scores another file (its ``split`` part
+    where it carries a split, else all of it). Returns the estimate and the files."""
     run = load_run(path)
     scored, split, out = _scored(run, data, split)
     check_writable(out)
     model = run.model
+    method = method or ("ais" if model.density == "ais" else "importance")
     num_samples = num_samples or DEFAULT_SAMPLES[method]
     common = dict(seed=seed, progress=progress)
     rows = []
@@ -66,7 +68,8 @@ def evaluate_run(path, *, num_samples: int | None = None, seed: int = 0, progres
                            discrete=scores_discrete(model, prepared), **common)  # fmt: skip
         ll = rows[-1]
     else:
-        ll = evaluate(model, scored, method=method, num_samples=num_samples, **common)
+        ll = evaluate(model, scored, method=method, num_samples=num_samples, steps=steps,
+                      **common)  # fmt: skip
     est = {"log_likelihood": ll.mean, "stderr": ll.stderr, "mc_stderr": ll.mc_stderr}
     # the keys say what they are; the unit, once (bits_per_dim, where defined, is in bits)
     est |= {"unit": "nats per datapoint", "exact": ll.exact, "method": ll.method}

@@ -1,0 +1,108 @@
+"""A generative adversarial network with the LVM's decoders as its generator, trained by the
+``Adversarial`` algorithm of the one loop; scored on the LVM's scale by AIS from the prior
+under a Gaussian observation noise (Wu et al. 2017)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+
+from lvmkit import data as lvdata
+from lvmkit.core.checks import check_count, check_number
+from lvmkit.distributions import make_observation
+from lvmkit.models.base import BuiltinModel, prepare_images
+from lvmkit.models.common import check_batch, make_decoder, make_encoder
+
+PIXELS = SimpleNamespace(name="gan", data_kind="continuous")  # what prepare_images reads
+NO_GUIDE = (
+    "a GAN has no encoder q(z|x) to sample log p(x) with: estimate it by AIS from the prior, "
+    "lvmkit.ais(gan.model, data) (Wu et al. 2017), which scores x under the Gaussian "
+    "observation noise noise_scale; lvmkit.evaluate(gan, data) does this"
+)
+
+
+@dataclass
+class GANConfig:
+    image_shape: tuple[int, ...] = (1, 8, 8)
+    z_dim: int = 16
+    hidden: tuple[int, ...] = (256, 256)  # generator (the LVM's decoder) and discriminator
+    net: str = "mlp"  # "mlp", or "conv": transpose-conv generator, conv discriminator
+    # the Gaussian observation noise under which log p(x) is scored by AIS (Wu et al. 2017);
+    # training ignores it
+    noise_scale: float = 0.1
+
+
+class Generator(nn.Module):
+    """z (B, Z) -> pixel means (B, *image_shape) in (0, 1)."""
+
+    def __init__(self, config: GANConfig):
+        super().__init__()
+        self.shape = tuple(config.image_shape)
+        shape_of_pixels = make_observation("bernoulli", self.shape)  # one number per pixel
+        self.net = make_decoder(config.net, config.z_dim, config.hidden, shape_of_pixels)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(z)).reshape(*z.shape[:-1], *self.shape)
+
+
+class GAN(BuiltinModel):
+    """G: z ~ N(0, I) -> x = G(z), against a discriminator D: x -> logit. As a Pyro program
+    (for AIS), p(x | z) = N(G(z), noise_scale^2 I) on dequantized pixels."""
+
+    config_class = GANConfig
+    can_sample = True
+    density = "ais"
+    default_inference = "adversarial"
+    default_lr = 2e-4
+
+    def __init__(self, config: GANConfig | None = None):
+        super().__init__()
+        self.config = c = config or GANConfig()
+        check_count("z_dim", c.z_dim)
+        check_number("noise_scale", c.noise_scale)
+        self.z_dim = c.z_dim
+        self.generator = Generator(c)
+        self.discriminator = make_encoder(c.net, c.image_shape, c.hidden, 1)
+        self.register_buffer("zero", torch.zeros(()))  # follows the module's device
+
+    @property
+    def data_kind(self) -> str:
+        return "continuous"
+
+    def prepare(self, data: lvdata.ImageData) -> lvdata.ImageData:
+        """Pixels in [0, 1]: discrete data dequantized (a fresh draw every batch)."""
+        prepared = prepare_images(data, PIXELS)
+        if prepared.levels is None and not 0 <= float(data.x.min()) <= float(data.x.max()) <= 1:
+            raise ValueError(
+                f"{data.name}: continuous pixels span [{float(data.x.min()):g}, "
+                f"{float(data.x.max()):g}]; a GAN generates pixels in [0, 1]: rescale them "
+                "(lvmkit.data.scale)"
+            )
+        return prepared
+
+    def model(self, x: Tensor | None = None, n: int | None = None) -> Tensor:
+        if x is None and n is None:
+            raise ValueError("pass a batch x, or n to sample n images")
+        if x is not None:
+            check_batch(self, x, self.config.image_shape)
+            n = len(x)
+        pyro.module("generator", self.generator)
+        prior = dist.Normal(self.zero, 1.0).expand([self.z_dim]).to_event(1)
+        with pyro.plate("data", n):
+            z = pyro.sample("z", prior)
+            noise = dist.Normal(self.generator(z), self.config.noise_scale)
+            return pyro.sample("x", noise.to_event(len(self.config.image_shape)), obs=x)
+
+    def guide(self, x=None, n=None):
+        raise ValueError(NO_GUIDE)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """n generated images G(z) (n, *image_shape), z ~ N(0, I)."""
+        check_count("n", n)
+        return self.generator(torch.randn(n, self.z_dim, device=self.zero.device))
