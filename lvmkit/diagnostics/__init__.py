@@ -23,6 +23,12 @@ from lvmkit.diagnostics.posteriors import (
     posterior,
     psis_khat,
 )
+from lvmkit.diagnostics.quality import (
+    SampleQuality,
+    frechet_distance,
+    inception_score,
+    sample_quality,
+)
 from lvmkit.diagnostics.report import Report, Section
 from lvmkit.diagnostics.representation import active_units, encode, linear_probe, probe_problem
 
@@ -31,6 +37,7 @@ __all__ = [
     "SECTIONS",
     "AmortizationGap",
     "Report",
+    "SampleQuality",
     "Section",
     "active_units",
     "amortization_gap",
@@ -39,8 +46,10 @@ __all__ = [
     "convergence_plot",
     "diagnose",
     "encode",
+    "frechet_distance",
     "histogram",
     "image_grid",
+    "inception_score",
     "khat_bands",
     "kl_per_dimension",
     "latent_space",
@@ -48,6 +57,7 @@ __all__ = [
     "loss_curve",
     "mcmc_inference_data",
     "mutual_information",
+    "sample_quality",
     "posterior",
     "probe_problem",
     "psis_khat",
