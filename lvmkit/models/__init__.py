@@ -11,6 +11,7 @@ from lvmkit.models.conditional import (
     ConditionalLVMConfig,
     quadrant_masks,
 )
+from lvmkit.models.contrastive import ContrastiveConfig, ContrastiveEncoder
 from lvmkit.models.flow import FlowConfig, NormalizingFlow
 from lvmkit.models.gan import GAN, GANConfig
 from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
@@ -34,6 +35,8 @@ __all__ = [
     "GANConfig",
     "ConditionalLVM",
     "ConditionalLVMConfig",
+    "ContrastiveConfig",
+    "ContrastiveEncoder",
     "GaussianLVM",
     "GaussianLVMConfig",
     "GaussianMixture",

@@ -10,6 +10,7 @@ from lvmkit.models.autoencoders import Autoencoder
 from lvmkit.models.autoregressive import AutoregressiveDensity
 from lvmkit.models.base import BuiltinModel
 from lvmkit.models.conditional import ConditionalLVM
+from lvmkit.models.contrastive import ContrastiveEncoder
 from lvmkit.models.flow import NormalizingFlow
 from lvmkit.models.gan import GAN
 from lvmkit.models.gmm import GaussianMixture
@@ -111,6 +112,9 @@ register_model(
 )
 
 register_model("flow", NormalizingFlow, "RealNVP/Glow multi-scale normalizing flow p(x)")
+register_model(
+    "contrastive", ContrastiveEncoder, "SimCLR-style contrastive encoder (NT-Xent), for probes"
+)
 register_model("gan", GAN, "GAN: the LVM's decoder as generator, non-saturating loss")
 register_model("vqvae", VQVAE, "VQ-VAE: discrete code grid, PixelCNN prior over the codes")
 
