@@ -275,8 +275,6 @@ def _run(args, argv: list[str]) -> int:
                                     progress=progress, data=args.data, split=args.split,
                                     method=args.method, steps=args.steps)  # fmt: skip
         if written:
-            shown = {k: v for k, v in est.items() if k != "convergence"}
-            print(json.dumps(shown))
             print(describe({"mean": est["log_likelihood"], "num_samples": 1, **est}))
             if est.get("bound"):
                 print(f"  the bound: {est['bound']}")

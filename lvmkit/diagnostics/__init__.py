@@ -23,6 +23,7 @@ from lvmkit.diagnostics.posteriors import (
     posterior,
     psis_khat,
 )
+from lvmkit.diagnostics.pretraining import PretrainingComparison, compare_pretraining
 from lvmkit.diagnostics.quality import (
     SampleQuality,
     frechet_distance,
@@ -36,12 +37,14 @@ __all__ = [
     "MIN_PSIS_DRAWS",
     "SECTIONS",
     "AmortizationGap",
+    "PretrainingComparison",
     "Report",
     "SampleQuality",
     "Section",
     "active_units",
     "amortization_gap",
     "bars",
+    "compare_pretraining",
     "convergence",
     "convergence_plot",
     "diagnose",

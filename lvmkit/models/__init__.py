@@ -18,6 +18,7 @@ from lvmkit.models.gmm import GaussianMixture, GaussianMixtureConfig
 from lvmkit.models.latents import FlowGuide
 from lvmkit.models.lvm import GaussianLVM, GaussianLVMConfig
 from lvmkit.models.registry import MODELS, build_model, rebuild, register_model
+from lvmkit.models.stacked import StackedConfig, StackedDenoisingAutoencoder
 from lvmkit.models.vqvae import VQVAE, VQVAEConfig
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "GaussianMixture",
     "GaussianMixtureConfig",
     "NormalizingFlow",
+    "StackedConfig",
+    "StackedDenoisingAutoencoder",
     "VQVAE",
     "VQVAEConfig",
     "build_model",

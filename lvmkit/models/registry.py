@@ -15,6 +15,7 @@ from lvmkit.models.flow import NormalizingFlow
 from lvmkit.models.gan import GAN
 from lvmkit.models.gmm import GaussianMixture
 from lvmkit.models.lvm import GaussianLVM
+from lvmkit.models.stacked import StackedDenoisingAutoencoder
 from lvmkit.models.vqvae import VQVAE
 
 DERIVED = ("image_shape", "dim")  # config fields set from the data, never by a user
@@ -114,6 +115,9 @@ register_model(
 register_model("flow", NormalizingFlow, "RealNVP/Glow multi-scale normalizing flow p(x)")
 register_model(
     "contrastive", ContrastiveEncoder, "SimCLR-style contrastive encoder (NT-Xent), for probes"
+)
+register_model(
+    "sdae", StackedDenoisingAutoencoder, "stacked denoising autoencoders, trained layer-wise"
 )
 register_model("gan", GAN, "GAN: the LVM's decoder as generator, non-saturating loss")
 register_model("vqvae", VQVAE, "VQ-VAE: discrete code grid, PixelCNN prior over the codes")
