@@ -144,6 +144,7 @@ def test_diagnose_builds_a_report_that_reads_well(tmp_path):
         "Did the code collapse",
         "What does amortization cost",
         "Posterior predictive check",
+        "How good are the samples",
     ]
     kl = report.results["kl_per_dim"]
     labels = [t.get_text() for t in report.figures["traversals.png"].axes[0].texts]

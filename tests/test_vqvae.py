@@ -102,6 +102,9 @@ def test_the_cli_fits_resumes_evaluates_and_samples_on_the_digits(tmp_path, caps
     assert 0 < result["bits_per_dim"] < 20  # a bound on the 17-level likelihood
     assert "a lower bound" in capsys.readouterr().out
     assert main(["sample", str(whole), "--n", "4"]) == 0
+    assert main(["diagnose", str(whole), "--no-progress"]) == 0
+    quality = json.loads((whole / "diagnostics.json").read_text())["sample_quality"]
+    assert quality["frechet_distance"] > 0 and 1 <= quality["inception_score"] <= 10
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from lvmkit.core.checks import check_count
 from lvmkit.core.rng import seeded
-from lvmkit.data import ImageData
+from lvmkit.data import ImageData, scale
 from lvmkit.diagnostics.convergence import convergence, convergence_plot, label, sample_counts
 from lvmkit.diagnostics.plots import bars, histogram, image_grid, latent_space
 from lvmkit.diagnostics.posteriors import (
@@ -29,8 +29,9 @@ from lvmkit.diagnostics.posteriors import (
     posterior,
     psis_khat,
 )
+from lvmkit.diagnostics.quality import sample_quality
 from lvmkit.diagnostics.report import Report, Section
-from lvmkit.diagnostics.representation import active_units, encode
+from lvmkit.diagnostics.representation import active_units, encode, probe_problem
 from lvmkit.inference.likelihood import dequantized_levels
 from lvmkit.models.base import check_builtin
 
@@ -38,6 +39,7 @@ UNRELIABLE_SHARE = 0.3  # above this share of k-hat > 0.7 the report says what t
 TRAVERSED_DIMS = 6  # rows of the traversal picture: the dimensions with the most KL
 # An MI estimate within this share of its ceiling log N is reported as saturated.
 MI_SATURATED = 0.9
+QUALITY_SAMPLES = 200  # samples the classifier scores
 
 
 @dataclass
@@ -284,6 +286,29 @@ def _no_posterior(ctx: Context) -> Section | None:
     return Section("Codes", [("active units", f"{units} / {codes.shape[1]}", reading)], note)
 
 
+def _samples(ctx: Context) -> Section | None:
+    """Classifier-based quality of the model's samples against the (labelled) images."""
+    model, data = ctx.model, ctx.data
+    if not model.can_sample or data.y is None or probe_problem(data.y):
+        return None
+    with seeded(ctx.seed):
+        samples = model.sample_images(QUALITY_SAMPLES)
+    real = scale(data).x if data.levels is not None else data.x
+    q = sample_quality(samples.cpu(), real, data.y, seed=ctx.seed)
+    ctx.results["sample_quality"] = q.row()
+    real_score = f"real images: {q.real_inception_score:.2f}"
+    rows = [
+        ("Inception score", f"{q.inception_score:.2f}", real_score),
+        ("Fréchet distance", f"{q.frechet_distance:.2f}", "to the real images' features"),
+        ("classifier accuracy", f"{q.classifier_accuracy:.3f}", "held out; both rest on it"),
+    ]
+    note = (
+        f"{QUALITY_SAMPLES} samples scored by a classifier trained here on these images "
+        "(lvmkit.diagnostics.sample_quality): compare models on the same data only"
+    )
+    return Section("How good are the samples?", rows, note)
+
+
 SECTIONS = [
     _training,
     _likelihood,
@@ -293,6 +318,7 @@ SECTIONS = [
     _needs_gaussian_code(_amortization),
     _needs_guide(_ppc),
     _no_posterior,
+    _samples,
 ]
 
 
@@ -322,7 +348,9 @@ def diagnose(
 ) -> Report:
     """Diagnose a fitted built-in model on ``data`` (e.g. the test split): PSIS k-hat of its
     guide, collapse (KL per dimension, active units, mutual information), the amortization gap,
-    a posterior predictive check, and their pictures, where the model has a Gaussian code.
+    a posterior predictive check, and their pictures, where the model has a Gaussian code; the
+    quality of its samples by a classifier trained on ``data``, where it samples and ``data``
+    has labels.
 
     summary, evaluation: the fit's summary and ``evaluate``'s figures, shown first.
     num_samples: draws of q(z|x) per image for k-hat and the posterior.
