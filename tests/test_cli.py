@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -378,3 +379,16 @@ def test_a_python_caller_writes_the_same_run_as_the_command(tmp_path, capsys):
     assert {p.name for p in done.written} <= set(names)
     with pytest.raises(ValueError, match="holds a run already.*resume=True.*overwrite=True"):
         fit_run("gmm", tmp_path / "api", progress=False)
+
+
+def test_an_evaluation_of_an_earlier_epoch_is_left_out_of_the_report(tmp_path, capsys):
+    run = tmp_path / "lvm"
+    common = ["--no-progress", "--threads", "1", "--set", "model.hidden=[16]", "--out", str(run)]
+    assert main(["fit", "lvm", "--epochs", "1", *common]) == 0
+    assert main(["evaluate", str(run), "--num-samples", "5", "--no-progress"]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["model_epoch"] == 1
+    assert main(["fit", "lvm", "--epochs", "2", "--resume", *common]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(run), "--num-samples", "20", "--no-progress"]) == 0
+    assert re.search("measured the model of epoch 1.*holds epoch 2", capsys.readouterr().err)
+    assert "evaluation" not in json.loads((run / "diagnostics.json").read_text())

@@ -130,6 +130,9 @@ def test_settings_that_cannot_work_are_refused_before_anything_runs():
     with pytest.raises(ValueError, match="in closed form, and site 'z' has none.*use elbo='elbo'"):
         lvm = tiny(prior="mog")
         lvmkit.fit(lvm.model, lvm.guide, images(), elbo="meanfield", progress=False)
+    with pytest.raises(ValueError, match=r"mean-field guide.*\['z2', 'z'\]; this guide samples"):
+        lvm = tiny(top_dim=1)  # q(z2 | z): not mean field, though each KL has a closed form
+        lvmkit.fit(lvm.model, lvm.guide, images(), elbo="meanfield", progress=False)
 
 
 def test_a_two_layer_model_samples_completes_and_encodes():

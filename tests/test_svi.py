@@ -549,6 +549,11 @@ def test_estimators_use_the_fitted_parameters_or_say_they_did_not(xs):
     assert "noise" not in pyro.get_param_store()  # the global store is left as it was
     with pytest.warns(UserWarning, match=r"\['noise'\] had no value here"):  # every time
         lvmkit.posterior(model, guide, xs, num_samples=10)
+    # the same modules trained again: a score with the first fit's params would use the new
+    # weights, and says so
+    lvmkit.fit(model, guide, xs, epochs=1, lr=0.05, progress=False)
+    with pytest.warns(UserWarning, match=r"dec\$\$\$bias.*changed since the fit passed"):
+        lvmkit.log_likelihood(model, guide, xs, num_samples=50, params=r)
 
 
 def test_fit_names_a_latent_its_objective_cannot_score(xs):

@@ -124,7 +124,8 @@ def _settled(ctx: Context) -> Section | None:
     table = []
     for r in rows:
         bits = f", {r.bits_per_dim:.4f} bits/dim" if r.bits_per_dim is not None else ""
-        note = f"± {r.stderr:.3f} over images, ± {r.mc_stderr:.3f} Monte Carlo{bits}"
+        mc = "n/a" if math.isnan(r.mc_stderr) else f"± {r.mc_stderr:.3f}"  # K = 1: no spread
+        note = f"± {r.stderr:.3f} over images, {mc} Monte Carlo{bits}"
         table.append((label(r), r.mean, f"{note}; {r.seconds:.1f} s"))
     best = rows[len(ks) - 1]
     note = f"log p(x) in nats per image, {len(ctx.xs)} images"

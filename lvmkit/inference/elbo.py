@@ -313,7 +313,8 @@ def check_objective(name: str | None, guide_tr, model_tr) -> None:
 
 def check_closed_form_kl(guide_tr, model_tr) -> None:
     """ValueError naming a guided latent whose KL(q || p) has no closed form, for an objective
-    that promises analytic KL ("meanfield"; Pyro's would estimate it silently instead)."""
+    that promises analytic KL ("meanfield"; Pyro's would estimate it silently instead), or a
+    guide whose latents do not come in the model's order (Pyro's would warn and go on)."""
     for name, site in guide_tr.nodes.items():
         if not is_latent(site) or name not in model_tr.nodes:
             continue
@@ -326,6 +327,16 @@ def check_closed_form_kl(guide_tr, model_tr) -> None:
                 f"none (q: {_innermost(q)}, p: {_innermost(p)}, e.g. a learned mixture prior "
                 "or a flow posterior): use elbo='elbo', which estimates it by Monte Carlo"
             ) from None
+    # Pyro's own test of a mean-field guide: its latents come in the model's order (a guide
+    # whose later site depends on an earlier one, such as q(z2 | z), turns it round)
+    guided = [n for n, s in guide_tr.nodes.items() if is_latent(s) and n in model_tr.nodes]
+    in_model = [n for n in model_tr.nodes if n in guided]
+    if guided != in_model:
+        raise ValueError(
+            f"elbo='meanfield' needs a mean-field guide, sampling its latents in the model's "
+            f"order {in_model}; this guide samples {guided} (e.g. a two-layer model's "
+            "bottom-up q(z|x) q(z2|z), where one latent depends on another): use elbo='elbo'"
+        )
 
 
 def _innermost(fn) -> str:

@@ -78,7 +78,7 @@ def fitted_params(params=None):
     for them ("name$$$weight") are compared with those, and a warning names any that differ
     (weights saved from a fit and not loaded back into the module)."""
     state, given = param_state(params), module_weights(params)
-    if given:
+    if given and not hasattr(params, "param_state"):  # a FitResult's state is left whole
         state = {k: {n: v for n, v in d.items() if n not in given} for k, d in state.items()}
     store = pyro.get_param_store()
     with store.scope(state) if state is not None else nullcontext():
@@ -91,7 +91,7 @@ def fitted_params(params=None):
             for name in created:  # the store (the user's, or the fit's) stays as it was
                 del store[name]
     if ignored:
-        warn_unused_module_weights(ignored, stacklevel=4)
+        warn_unused_module_weights(ignored, stacklevel=4, fit=hasattr(params, "param_state"))
     # a module's parameters (pyro.module, "name$$$...") keep the module's own values
     fresh = sorted(n for n in created if MODULE_SEPARATOR not in n)
     if fresh:
@@ -108,8 +108,11 @@ STATE_KEYS = {"params", "constraints"}
 
 
 def module_weights(params) -> dict:
-    """The entries of a plain dict ``params`` that name pyro.module weights (empty for a
-    FitResult or a store state, whose modules are the trained objects themselves)."""
+    """The entries of ``params`` that name pyro.module weights: a plain dict's, or the copies a
+    FitResult took as its fit ended (the module may have been trained again since; empty for
+    a store state, which holds the modules' tensors themselves)."""
+    if hasattr(params, "param_state"):
+        params = params.params
     if not isinstance(params, dict) or set(params) == STATE_KEYS:
         return {}
     return {n: v for n, v in params.items() if MODULE_SEPARATOR in n}
@@ -126,7 +129,16 @@ def unused_module_weights(given: dict, store) -> list[str]:
     return sorted(n for n, v in given.items() if n in store and not same(store[n], v))
 
 
-def warn_unused_module_weights(names: list[str], stacklevel: int) -> None:
+def warn_unused_module_weights(names: list[str], stacklevel: int, fit: bool = False) -> None:
+    if fit:  # the same module objects were changed after that fit (trained again, loaded)
+        warnings.warn(
+            f"the modules behind pyro.module parameters {names} have changed since the fit "
+            "passed as params ended (trained again?), and the model and guide ran with their "
+            "weights now, not that fit's: pyro.module takes no weights from params. Give each "
+            "fit modules of its own, or load its weights back (result.params)",
+            stacklevel=stacklevel,
+        )
+        return
     warnings.warn(
         f"params holds weights of pyro.module parameters {names} that differ from the modules' "
         "own, which the model and guide ran with: pyro.module takes no weights from params. "

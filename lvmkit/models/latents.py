@@ -161,6 +161,7 @@ class FlowGuide(nn.Module):
     ``pyro.plate("data", B)``, as a model with ``pyro.sample(site, ...to_event(1))`` there
     expects; it is called with the model's arguments and reads the first.
 
+    >>> from lvmkit.nets import MLP
     >>> guide = FlowGuide(nn.Sequential(nn.Flatten(), MLP(784, (400,), 64)), z_dim=16)
     >>> lvmkit.fit(my_model, guide, x)  # then lvmkit.log_likelihood(my_model, guide, x_test)
     """

@@ -60,7 +60,8 @@ KEY_HELP = {
     "lr": "learning rate",
     "optimizer": "adam, adamw or sgd",
     "elbo": "elbo, meanfield (analytic KL), iwae (num_samples draws), enum, stl (the ELBO, "
-    "sticking-the-landing gradient) or dreg (IWAE, doubly reparameterized gradient)",
+    "sticking-the-landing gradient) or dreg (IWAE, doubly reparameterized gradient; "
+    "num_samples >= 2)",
     "num_samples": "draws of z per datapoint in the objective",
     "patience": "stop after this many epochs without a better validation loss",
     "restore_best": "end with the best validation epoch's parameters (default: with patience)",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from lvmkit.core.files import check_writable, write_text
@@ -84,6 +85,7 @@ def evaluate_run(path, *, num_samples: int | None = None, seed: int = 0, progres
     if rows:
         est["convergence"] = [r.row() for r in rows]
     est["data"], est["split"] = data or run.data["name"], split
+    est["model_epoch"] = run.summary.get("model_epoch")  # which fit it measured (resumes move on)
     written = []
     if group().main:  # under torchrun every process scored its share; rank 0 writes
         written.append(write_text(out, json.dumps(est, indent=2) + "\n"))
@@ -100,6 +102,15 @@ def diagnose_run(path, *, num_samples: int = 200, num_images: int = 100, seed: i
     path = Path(path)
     run = load_run(path)
     evaluation = read_json(path / "evaluation.json")
+    if evaluation is not None and evaluation.get("model_epoch") != run.summary.get("model_epoch"):
+        warnings.warn(
+            f"{path / 'evaluation.json'} measured the model of epoch "
+            f"{evaluation.get('model_epoch')}, and model.pt now holds epoch "
+            f"{run.summary.get('model_epoch')}: left out of the report; run lvmkit evaluate "
+            "again",
+            stacklevel=2,
+        )
+        evaluation = None
     check_writable(*(path / n for n in ("report.html", "diagnostics.json", "posterior.nc")))
     report = diagnose(run.model, run.test_data(), summary=run.summary, evaluation=evaluation,
                       num_samples=num_samples, num_images=num_images, seed=seed,
