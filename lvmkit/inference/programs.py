@@ -111,8 +111,7 @@ def module_weights(params) -> dict:
     """The entries of ``params`` that name pyro.module weights: a plain dict's, or the copies a
     FitResult took as its fit ended (the module may have been trained again since; empty for
     a store state, which holds the modules' tensors themselves)."""
-    if hasattr(params, "param_state"):
-        params = params.params
+    params = params.params if hasattr(params, "param_state") else params
     if not isinstance(params, dict) or set(params) == STATE_KEYS:
         return {}
     return {n: v for n, v in params.items() if MODULE_SEPARATOR in n}
@@ -130,22 +129,16 @@ def unused_module_weights(given: dict, store) -> list[str]:
 
 
 def warn_unused_module_weights(names: list[str], stacklevel: int, fit: bool = False) -> None:
-    if fit:  # the same module objects were changed after that fit (trained again, loaded)
-        warnings.warn(
-            f"the modules behind pyro.module parameters {names} have changed since the fit "
-            "passed as params ended (trained again?), and the model and guide ran with their "
-            "weights now, not that fit's: pyro.module takes no weights from params. Give each "
-            "fit modules of its own, or load its weights back (result.params)",
-            stacklevel=stacklevel,
-        )
-        return
-    warnings.warn(
-        f"params holds weights of pyro.module parameters {names} that differ from the modules' "
-        "own, which the model and guide ran with: pyro.module takes no weights from params. "
-        "Load them into the module (module.load_state_dict), or pass params=result (what "
-        "lvmkit.fit returned, whose modules are the trained ones)",
-        stacklevel=stacklevel,
-    )
+    what, fix = (  # a fit's modules changed since (trained again), or weights never loaded
+        (f"the modules behind pyro.module parameters {names} have changed since the fit "
+         "passed as params ended (trained again?)", "give each fit modules of its own, or "
+         "load its weights back (result.params)") if fit else
+        (f"params holds weights of pyro.module parameters {names} that differ from the "
+         "modules' own", "load them into the module (module.load_state_dict), or pass "
+         "params=result (what lvmkit.fit returned, whose modules are the trained ones)")
+    )  # fmt: skip
+    warnings.warn(f"{what}; the model and guide ran with the modules' weights: pyro.module "
+                  f"takes no weights from params. To use them, {fix}", stacklevel=stacklevel)
 
 
 def param_state(params) -> dict | None:
