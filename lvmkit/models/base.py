@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -153,6 +154,19 @@ def check_builtin(model, data, what: str, instead: str) -> None:
             f"{what} takes ImageData, got {type(data).__name__}; wrap images as "
             "lvmkit.data.ImageData(x, levels=...)"
         )
+
+
+def prepare_unit_pixels(data: lvdata.ImageData, what: str) -> lvdata.ImageData:
+    """Pixels in [0, 1] for a continuous density of images that is not an observation model
+    (``what``: "a flow", "a GAN"): discrete data dequantized (a fresh draw every batch),
+    continuous data checked to lie in [0, 1]."""
+    lo, hi = float(data.x.min()), float(data.x.max())
+    if data.levels is None and not 0 <= lo <= hi <= 1:
+        raise ValueError(
+            f"{data.name}: continuous pixels span [{lo:g}, {hi:g}]; {what} models pixels in "
+            "[0, 1]: rescale them (lvmkit.data.scale)"
+        )
+    return prepare_images(data, SimpleNamespace(name=what, data_kind="continuous"))
 
 
 def prepare_images(data: lvdata.ImageData, obs) -> lvdata.ImageData:

@@ -67,6 +67,7 @@ class ContrastiveEncoder(BuiltinModel):
     config_class = ContrastiveConfig
     can_encode = True
     density = None
+    data_kind = "continuous"
 
     def __init__(self, config: ContrastiveConfig | None = None):
         super().__init__()
@@ -78,10 +79,6 @@ class ContrastiveEncoder(BuiltinModel):
         check_number("noise", c.noise, positive=False)
         self.encoder = make_encoder(c.net, c.image_shape, c.hidden, c.features)
         self.head = MLP(c.features, (c.features,), c.projection)
-
-    @property
-    def data_kind(self) -> str:
-        return "continuous"
 
     def prepare(self, data: lvdata.ImageData) -> lvdata.ImageData:
         """Pixels in [0, 1]."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
@@ -16,12 +15,11 @@ from torch import Tensor
 
 from lvmkit import data as lvdata
 from lvmkit.core.checks import check_count, check_number
-from lvmkit.models.base import BuiltinModel, prepare_images
+from lvmkit.models.base import BuiltinModel, prepare_unit_pixels
 from lvmkit.models.common import check_batch
 from lvmkit.nets.flows import Logit, MultiScaleFlow
 
 START_IMAGES = 512  # how many training images set the ActNorm layers' start
-PIXELS = SimpleNamespace(name="flow", data_kind="continuous")  # what prepare_images reads
 
 
 @dataclass
@@ -88,14 +86,7 @@ class NormalizingFlow(BuiltinModel):
 
     def prepare(self, data: lvdata.ImageData) -> lvdata.ImageData:
         """Pixels in [0, 1]: discrete data dequantized (a fresh draw every batch)."""
-        prepared = prepare_images(data, PIXELS)
-        if prepared.levels is None and not 0 <= float(data.x.min()) <= float(data.x.max()) <= 1:
-            raise ValueError(
-                f"{data.name}: continuous pixels span [{float(data.x.min()):g}, "
-                f"{float(data.x.max()):g}]; a flow models pixels in [0, 1]: rescale them "
-                "(lvmkit.data.scale)"
-            )
-        return prepared
+        return prepare_unit_pixels(data, "a flow")
 
     def initialize(self, data, *, seed: int = 0) -> NormalizingFlow:
         """The ActNorm layers start standardizing the first ``START_IMAGES`` images of the

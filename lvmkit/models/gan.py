@@ -5,7 +5,6 @@ under a Gaussian observation noise (Wu et al. 2017)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
@@ -15,10 +14,9 @@ from torch import Tensor, nn
 from lvmkit import data as lvdata
 from lvmkit.core.checks import check_count, check_number
 from lvmkit.distributions import make_observation
-from lvmkit.models.base import BuiltinModel, prepare_images
+from lvmkit.models.base import BuiltinModel, prepare_unit_pixels
 from lvmkit.models.common import check_batch, make_decoder, make_encoder
 
-PIXELS = SimpleNamespace(name="gan", data_kind="continuous")  # what prepare_images reads
 NO_GUIDE = (
     "a GAN has no encoder q(z|x) to sample log p(x) with: estimate it by AIS from the prior, "
     "lvmkit.ais(gan.model, data) (Wu et al. 2017), which scores x under the Gaussian "
@@ -57,6 +55,7 @@ class GAN(BuiltinModel):
     config_class = GANConfig
     can_sample = True
     density = "ais"
+    data_kind = "continuous"
     default_inference = "adversarial"
     default_lr = 2e-4
 
@@ -70,20 +69,9 @@ class GAN(BuiltinModel):
         self.discriminator = make_encoder(c.net, c.image_shape, c.hidden, 1)
         self.register_buffer("zero", torch.zeros(()))  # follows the module's device
 
-    @property
-    def data_kind(self) -> str:
-        return "continuous"
-
     def prepare(self, data: lvdata.ImageData) -> lvdata.ImageData:
         """Pixels in [0, 1]: discrete data dequantized (a fresh draw every batch)."""
-        prepared = prepare_images(data, PIXELS)
-        if prepared.levels is None and not 0 <= float(data.x.min()) <= float(data.x.max()) <= 1:
-            raise ValueError(
-                f"{data.name}: continuous pixels span [{float(data.x.min()):g}, "
-                f"{float(data.x.max()):g}]; a GAN generates pixels in [0, 1]: rescale them "
-                "(lvmkit.data.scale)"
-            )
-        return prepared
+        return prepare_unit_pixels(data, "a GAN")
 
     def model(self, x: Tensor | None = None, n: int | None = None) -> Tensor:
         if x is None and n is None:

@@ -54,6 +54,7 @@ class StackedDenoisingAutoencoder(BuiltinModel):
     config_class = StackedConfig
     can_encode = True
     density = None
+    data_kind = "continuous"
 
     def __init__(self, config: StackedConfig | None = None):
         super().__init__()
@@ -67,10 +68,6 @@ class StackedDenoisingAutoencoder(BuiltinModel):
         self.layers = nn.ModuleList(
             DenoisingLayer(a, b, c.noise) for a, b in zip(sizes, sizes[1:], strict=False)
         )
-
-    @property
-    def data_kind(self) -> str:
-        return "continuous"
 
     def prepare(self, data: lvdata.ImageData) -> lvdata.ImageData:
         """Pixels in [0, 1]."""
