@@ -65,7 +65,7 @@ def test_ais_from_the_prior_meets_quadrature_under_the_noise_model():
     x = torch.tensor([[[[0.3, 0.6]]], [[[0.5, 0.5]]], [[[0.8, 0.2]]]], dtype=torch.float64)
     z = torch.linspace(-8, 8, 20001, dtype=torch.float64)[:, None]
     with torch.no_grad():
-        mean = gan.generator(z).reshape(-1, 2)  # (grid, 2)
+        mean = gan.generate(z).reshape(-1, 2)  # (grid, 2), batch norm by running statistics
     noise = torch.distributions.Normal(mean[:, None], 0.2).log_prob(x.reshape(1, 3, 2)).sum(-1)
     prior = torch.distributions.Normal(0.0, 1.0).log_prob(z)
     exact = (noise + prior).logsumexp(0) + math.log(float(z[1] - z[0]))
@@ -105,8 +105,12 @@ def test_the_cli_fits_resumes_samples_and_evaluates(tmp_path, capsys):
 
 def test_a_pyro_program_of_its_own_runs_under_the_noise_model():
     gan, x = tiny(noise_scale=0.5), torch.rand(4, 1, 3, 3)
-    trace = pyro.poutine.trace(gan.model).get_trace(x)
+    trace = pyro.poutine.trace(gan.model).get_trace(x)  # in training mode
     z = trace.nodes["z"]["value"]
+    gan.generator.eval()  # the program scores x under batch norm's running statistics
     expected = torch.distributions.Normal(gan.generator(z), 0.5).log_prob(x).flatten(1).sum(1)
+    gan.generator.train()
     assert torch.allclose(trace.nodes["x"]["fn"].log_prob(x), expected)
+    assert torch.allclose(gan.generate(z[:1]), gan.generate(z)[:1])  # pictures independent
+    assert gan.generator.training  # and the mode is given back
     assert F.mse_loss(gan.sample(3), gan.sample(3)) > 0  # fresh noise each call

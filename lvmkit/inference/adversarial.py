@@ -38,7 +38,8 @@ class Adversarial(Algorithm):
     ``gan`` is an ``nn.Module`` with ``generator`` (z (B, z_dim) -> x (B, ...)),
     ``discriminator`` (x -> (B, 1) logits) and ``z_dim``. The loss the loop records is the
     discriminator's, per datapoint in nats (2 log 2 = 1.386 when it cannot tell); ``info()``
-    gives the generator's last epoch's.
+    gives the generator's last epoch's. Batch norm layers (the built-in generator's) see this
+    process's share of each batch under torchrun, as in DDP without SyncBatchNorm.
     """
 
     name = "adversarial"
@@ -60,6 +61,7 @@ class Adversarial(Algorithm):
 
     def setup(self, data, batch_size: int) -> None:
         self.data = data
+        self.gan.train()  # batch norm from each batch's statistics, dropout on
         broadcast(list(self.gan.parameters()), self.group)  # every process starts from rank 0's
 
     def _update(self, loss: Tensor, net: nn.Module, optimizer, n: int, what: str) -> None:
@@ -142,8 +144,11 @@ def fit_adversarial(
 ) -> FitResult:
     """Train ``gan`` (generator, discriminator, z_dim; e.g. ``lvmkit.models.GAN``) on ``data``
     by ``Adversarial`` steps in the one loop. Losses per epoch: the discriminator's, in nats
-    per datapoint; ``info["generator_loss"]``: the generator's last."""
+    per datapoint; ``info["generator_loss"]``: the generator's last. ``gan`` is left in eval
+    mode, ready to sample (batch norm from its running statistics)."""
     algorithm = Adversarial(gan, lr=lr, device=device)
-    return run(algorithm, data, epochs=epochs, batch_size=batch_size, seed=seed,
-               checkpoint_dir=checkpoint_dir, resume=resume, overwrite=overwrite,
-               progress=progress, callbacks=callbacks)  # fmt: skip
+    result = run(algorithm, data, epochs=epochs, batch_size=batch_size, seed=seed,
+                 checkpoint_dir=checkpoint_dir, resume=resume, overwrite=overwrite,
+                 progress=progress, callbacks=callbacks)  # fmt: skip
+    gan.eval()
+    return result

@@ -15,28 +15,31 @@ from lvmkit.nets import MLP, ConvDecoder, ConvEncoder
 NETS = ("mlp", "conv")
 
 
-def make_encoder(net: str, image_shape, hidden: tuple[int, ...], out_features: int) -> nn.Module:
+def make_encoder(net: str, image_shape, hidden: tuple[int, ...], out_features: int, *,
+                 activation: type[nn.Module] = nn.ReLU) -> nn.Module:  # fmt: skip
     """(B, C, H, W) -> (B, out_features)."""
     if net == "mlp":
-        return nn.Sequential(nn.Flatten(), MLP(math.prod(image_shape), hidden, out_features))
+        flat = math.prod(image_shape)
+        return nn.Sequential(nn.Flatten(), MLP(flat, hidden, out_features, activation=activation))
     if net == "conv":
         if not hidden:
             raise ValueError("net 'conv' needs a hidden width (hidden = [64]); give one")
-        return ConvEncoder(image_shape, out_features, hidden=hidden[-1])
+        return ConvEncoder(image_shape, out_features, hidden=hidden[-1], activation=activation)
     raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")
 
 
-def make_decoder(net: str, in_features: int, hidden: tuple[int, ...], obs: Observation):
+def make_decoder(net: str, in_features: int, hidden: tuple[int, ...], obs: Observation, *,
+                 batch_norm: bool = False):  # fmt: skip
     """(B, in_features) -> (B, obs.num_params): the numbers the observation model needs."""
     if net == "mlp":
-        return MLP(in_features, hidden, obs.num_params)
+        return MLP(in_features, hidden, obs.num_params, batch_norm=batch_norm)
     if net == "conv":
         if len(obs.event_shape) != 3 or obs.num_params % obs.numel:
             raise ValueError("net='conv' needs image data and a per-pixel likelihood (not lowrank)")
         c, h, w = obs.event_shape
         per_pixel = obs.num_params // obs.numel
         return nn.Sequential(
-            ConvDecoder(in_features, per_pixel * c, (h, w), hidden=hidden[-1]),
+            ConvDecoder(in_features, per_pixel * c, (h, w), hidden=hidden[-1], batch_norm=batch_norm),
             nn.Flatten(start_dim=-3),
         )
     raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")

@@ -36,16 +36,23 @@ class GANConfig:
 
 
 class Generator(nn.Module):
-    """z (B, Z) -> pixel means (B, *image_shape) in (0, 1)."""
+    """z (..., Z) -> pixel means (..., *image_shape) in (0, 1): the LVM's decoder with batch
+    norm before each ReLU (DCGAN's generator; in eval mode, the running statistics)."""
 
     def __init__(self, config: GANConfig):
         super().__init__()
         self.shape = tuple(config.image_shape)
         shape_of_pixels = make_observation("bernoulli", self.shape)  # one number per pixel
-        self.net = make_decoder(config.net, config.z_dim, config.hidden, shape_of_pixels)
+        self.net = make_decoder(
+            config.net, config.z_dim, config.hidden, shape_of_pixels, batch_norm=True
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.net(z)).reshape(*z.shape[:-1], *self.shape)
+
+
+def LeakyReLU() -> nn.Module:  # noqa: N802 (a layer's constructor)
+    return nn.LeakyReLU(0.2)
 
 
 class GAN(BuiltinModel):
@@ -66,7 +73,9 @@ class GAN(BuiltinModel):
         check_number("noise_scale", c.noise_scale)
         self.z_dim = c.z_dim
         self.generator = Generator(c)
-        self.discriminator = make_encoder(c.net, c.image_shape, c.hidden, 1)
+        # LeakyReLU as in DCGAN: on 28x28 digits a ReLU discriminator won within 10 epochs and
+        # the generator collapsed onto one picture (as did a generator without batch norm)
+        self.discriminator = make_encoder(c.net, c.image_shape, c.hidden, 1, activation=LeakyReLU)
         self.register_buffer("zero", torch.zeros(()))  # follows the module's device
 
     def prepare(self, data: lvdata.ImageData) -> lvdata.ImageData:
@@ -83,7 +92,7 @@ class GAN(BuiltinModel):
         prior = dist.Normal(self.zero, 1.0).expand([self.z_dim]).to_event(1)
         with pyro.plate("data", n):
             z = pyro.sample("z", prior)
-            noise = dist.Normal(self.generator(z), self.config.noise_scale)
+            noise = dist.Normal(self.generate(z), self.config.noise_scale)
             return pyro.sample("x", noise.to_event(len(self.config.image_shape)), obs=x)
 
     def guide(self, x=None, n=None):
@@ -93,4 +102,14 @@ class GAN(BuiltinModel):
     def sample(self, n: int) -> Tensor:
         """n generated images G(z) (n, *image_shape), z ~ N(0, I)."""
         check_count("n", n)
-        return self.generator(torch.randn(n, self.z_dim, device=self.zero.device))
+        return self.generate(torch.randn(n, self.z_dim, device=self.zero.device))
+
+    def generate(self, z: Tensor) -> Tensor:
+        """G(z) (..., *image_shape) with batch norm's running statistics, in either mode: the
+        trained generator's pictures, each independent of the others drawn with it."""
+        training = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generator(z)
+        finally:
+            self.generator.train(training)

@@ -6,22 +6,26 @@ import math
 
 from torch import Tensor, nn
 
+from lvmkit.nets.mlp import BatchNorm
+
 
 class ConvEncoder(nn.Module):
-    """(B, C, H, W) -> (B, out_features): two stride-2 3x3 convs, then a hidden layer."""
+    """(B, C, H, W) -> (B, out_features): two stride-2 3x3 convs, then a hidden layer, with
+    ``activation`` after each."""
 
-    def __init__(self, image_shape, out_features: int, channels=(32, 64), hidden: int = 256):
+    def __init__(self, image_shape, out_features: int, channels=(32, 64), hidden: int = 256,
+                 activation: type[nn.Module] = nn.ReLU):  # fmt: skip
         super().__init__()
         c, h, w = image_shape
         self.convs = nn.Sequential(
             nn.Conv2d(c, channels[0], 3, stride=2, padding=1),
-            nn.ReLU(),
+            activation(),
             nn.Conv2d(channels[0], channels[1], 3, stride=2, padding=1),
-            nn.ReLU(),
+            activation(),
         )
         flat = channels[1] * math.ceil(h / 4) * math.ceil(w / 4)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, out_features)
+            nn.Flatten(), nn.Linear(flat, hidden), activation(), nn.Linear(hidden, out_features)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -40,20 +44,26 @@ class ConvDecoder(nn.Module):
         size: tuple[int, int],
         channels=(64, 32),
         hidden: int = 256,
+        batch_norm: bool = False,  # before each ReLU (DCGAN's generator)
     ):
         super().__init__()
         self.size = tuple(size)
         self.grid = (channels[0], math.ceil(size[0] / 4), math.ceil(size[1] / 4))
+
+        def norm(kind, width: int) -> list[nn.Module]:  # (the layer before it has no bias)
+            return [kind(width)] if batch_norm else []
+
+        flat = math.prod(self.grid)
         self.head = nn.Sequential(
-            nn.Linear(in_features, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, math.prod(self.grid)),
-            nn.ReLU(),
-        )
+            nn.Linear(in_features, hidden, bias=not batch_norm), *norm(BatchNorm, hidden), nn.ReLU(),
+            nn.Linear(hidden, flat, bias=not batch_norm), *norm(BatchNorm, flat), nn.ReLU(),
+        )  # fmt: skip
         self.deconvs = nn.Sequential(
-            nn.ConvTranspose2d(channels[0], channels[1], 4, stride=2, padding=1),
+            nn.ConvTranspose2d(channels[0], channels[1], 4, 2, 1, bias=not batch_norm),
+            *norm(nn.BatchNorm2d, channels[1]),
             nn.ReLU(),
-            nn.ConvTranspose2d(channels[1], channels[1], 4, stride=2, padding=1),
+            nn.ConvTranspose2d(channels[1], channels[1], 4, 2, 1, bias=not batch_norm),
+            *norm(nn.BatchNorm2d, channels[1]),
             nn.ReLU(),
             nn.Conv2d(channels[1], out_channels, 3, padding=1),
         )
