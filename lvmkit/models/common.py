@@ -39,7 +39,9 @@ def make_decoder(net: str, in_features: int, hidden: tuple[int, ...], obs: Obser
         c, h, w = obs.event_shape
         per_pixel = obs.num_params // obs.numel
         return nn.Sequential(
-            ConvDecoder(in_features, per_pixel * c, (h, w), hidden=hidden[-1], batch_norm=batch_norm),
+            ConvDecoder(
+                in_features, per_pixel * c, (h, w), hidden=hidden[-1], batch_norm=batch_norm
+            ),
             nn.Flatten(start_dim=-3),
         )
     raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")

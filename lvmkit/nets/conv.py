@@ -53,16 +53,16 @@ class ConvDecoder(nn.Module):
         def norm(kind, width: int) -> list[nn.Module]:  # (the layer before it has no bias)
             return [kind(width)] if batch_norm else []
 
-        flat = math.prod(self.grid)
+        flat, bias = math.prod(self.grid), not batch_norm
         self.head = nn.Sequential(
-            nn.Linear(in_features, hidden, bias=not batch_norm), *norm(BatchNorm, hidden), nn.ReLU(),
-            nn.Linear(hidden, flat, bias=not batch_norm), *norm(BatchNorm, flat), nn.ReLU(),
+            nn.Linear(in_features, hidden, bias=bias), *norm(BatchNorm, hidden), nn.ReLU(),
+            nn.Linear(hidden, flat, bias=bias), *norm(BatchNorm, flat), nn.ReLU(),
         )  # fmt: skip
         self.deconvs = nn.Sequential(
-            nn.ConvTranspose2d(channels[0], channels[1], 4, 2, 1, bias=not batch_norm),
+            nn.ConvTranspose2d(channels[0], channels[1], 4, 2, 1, bias=bias),
             *norm(nn.BatchNorm2d, channels[1]),
             nn.ReLU(),
-            nn.ConvTranspose2d(channels[1], channels[1], 4, 2, 1, bias=not batch_norm),
+            nn.ConvTranspose2d(channels[1], channels[1], 4, 2, 1, bias=bias),
             *norm(nn.BatchNorm2d, channels[1]),
             nn.ReLU(),
             nn.Conv2d(channels[1], out_channels, 3, padding=1),
