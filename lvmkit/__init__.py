@@ -27,8 +27,8 @@ _WHERE = {
         name: "lvmkit.inference"
         for name in (
             "Algorithm CheckpointError FitResult GaussianMixtureEM LogLikelihood "
-            "NonFiniteLossError Sandwich Trainer ais bdmc em evaluate fit log_likelihood nuts "
-            "run"
+            "MLflowLogger NonFiniteLossError Sandwich TensorBoardLogger Trainer ais bdmc em "
+            "evaluate fit log_likelihood nuts run"
         ).split()
     },
 }

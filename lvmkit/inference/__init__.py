@@ -1,7 +1,9 @@
-"""Inference: one public function per strategy (``fit``, ``em``, ``log_likelihood``, ``ais``,
-``bdmc``, ``evaluate``, ``nuts``), the ``Trainer`` for loops of your own, and checkpoints."""
+"""Inference: one public function per strategy (``fit``, ``em``, ``fit_adversarial``,
+``log_likelihood``, ``ais``, ``bdmc``, ``evaluate``, ``nuts``), the ``Trainer`` for loops of your
+own, checkpoints, and loggers to experiment trackers."""
 
 from lvmkit.core.files import CheckpointError, load_checkpoint, save_checkpoint
+from lvmkit.inference.adversarial import Adversarial, fit_adversarial
 from lvmkit.inference.annealing import ais
 from lvmkit.inference.bdmc import Sandwich, bdmc
 from lvmkit.inference.elbo import IWAELoss, Objective, ReparamELBO, make_elbo
@@ -14,11 +16,16 @@ from lvmkit.inference.loop import Algorithm, FitResult, run
 from lvmkit.inference.mcmc import nuts
 from lvmkit.inference.mixture_em import MixtureEM
 from lvmkit.inference.programs import resolve_device
+from lvmkit.inference.tracking import Logger, MLflowLogger, TensorBoardLogger
 from lvmkit.inference.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
+    "Adversarial",
     "GenericEM",
+    "Logger",
+    "MLflowLogger",
     "MixtureEM",
+    "TensorBoardLogger",
     "SVI",
     "Algorithm",
     "run",
@@ -37,6 +44,7 @@ __all__ = [
     "em",
     "evaluate",
     "fit",
+    "fit_adversarial",
     "load_checkpoint",
     "log_likelihood",
     "make_elbo",

@@ -17,6 +17,7 @@ from lvmkit.core.processes import all_reduce_sum, broadcast, group
 from lvmkit.core.rng import drawn_by, uniform
 from lvmkit.inference.loop import Algorithm, FitResult, run
 from lvmkit.inference.programs import resolve_device
+from lvmkit.inference.tracking import Logger
 from lvmkit.inference.trainer import NonFiniteLossError
 
 BETAS = (0.5, 0.999)  # DCGAN's Adam (Radford et al. 2016): a short memory of the moving target
@@ -141,6 +142,7 @@ def fit_adversarial(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: list[Callable[[dict], None]] = (),
+    loggers: list[Logger] = (),
 ) -> FitResult:
     """Train ``gan`` (generator, discriminator, z_dim; e.g. ``lvmkit.models.GAN``) on ``data``
     by ``Adversarial`` steps in the one loop. Losses per epoch: the discriminator's, in nats
@@ -149,6 +151,6 @@ def fit_adversarial(
     algorithm = Adversarial(gan, lr=lr, device=device)
     result = run(algorithm, data, epochs=epochs, batch_size=batch_size, seed=seed,
                  checkpoint_dir=checkpoint_dir, resume=resume, overwrite=overwrite,
-                 progress=progress, callbacks=callbacks)  # fmt: skip
+                 progress=progress, callbacks=callbacks, loggers=loggers)  # fmt: skip
     gan.eval()
     return result

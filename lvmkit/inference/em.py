@@ -41,6 +41,7 @@ from lvmkit.inference.programs import (
     resolve_device,
 )
 from lvmkit.inference.resume import check_same
+from lvmkit.inference.tracking import Logger
 from lvmkit.inference.trainer import Trainer
 from lvmkit.models.gmm import GaussianMixture
 
@@ -338,6 +339,7 @@ def em(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: list[Callable[[dict], None]] = (),
+    loggers: list[Logger] = (),
 ) -> FitResult:
     """EM: theta = argmax (1/N) sum_n E_{z ~ p(z|x_n)}[log p_theta(x_n, z)].
 
@@ -367,8 +369,8 @@ def em(
     log-likelihood with that posterior held fixed. Every sample site must sit in
     ``pyro.plate("data", N)``. The settings of one kind of EM given to the other are refused.
 
-    checkpoint_dir, resume, overwrite, progress, callbacks: as for ``fit``: both kinds write a
-    checkpoint every iteration and resume exactly.
+    checkpoint_dir, resume, overwrite, progress, callbacks, loggers: as for ``fit``: both kinds
+    write a checkpoint every iteration and resume exactly.
 
     When to prefer it: when the E-step is exact (enumerable discrete latents of moderate
     cardinality) EM needs no guide and every iteration raises the likelihood. With continuous
@@ -384,7 +386,8 @@ def em(
     generic = dict(guide=guide, e_step=e_step, num_samples=num_samples, hard=hard,
                    m_steps=m_steps, lr=lr, batch_size=batch_size, params=params)  # fmt: skip
     loop = dict(epochs=max_iter, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
-                overwrite=overwrite, progress=progress, callbacks=callbacks)  # fmt: skip
+                overwrite=overwrite, progress=progress, callbacks=callbacks,
+                loggers=loggers)  # fmt: skip
     if isinstance(model, GaussianMixture):
         _refuse("closed-form EM of a GaussianMixture", generic, "lvmkit.em(gmm.model, x)")
         x = torch.as_tensor(data, device=resolve_device(device))

@@ -14,6 +14,7 @@ from lvmkit.core.files import CheckpointError
 from lvmkit.core.processes import set_threads
 from lvmkit.core.rng import drawn_by
 from lvmkit.inference.loop import OPTIONAL, Algorithm, FitResult, run
+from lvmkit.inference.tracking import Logger
 from lvmkit.inference.trainer import Trainer, optimizer_name
 
 
@@ -116,6 +117,7 @@ def fit(
     jit: bool | str = False,
     threads: int | str | None = None,
     callbacks: list[Callable[[dict], None]] = (),
+    loggers: list[Logger] = (),
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference.
 
@@ -147,6 +149,8 @@ def fit(
         cores not busy with other work, shared among torchrun's processes; None (the default)
         leaves torch's setting as it is.
     callbacks: functions called with each step's and epoch's metrics (see ``loop.run``).
+    loggers: ``TensorBoardLogger`` / ``MLflowLogger`` (``lvmkit[tracking]``) or your own
+        ``tracking.Logger``: the same metrics, and the fit's settings, sent to a tracker.
 
     Under torchrun (or with a process group initialised) every process runs this same call:
     each takes its share of every global batch of ``batch_size``, and they take the same steps.
@@ -157,4 +161,4 @@ def fit(
     return run(algorithm, data, epochs=epochs, batch_size=batch_size, val_data=val_data,
                patience=patience, restore_best=restore_best, seed=seed,
                checkpoint_dir=checkpoint_dir, resume=resume, overwrite=overwrite,
-               progress=progress, callbacks=callbacks)  # fmt: skip
+               progress=progress, callbacks=callbacks, loggers=loggers)  # fmt: skip

@@ -9,7 +9,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from lvmkit.core.processes import shard as shard_of
 from lvmkit.core.rng import draw_keys, seeded
 from lvmkit.data import as_dataset
 from lvmkit.inference.resume import Checkpoints, LoopState, fingerprint
+from lvmkit.inference.tracking import Logger
 
 # Loop settings an algorithm may or may not honour; the others (epochs, seed, checkpoints,
 # progress, callbacks) every algorithm honours.
@@ -165,6 +166,7 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: list[Callable[[dict], None]] = (),
+    loggers: list[Logger] = (),
 ) -> FitResult:
     """Run ``algorithm`` over ``data`` for at most ``epochs`` epochs.
 
@@ -198,9 +200,14 @@ def run(
     progress : bool
         A progress bar (rank 0).
     callbacks : list of callables
-        Each gets a dict after every step (``{"event": "step", "epoch", "step"}``, plus
-        ``"loss"`` where the step has one) and every epoch (``{"event": "epoch", "epoch",
-        "loss", "elapsed"}``, plus ``"val_loss"`` with ``val_data``), on rank 0.
+        Each gets a dict after every step (``{"event": "step", "epoch", "step",
+        "global_step"}``, plus ``"loss"`` where the step has one) and every epoch
+        (``{"event": "epoch", "epoch", "global_step", "loss", "elapsed"}``, plus ``"val_loss"``
+        with ``val_data``, ``"lr"`` and the numbers of the algorithm's ``info()``), on rank 0,
+        in order, all with the same dict: one may add entries for those after it.
+    loggers : list of Logger
+        ``tracking.TensorBoardLogger``, ``tracking.MLflowLogger`` or your own: started with
+        the settings, given the metrics after the callbacks, closed at the end (rank 0).
 
     Returns
     -------
@@ -237,8 +244,9 @@ def run(
     bar = tqdm(total=epochs * steps, initial=min(s.epoch, epochs) * steps + s.step,
                disable=not progress or not g.main, unit="step", desc=algorithm.name,
                dynamic_ncols=True)  # fmt: skip
-    loop = _Loop(algorithm, data, s, ckpts, bar, list(callbacks))
-    with lock, StopOnSignal() as stop, bar:
+    loggers = list(loggers) if g.main else []
+    loop = _Loop(algorithm, data, s, ckpts, bar, [*callbacks, *loggers])
+    with lock, StopOnSignal() as stop, bar, _started(loggers, settings, s.epoch * steps + s.step):
         converged = loop.epochs(epochs, batch_size, stop, val_data, patience, seed)
         params_epoch = len(s.losses) + (s.step > 0)  # interrupted mid-epoch: that epoch, partly
         if restore_best is None:
@@ -249,6 +257,18 @@ def run(
         algorithm.finish()
     _warn_after(algorithm, loop, converged, epochs)
     return _result(algorithm, loop, converged, params_epoch)
+
+
+@contextmanager
+def _started(loggers: list[Logger], settings: dict, first_step: int):
+    """The loggers started with the fit's settings, and closed however it ends."""
+    try:
+        for logger in loggers:
+            logger.start(settings, first_step)
+        yield
+    finally:
+        for logger in loggers:
+            logger.close()
 
 
 def _result(algorithm: Algorithm, loop: _Loop, converged: bool, params_epoch: int) -> FitResult:
@@ -337,7 +357,7 @@ class _Loop:
         """Run epochs until ``epochs``, a stopping rule, or a signal; whether the algorithm's
         own rule was met."""
         a, s, n = self.a, self.s, len(self.data)
-        steps = math.ceil(n / batch_size)
+        self.steps = steps = math.ceil(n / batch_size)
         self.total, self.seed = epochs, seed
         converged = False
         while s.epoch < epochs and not (self.stopped_early or converged):
@@ -364,7 +384,8 @@ class _Loop:
                 metrics["val_loss"] = self._validate(val_data, batch_size, patience, seed)
             s.epoch, s.step, s.perm = s.epoch + 1, 0, None
             self.ckpts.save(s)
-            self._tell(metrics | {"elapsed": s.elapsed})
+            self._tell(metrics | {"global_step": s.epoch * steps, "elapsed": s.elapsed}
+                       | self._numbers())  # fmt: skip
             if a.stop_requested or vote(stop.signum is not None, a.group):
                 self.interrupted = True
                 break
@@ -389,7 +410,13 @@ class _Loop:
         self.bar.set_postfix(epoch=f"{s.epoch + 1}/{self.total}", **shown,
                              pts_per_s=f"{speed:.0f}", refresh=False)  # fmt: skip
         shown = {} if loss is None else {"loss": loss}  # EM's loss is known at the epoch's end
-        self._tell({"event": "step", "epoch": s.epoch + 1, "step": s.step, **shown})
+        self._tell({"event": "step", "epoch": s.epoch + 1, "step": s.step,
+                    "global_step": s.epoch * self.steps + s.step, **shown})  # fmt: skip
+
+    def _numbers(self) -> dict:
+        """The learning rate and the numbers of the algorithm's info, for an epoch's metrics."""
+        found = {"lr": self.a.settings().get("lr"), **self.a.info()}
+        return {k: v for k, v in found.items() if type(v) in (int, float)}
 
     def _validate(self, val_data, batch_size, patience, seed) -> float:
         s = self.s

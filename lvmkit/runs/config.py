@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lvmkit.core.files import write_text
 from lvmkit.inference.elbo import ELBOS
+from lvmkit.inference.tracking import LOGGERS
 from lvmkit.inference.trainer import OPTIMIZERS
 from lvmkit.models import MODELS
 from lvmkit.models.registry import config_fields
@@ -45,6 +46,8 @@ FIT_DEFAULTS = {
     "device": "auto",
     "jit": False,
     "threads": "auto",  # torch threads per process: the cores not busy, shared out
+    "log": [],  # experiment trackers: "tensorboard", "mlflow" (lvmkit[tracking])
+    "tracking_uri": None,  # MLflow's store; None: MLFLOW_TRACKING_URI, else ./mlflow.db
 }
 # One line on each [data] and [fit] key, for ``lvmkit fit NAME --help``.
 KEY_HELP = {
@@ -69,6 +72,10 @@ KEY_HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "jit": "run the steps from a trace of the loss: false, true, or auto (where it can)",
     "threads": "torch threads per process (default: the cores not busy, shared out)",
+    "log": "experiment trackers to log to: tensorboard (RUN/tensorboard), mlflow, or both "
+    "([\"tensorboard\", \"mlflow\"]); pip install 'lvmkit[tracking]'",
+    "tracking_uri": "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+    "sqlite:///mlflow.db in the working directory)",
 }
 RENAMED = {"num_particles": "num_samples"}  # keys older runs wrote -> their names now
 # The types of the [data] and [fit] keys ([model] keys take their config dataclass's), and which
@@ -95,6 +102,8 @@ TABLE_TYPES = {
         "device": str,
         "jit": bool | str,
         "threads": int | str | None,
+        "log": tuple[str, ...],
+        "tracking_uri": str | None,
     },
 }
 POSITIVE = {"epochs", "batch_size", "lr", "num_samples", "patience", "levels"}
@@ -103,14 +112,16 @@ CHOICES = {
     "elbo": set(ELBOS),
     "optimizer": set(OPTIMIZERS),
     "inference": {"svi", "em", "adversarial"},
+    "log": set(LOGGERS),
 }  # NumPy takes seeds in 0 .. 2**32 - 1
 
 
 # The [fit] keys each algorithm uses; a run records only these, and refuses the others.
+EVERY_ALGORITHM = {"inference", "epochs", "seed", "device", "threads", "log", "tracking_uri"}
 USED_BY = {
     "svi": set(FIT_DEFAULTS),
-    "em": {"inference", "epochs", "seed", "device", "threads"},
-    "adversarial": {"inference", "epochs", "batch_size", "lr", "seed", "device", "threads"},
+    "em": EVERY_ALGORITHM,
+    "adversarial": EVERY_ALGORITHM | {"batch_size", "lr"},
 }
 
 
@@ -177,6 +188,8 @@ def apply_settings(config: dict, tables: dict, model_name: str, source: str) -> 
             )
         types = TABLE_TYPES.get(table) or typing.get_type_hints(MODELS[model_name].cls.config_class)
         defaults = default_config(model_name)[table]
+        if table == "fit" and isinstance(values.get("log"), str):  # --set fit.log=tensorboard
+            values["log"] = values["log"].split(",")
         for key, value in values.items():
             problem = _value_problem(key, value, types[key], defaults.get(key))
             if problem:
@@ -238,8 +251,8 @@ def _value_problem(key: str, value, hint, default) -> str | None:
         return "must be above 0" if positive else "must be at least 0"
     if isinstance(value, str) and not value:
         return "must not be empty"
-    if key in CHOICES and value not in CHOICES[key]:
-        return f"must be one of {sorted(CHOICES[key])}"
+    if key in CHOICES and not set(value if key == "log" else [value]) <= CHOICES[key]:
+        return f"must be one of {sorted(CHOICES[key])}" + (", or a list of them" * (key == "log"))
     if key == "threads" and isinstance(value, str) and value != "auto":
         return "must be a positive int or 'auto'"
     if key == "jit" and isinstance(value, str) and value != "auto":

@@ -22,6 +22,7 @@ from lvmkit.inference.elbo import make_elbo
 from lvmkit.inference.evaluation import scores_discrete
 from lvmkit.inference.likelihood import loss_bits_per_dim
 from lvmkit.inference.programs import resolve_device
+from lvmkit.inference.tracking import MLflowLogger
 from lvmkit.models import MODELS, build_model
 from lvmkit.runs.config import (
     USED_BY,
@@ -32,14 +33,16 @@ from lvmkit.runs.config import (
 )
 from lvmkit.runs.directory import data_checksum, save_model
 from lvmkit.runs.pictures import write_pictures
+from lvmkit.runs.tracking import MLFLOW_RECORD, TENSORBOARD_DIR, kl_callbacks, run_loggers
 
 RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt")  # a folder holding one holds a run
 RUN_OUTPUTS = (*RUN_FILES, "metrics.jsonl", "summary.json", "losses.png", "samples.png")
 # every file a fit writes into its folder: one a user put there is not replaced unasked
-WRITES = (*RUN_OUTPUTS, "completions.png", "reconstructions.png")
+WRITES = (*RUN_OUTPUTS, "completions.png", "reconstructions.png", MLFLOW_RECORD, TENSORBOARD_DIR)
 # Settings a resume may change: neither epochs nor jit changes what is computed, and the data
 # may have moved (the checkpoint's fingerprint of them refuses other data).
-RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit"), ("fit", "threads"), ("data", "name")}
+RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit"), ("fit", "threads"), ("fit", "log"),
+                     ("fit", "tracking_uri"), ("data", "name")}  # fmt: skip
 
 
 @dataclass
@@ -138,8 +141,8 @@ def _refuse_changes(config: dict, settings: dict, out: Path) -> None:
             if (table, key) not in RESUME_MAY_CHANGE and not same:
                 raise ValueError(
                     f"{out} was fitted with [{table}] {key} = {was!r}, not {value!r}: resume it "
-                    "without that setting (only epochs, jit, threads and where the data are may "
-                    "change), or start a new run in another folder"
+                    "without that setting (only epochs, jit, threads, log, tracking_uri and where "
+                    "the data are may change), or start a new run in another folder"
                 )
 
 
@@ -160,8 +163,8 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
     config : str or Path, optional
         A TOML file with [data], [model], [fit] tables.
     resume, overwrite : bool
-        Continue the run in ``out`` (only epochs, jit, threads and where the data are may
-        change), or replace it; without either, a run there is refused.
+        Continue the run in ``out`` (only epochs, jit, threads, the trackers and where the data
+        are may change), or replace it; without either, a run there is refused.
     progress : bool
         A progress bar.
 
@@ -201,13 +204,14 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
     if dataset.y is not None and model.can_encode and probe_problem(dataset.y):
         warnings.warn(f"no linear probe: {probe_problem(dataset.y)}", stacklevel=2)
     check_writable(*(out / name for name in RUN_OUTPUTS))  # before the fit, not after it
+    loggers = run_loggers(config, out, resume)  # a tracker not installed: refused here
     set_threads(fcfg["threads"])
     g = group(resolve_device(process_device(fcfg["device"])))  # torchrun: rank 0 writes
     try:
         with run_lock(out) if g.main else nullcontext():  # a second process here is refused
             try:
                 result = _fit(model, config, out, splits, resume=resume, progress=progress,
-                              main=g.main)  # fmt: skip
+                              main=g.main, loggers=loggers)  # fmt: skip
             except BaseException:
                 if g.main and not resume and not (out / "checkpoint.pt").exists():
                     (out / "config.toml").unlink(missing_ok=True)  # a run that never began
@@ -220,6 +224,9 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
                 done = FittedRun(out, result, written=written)
                 if not result.interrupted:
                     done = _write_run(model_name, model, config, out, dataset, splits, result)
+                    for logger in loggers:
+                        if isinstance(logger, MLflowLogger):
+                            logger.log_artifacts(*done.written)
     except BaseException:
         if g.main and not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # the folder this refused run made, empty once its lock is gone
@@ -229,18 +236,20 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
     return done
 
 
-def _fit(model, config, out, splits, *, resume, progress, main) -> FitResult:
+def _fit(model, config, out, splits, *, resume, progress, main, loggers) -> FitResult:
     """The fit itself, by the config's inference; config.toml written as it starts (a resumed
     run's once the checkpoint took it)."""
     fcfg = {k: v for k, v in config["fit"].items() if k in USED_BY[config["fit"]["inference"]]}
     inference = fcfg.pop("inference")
-    fcfg.pop("threads")  # set for the process already
+    for key in ("threads", "log", "tracking_uri"):  # set for the process, and in loggers
+        fcfg.pop(key)
     fcfg["device"] = process_device(fcfg["device"])
     train, val, _ = splits
     train_data = model.prepare(train)
     if not resume and main:
         write_config(_recorded(config), out / "config.toml")
-    loop = dict(checkpoint_dir=out, resume=resume, overwrite=not resume, progress=progress)
+    loop = dict(checkpoint_dir=out, resume=resume, overwrite=not resume, progress=progress,
+                loggers=loggers, callbacks=kl_callbacks(model, model.prepare(val), loggers))
     if inference == "em":  # closed-form EM, in float64 as scikit-learn
         epochs = fcfg.pop("epochs")
         result = em(model, train_data.double(), max_iter=epochs, **fcfg, **loop)

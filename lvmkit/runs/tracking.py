@@ -1,0 +1,68 @@
+"""The trackers a run logs to ([fit] log): TensorBoard event files in RUN/tensorboard; an
+MLflow run with the config as parameters and the run's files as artifacts, whose id
+RUN/mlflow.json keeps so that a resumed fit continues it; and, for a model with a Gaussian
+code, each epoch's KL of q(z|x) from p(z) per latent dimension on validation images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lvmkit.core.files import write_text
+from lvmkit.diagnostics.posteriors import kl_per_dimension
+from lvmkit.inference.tracking import Logger, MLflowLogger, TensorBoardLogger
+
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_RECORD = "mlflow.json"
+KL_IMAGES = 256  # validation images the KL per dimension is averaged over
+
+
+class RunMLflowLogger(MLflowLogger):
+    """An MLflowLogger that records its run's id in the run folder as it starts."""
+
+    def __init__(self, record: Path, **options):
+        super().__init__(**options)
+        self.record = record
+
+    def start(self, settings: dict, first_step: int) -> None:
+        super().start(settings, first_step)
+        kept = {"run_id": self.run_id, "tracking_uri": self.tracking_uri}
+        write_text(self.record, json.dumps(kept) + "\n")
+
+
+class KLPerDimension:
+    """A callback that adds ``kl_per_dim`` (one number per latent dim) to each epoch's metrics
+    of a model with ``encode`` and p(z) = N(0, I)."""
+
+    def __init__(self, model, x: torch.Tensor):
+        self.model, self.x = model, x
+
+    def __call__(self, metrics: dict) -> None:
+        if metrics["event"] == "epoch":
+            metrics["kl_per_dim"] = kl_per_dimension(self.model, self.x).tolist()
+
+
+def run_loggers(config: dict, out: Path, resume: bool) -> list[Logger]:
+    """The loggers [fit] log names, for the run in ``out``."""
+    names, loggers = config["fit"]["log"], []
+    if "tensorboard" in names:
+        loggers.append(TensorBoardLogger(out / TENSORBOARD_DIR))
+    if "mlflow" in names:
+        record = out / MLFLOW_RECORD
+        kept = json.loads(record.read_text()) if resume and record.exists() else {}
+        uri = config["fit"]["tracking_uri"]
+        run_id = kept.get("run_id") if kept.get("tracking_uri") == uri else None
+        loggers.append(RunMLflowLogger(record, tracking_uri=uri, run_name=out.name,
+                                       run_id=run_id, params=config))  # fmt: skip
+    return loggers
+
+
+def kl_callbacks(model, val, loggers: list[Logger]) -> list:
+    """The KL-per-dimension callback where there are loggers and the model has a Gaussian
+    code, else none."""
+    if not loggers or not getattr(model, "gaussian_code", False):
+        return []
+    x = val.batch(torch.arange(min(KL_IMAGES, len(val))))[0]
+    return [KLPerDimension(model, x)]
