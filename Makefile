@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench tutorials clean
+.PHONY: setup demo test lint bench tutorials docs clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+	$(MAKE) docs
+
+# The documentation site in docs/_build/html: warnings (a broken cross-reference, a docstring
+# that does not parse) are errors.
+docs: setup
+	OMP_NUM_THREADS=1 $(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 # Re-run every tutorial at full size and store its outputs in the notebook (minutes each).
 tutorials: setup
@@ -40,4 +46,4 @@ bench: setup
 	$(BIN)/python benchmarks/svi_overhead.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache docs/_build docs/api docs/tutorials

@@ -14,18 +14,27 @@ from lvmkit.core.rng import uniform
 class ImageData:
     """A set of images with optional labels.
 
-    x:      (N, C, H, W) float32. If ``levels`` is set, integer values in ``0 .. levels-1``;
-            if ``levels`` is None, continuous values (e.g. scaled to [0, 1]).
-    y:      (N,) int64 labels, or None.
-    levels: number of discrete values a pixel takes (17 for digits, 256 for 8-bit, 2 for binary).
-    name:   where the data came from.
-    dynamic_binarization: if True, ``x`` holds probabilities in [0, 1] and every batch drawn for
-            training is a fresh Bernoulli sample (``levels`` is then 2).
-    splits: the split the data came with, as rows ``(start, stop)`` per part name ("train",
-            "val", "test"), or None; ``data.part("test")`` is one part. A subset has none.
-    dequantized: if True, ``x`` holds integer levels and every batch is their uniform
-            dequantization (x + u) / levels, u ~ U[0, 1) per pixel, in [0, 1) (Theis et al.
-            2016): a continuous density of such batches bounds the discrete likelihood.
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, H, W)
+        float32. If ``levels`` is set, integer values in ``0 .. levels-1``; if ``levels`` is
+        None, continuous values (e.g. scaled to [0, 1]).
+    y : Tensor of shape (N,), optional
+        int64 labels.
+    levels : int, optional
+        The number of values a pixel takes (17 for digits, 256 for 8-bit, 2 for binary).
+    name : str
+        Where the data came from.
+    dynamic_binarization : bool
+        ``x`` holds probabilities in [0, 1] and every batch drawn for training is a fresh
+        Bernoulli sample (``levels`` is then 2).
+    splits : dict, optional
+        The split the data came with, as rows ``(start, stop)`` per part name ("train", "val",
+        "test"); ``data.part("test")`` is one part. A subset has none.
+    dequantized : bool
+        ``x`` holds integer levels and every batch is their uniform dequantization
+        (x + u) / levels, u ~ U[0, 1) per pixel, in [0, 1) (Theis et al. 2016): a continuous
+        density of such batches bounds the discrete likelihood.
     """
 
     x: Tensor

@@ -353,14 +353,35 @@ def diagnose(
     quality of its samples by a classifier trained on ``data``, where it samples and ``data``
     has labels.
 
-    summary, evaluation: the fit's summary and ``evaluate``'s figures, shown first.
-    num_samples: draws of q(z|x) per image for k-hat and the posterior.
-    num_images: how many of the images (the first) k-hat, log p(x) as K grows, KL, mutual
-        information (whose estimate cannot exceed log num_images) and the posterior check look
-        at; the amortization gap looks at up to 50 of them, active units and the latent space
-        at all.
-    ais_steps: AIS temperatures (16 chains) for the yardstick beside importance sampling;
-        None leaves AIS out.
+    Parameters
+    ----------
+    model : BuiltinModel
+        A fitted built-in model (``lvmkit.load_run(path).model``).
+    data : ImageData
+        Images to diagnose on, with labels for the latent-space picture and sample quality.
+    summary, evaluation : dict, optional
+        The fit's summary and ``evaluate``'s figures, shown first.
+    num_samples : int
+        Draws of q(z|x) per image for k-hat and the posterior.
+    num_images : int
+        How many of the images (the first) k-hat, log p(x) as K grows, KL, mutual information
+        (whose estimate cannot exceed log num_images) and the posterior check look at; the
+        amortization gap looks at up to 50 of them, active units and the latent space at all.
+    seed : int
+        Seeds every draw.
+    ais_steps : int, optional
+        AIS temperatures (16 chains) for the yardstick beside importance sampling; None
+        leaves AIS out.
+    title : str
+        The report's title.
+    progress : bool
+        A progress bar over the sections.
+
+    Returns
+    -------
+    Report
+        Tables with a one-line reading each, figures, ``results`` (JSON-able numbers) and
+        ``posterior`` (``arviz.InferenceData``); ``save(folder)`` writes them.
     """
     instead = "lvmkit.posterior, psis_khat and the other functions of lvmkit.diagnostics"
     check_builtin(model, data, "diagnose", instead)

@@ -19,18 +19,27 @@ class AutoregressiveImage(TorchDistribution):
     """A distribution over images (C, H, W) with values 0..levels-1, usable in any model:
     ``pyro.sample("x", AutoregressiveImage(net, head, context=h), obs=x)``.
 
-    net: (B, C, H, W) in [-1, 1], context (B, D) or None -> parameters (B, P, C, H, W), causal in
-        raster-then-channel order (e.g. lvmkit.nets.GatedPixelCNN).
-    head: the per-element observation model (``make_observation("categorical" | "logistic",
+    Parameters
+    ----------
+    net : nn.Module
+        (B, C, H, W) in [-1, 1], context (B, D) or None -> parameters (B, P, C, H, W), causal
+        in raster-then-channel order (e.g. ``lvmkit.nets.GatedPixelCNN``).
+    head : Observation
+        The per-element observation model (``make_observation("categorical" | "logistic",
         image_shape, levels=...)``).
-    context: (..., D) conditioning vectors (a class one-hot, a latent z), or None; without one,
-        ``batch_shape`` says how many images a draw holds.
-    known: (..., C, H, W) bool, or None: ``log_prob`` then scores the known elements alone,
-        log p(x_known | h), which is exact only when they come first in raster-then-channel
-        order (e.g. the top half): other masks are refused.
-    fast: sample with the net's own generation cache when it has one (``start_generation``:
+    context : Tensor of shape (..., D), optional
+        Conditioning vectors (a class one-hot, a latent z); without one, ``batch_shape`` says
+        how many images a draw holds.
+    batch_shape : tuple of int
+        Without a context: the batch of images a draw holds.
+    fast : bool
+        Sample with the net's own generation cache when it has one (``start_generation``:
         GatedPixelCNN, PixelTransformer, ScanlineRNN): the same draws as one full pass per
         element, at a fraction of the cost.
+    known : Tensor of shape (..., C, H, W), optional
+        bool: ``log_prob`` then scores the known elements alone, log p(x_known | h), which is
+        exact only when they come first in raster-then-channel order (e.g. the top half):
+        other masks are refused.
     """
 
     arg_constraints = {}

@@ -21,7 +21,7 @@ from lvmkit.distributions.logistic import DiscretizedLogisticMixture
 
 class Observation:
     """Base class. ``params_per_element`` numbers per data element, laid out parameter-major:
-    h.view(B, params_per_element, *event_shape).
+    ``h.view(B, params_per_element, *event_shape)``.
 
     A subclass declares its ``name`` (in ``likelihoods.OBSERVATIONS``), the data it scores
     (``data_kind``: "continuous" reals, "binary" 0/1, or integer "levels"), and whether it scores
@@ -47,7 +47,7 @@ class Observation:
         return -len(self.event_shape) - 1
 
     def _split(self, h: Tensor) -> Tensor:
-        """(B, num_params) -> (B, params_per_element, *event_shape)."""
+        """(B, num_params) -> ``(B, params_per_element, *event_shape)``."""
         return h.reshape(h.shape[:-1] + (self.params_per_element,) + self.event_shape)
 
     def _fold(self, base: dist.Distribution, mask: Tensor | None) -> dist.Distribution:
@@ -56,11 +56,11 @@ class Observation:
         return base.to_event(len(self.event_shape))
 
     def __call__(self, h: Tensor, mask: Tensor | None = None) -> dist.Distribution:
-        """p(x|h); ``mask`` (B, *event_shape) bool scores only the elements where it is True."""
+        """p(x|h); ``mask`` ``(B, *event_shape)`` bool scores only the elements where it is True."""
         raise NotImplementedError
 
     def mean(self, h: Tensor) -> Tensor:
-        """E[x | h]: (B, *event_shape)."""
+        """E[x | h]: ``(B, *event_shape)``."""
         raise NotImplementedError
 
     def check(self, x: Tensor) -> None:

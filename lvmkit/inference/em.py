@@ -343,34 +343,18 @@ def em(
 ) -> FitResult:
     """EM: theta = argmax (1/N) sum_n E_{z ~ p(z|x_n)}[log p_theta(x_n, z)].
 
-    Both stop once the mean log-likelihood changes by less than ``tol`` between iterations (for
-    an importance E-step, whose estimates are noisy, between the means of the last 5 iterations
-    and the 5 before), or after ``max_iter`` iterations with a ConvergenceWarning
-    (``result.converged`` says which). Generic EM's M-step is partial (``m_steps`` gradient
-    steps), so a small change can also mean a slow M-step: raise ``lr`` or ``m_steps``, or lower
-    ``tol``, to be sure.
+    Closed-form EM for a :class:`~lvmkit.models.GaussianMixture` (the module itself), or
+    generic EM for any Pyro model function (``gmm.model`` too). Both stop once the mean
+    log-likelihood changes by less than ``tol`` between iterations (for an importance E-step,
+    whose estimates are noisy, between the means of the last 5 iterations and the 5 before), or
+    after ``max_iter`` iterations with a ConvergenceWarning (``result.converged`` says which).
+    Generic EM's M-step is partial (``m_steps`` gradient steps), so a small change can also
+    mean a slow M-step: raise ``lr`` or ``m_steps``, or lower ``tol``, to be sure.
 
-    model: a :class:`~lvmkit.models.GaussianMixture` (the module itself) for closed-form EM on
-        x (N, D), in x's dtype, started by ``init`` (scikit-learn's "kmeans", "k-means++",
-        "random", "random_from_data", drawn with ``seed``; or None: from the mixture's current
-        parameters); or any Pyro model function (``gmm.model`` too) for generic EM, which
-        starts from the values of ``params`` (what ``lvmkit.fit`` or ``em`` returned, or a
-        dict of ``pyro.param`` names to values), or, when None, from Pyro's global parameter
-        store as it is (inside ``result.scope()``: the fit's values); a ``pyro.param`` that
-        has no value there starts from its initial value, with a warning naming it when other
-        values were given. Modules (``pyro.module``) start from their own weights.
-    Generic EM: ``e_step="enum"`` sums over every value of the (discrete) latents, exactly;
-    "importance" draws ``num_samples`` (default 64) z per datapoint from ``guide`` (a fixed
-    proposal: EM does not train it) or, without one, from the prior, and self-normalises the
-    weights p(x, z) / q(z | x); "auto" (the default) picks "enum" when every latent site has
-    enumerable support. ``hard=True`` keeps only the most probable z (hard EM). Each iteration
-    runs one E-step per batch of ``batch_size`` (default: all the data), then ``m_steps``
-    (default 10) gradient steps (Adam, ``lr``, default 0.01) on the expected complete-data
-    log-likelihood with that posterior held fixed. Every sample site must sit in
-    ``pyro.plate("data", N)``. The settings of one kind of EM given to the other are refused.
-
-    checkpoint_dir, resume, overwrite, progress, callbacks, loggers: as for ``fit``: both kinds
-    write a checkpoint every iteration and resume exactly.
+    Generic EM runs one E-step per batch of ``batch_size``, then ``m_steps`` gradient steps
+    (Adam) on the expected complete-data log-likelihood with that posterior held fixed. Every
+    sample site must sit in ``pyro.plate("data", N)``. The settings of one kind of EM given to
+    the other are refused.
 
     When to prefer it: when the E-step is exact (enumerable discrete latents of moderate
     cardinality) EM needs no guide and every iteration raises the likelihood. With continuous
@@ -378,9 +362,54 @@ def em(
     beyond a few latent dims (its log p(x) estimate then converges to a biased value); prefer
     ``fit`` with an amortized guide there, or pass a good ``guide``.
 
-    Returns a FitResult whose ``losses`` are -log p(x) per datapoint at each iteration's E-step
-    (exact for a mixture and for enumeration, an importance-sampled estimate otherwise), and
-    ``info["e_step"]``: "closed-form", "enum" or "importance".
+    Parameters
+    ----------
+    model : GaussianMixture or callable
+        The mixture module (closed-form EM on x (N, D), in x's dtype), or a Pyro model
+        function (generic EM).
+    data : Tensor of shape (N, ...), tuple of such tensors, or Dataset
+    guide : callable, optional
+        Generic EM's proposal for an importance E-step (fixed: EM does not train it); without
+        one, the prior.
+    e_step : {"auto", "enum", "importance"}, optional
+        "enum" sums over every value of the (discrete) latents, exactly; "importance" draws
+        ``num_samples`` z per datapoint and self-normalises the weights p(x, z) / q(z | x);
+        "auto" (the default) picks "enum" when every latent site has enumerable support.
+    num_samples : int, optional
+        Draws per datapoint of an importance E-step (default 64).
+    hard : bool, optional
+        Keep only the most probable z (hard EM).
+    max_iter : int
+        Iterations at most.
+    tol : float
+        The change in mean log-likelihood that counts as converged.
+    m_steps : int, optional
+        Gradient steps per M-step (default 10).
+    lr : float, optional
+        The M-step's Adam learning rate (default 0.01).
+    batch_size : int, optional
+        Datapoints per E-step (default: all of them).
+    device : str
+        "auto", "cpu", "cuda" or "cuda:N".
+    seed : int
+        Seeds the draws (and closed-form EM's ``init``).
+    init : {"kmeans", "k-means++", "random", "random_from_data"} or None
+        Closed-form EM's start (scikit-learn's); None: the mixture's current parameters.
+    params : FitResult or dict, optional
+        Generic EM's start: what ``fit`` or ``em`` returned, or a dict of ``pyro.param`` names
+        to values; None: Pyro's global parameter store as it is (inside ``result.scope()``:
+        the fit's values). A ``pyro.param`` with no value there starts from its initial value,
+        with a warning naming it when other values were given. Modules (``pyro.module``)
+        start from their own weights.
+    checkpoint_dir, resume, overwrite, progress, callbacks, loggers
+        As for ``fit``: both kinds write a checkpoint every iteration and resume exactly.
+
+    Returns
+    -------
+    FitResult
+        ``losses``: -log p(x) per datapoint at each iteration's E-step (exact for a mixture
+        and for enumeration, an importance-sampled estimate otherwise); ``info["e_step"]``:
+        "closed-form", "enum" or "importance".
     """
     check_count("max_iter", max_iter)
     generic = dict(guide=guide, e_step=e_step, num_samples=num_samples, hard=hard,

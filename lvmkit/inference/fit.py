@@ -121,39 +121,84 @@ def fit(
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference.
 
-    data: a tensor (N, ...), a tuple of tensors with N rows each (passed positionally), or
-        a Dataset (ImageData). ``model(*batch)`` and ``guide(*batch)`` are called on each batch.
-    elbo: "elbo" (Trace_ELBO), "meanfield" (analytic KL where available), "iwae" (importance-
-        weighted bound with ``num_samples``), "enum" (TraceEnum_ELBO for discrete latents),
-        "stl" (the ELBO with the sticking-the-landing gradient), "dreg" (the IWAE bound with
-        the doubly reparameterized gradient, ``num_samples`` >= 2).
-    num_samples: particles (draws of z per datapoint) in the objective's estimate.
-    optimizer: "adam", "adamw", "sgd", or a factory ``(params, lr=lr) -> torch.optim.Optimizer``.
-    epochs: the total number of epochs; with ``resume`` training continues up to it.
-    val_data, patience: per-epoch validation loss; stop after ``patience`` epochs without
-        improvement.
-    restore_best: end with the parameters of the epoch of lowest validation loss instead of
-        the last epoch's; None (the default) restores them when ``patience`` is set.
-        ``FitResult.params_epoch`` says which epoch the parameters are from.
-    checkpoint_dir: write ``checkpoint.pt`` there after every epoch (and on SIGINT/SIGTERM,
-        which finish the current step and return with ``interrupted=True``).
-    resume: continue from the checkpoint in ``checkpoint_dir`` if there is one.
-    overwrite: start afresh over a checkpoint already in ``checkpoint_dir``; without it (or
-        ``resume``) a checkpoint there is refused, never silently replaced.
-    jit: run the steps from a trace of the loss (see ``Trainer``): same draws, same results,
-        less Python per step, for a model whose Python keeps no state between calls (a trace
-        freezes it). "auto" traces where the model allows and runs the model itself where it
-        does not (``FitResult.info["jit"]`` says which); True warns when it cannot trace;
-        False (the default) never traces.
-    threads: torch threads for this process (``torch.set_num_threads``); "auto" takes the
-        cores not busy with other work, shared among torchrun's processes; None (the default)
-        leaves torch's setting as it is.
-    callbacks: functions called with each step's and epoch's metrics (see ``loop.run``).
-    loggers: ``TensorBoardLogger`` / ``MLflowLogger`` (``lvmkit[tracking]``) or your own
-        ``tracking.Logger``: the same metrics, and the fit's settings, sent to a tracker.
-
     Under torchrun (or with a process group initialised) every process runs this same call:
     each takes its share of every global batch of ``batch_size``, and they take the same steps.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs, each called on a batch as ``model(*batch)``.
+    data : Tensor of shape (N, ...), tuple of such tensors, or Dataset
+        A tuple's tensors (N rows each) are passed positionally; an ``ImageData`` gives what
+        its ``batch`` returns.
+    elbo : {"elbo", "meanfield", "iwae", "enum", "stl", "dreg"}
+        ``Trace_ELBO``; the analytic KL where available; the importance-weighted bound with
+        ``num_samples``; ``TraceEnum_ELBO`` for discrete latents; the ELBO with the
+        sticking-the-landing gradient; the IWAE bound with the doubly reparameterized gradient
+        (``num_samples`` >= 2).
+    num_samples : int
+        Particles (draws of z per datapoint) in the objective's estimate.
+    epochs : int
+        The total number of epochs; with ``resume`` training continues up to it.
+    batch_size : int
+        Datapoints per step (over all processes).
+    lr : float
+        Learning rate.
+    optimizer : {"adam", "adamw", "sgd"} or callable
+        Or a factory ``(params, lr=lr) -> torch.optim.Optimizer``.
+    val_data : like ``data``, optional
+        Scored after every epoch.
+    patience : int, optional
+        Stop after this many epochs without a better validation loss.
+    restore_best : bool, optional
+        End with the parameters of the epoch of lowest validation loss instead of the last
+        epoch's; None restores them when ``patience`` is set. ``FitResult.params_epoch`` says
+        which epoch the parameters are from.
+    device : str
+        "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+    seed : int
+        Seeds the batch order and every draw.
+    checkpoint_dir : str or Path, optional
+        Gets ``checkpoint.pt`` after every epoch, and on SIGINT/SIGTERM (which finish the
+        current step and return with ``interrupted=True``).
+    resume : bool
+        Continue from the checkpoint in ``checkpoint_dir`` if there is one.
+    overwrite : bool
+        Start afresh over a checkpoint in ``checkpoint_dir``; without it (or ``resume``) a
+        checkpoint there is refused, never silently replaced.
+    progress : bool
+        A progress bar.
+    jit : bool or "auto"
+        Run the steps from a trace of the loss (see ``Trainer``): same draws, same results,
+        less Python per step, for a model whose Python keeps no state between calls. "auto"
+        traces where the model allows (``FitResult.info["jit"]`` says which); True warns when
+        it cannot trace; False never traces.
+    threads : int or "auto", optional
+        Torch threads for this process; "auto" takes the cores not busy with other work,
+        shared among torchrun's processes; None leaves torch's setting as it is.
+    callbacks : list of callable
+        Called with each step's and epoch's metrics (see ``run``).
+    loggers : list of Logger
+        ``TensorBoardLogger``, ``MLflowLogger`` (``lvmkit[tracking]``) or your own: the same
+        metrics, and the fit's settings, sent to an experiment tracker.
+
+    Returns
+    -------
+    FitResult
+        Losses per datapoint in nats per epoch, the fitted parameters (``params``,
+        ``scope()``), ``interrupted``, ``info``.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch, lvmkit
+    >>> def model(x):
+    ...     mu = pyro.param("mu", torch.tensor(0.0))
+    ...     with pyro.plate("data", len(x)):
+    ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+    >>> result = lvmkit.fit(model, lambda x: None, torch.full((100,), 3.0), epochs=200,
+    ...                     batch_size=100, lr=0.05, progress=False)
+    >>> round(float(result.params["mu"]), 2)
+    3.0
     """
     set_threads(threads)
     algorithm = SVI(model, guide, elbo=elbo, num_samples=num_samples, optimizer=optimizer,

@@ -83,6 +83,7 @@ class Algorithm:
     - ``state_dict()`` / ``load_state_dict(state, source)``: everything a resume needs.
     - ``settings()``: what a resumed checkpoint must match (a dict of plain values).
     - ``params()``, ``param_state``: the fitted parameters; ``info()``: what FitResult.info gets.
+
     And, to honour "val_data": ``validate(data, batch_size, seed)`` and ``snapshot()`` /
     ``restore(snapshot)`` of the parameters (for restore_best).
     """

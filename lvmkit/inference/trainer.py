@@ -20,12 +20,7 @@ from lvmkit.data import as_dataset
 from lvmkit.inference.draws import PositionDraws
 from lvmkit.inference.elbo import check_objective, make_elbo
 from lvmkit.inference.jit import UNTRACEABLE, TracedLoss
-from lvmkit.inference.programs import (
-    modules_behind,
-    on_device,
-    resolve_device,
-    trace_once,
-)
+from lvmkit.inference.programs import modules_behind, on_device, resolve_device, trace_once
 from lvmkit.inference.resume import check_optimizer_state, check_same
 
 OPTIMIZERS = {
@@ -63,34 +58,52 @@ def optimizer_name(optimizer) -> str:
 
 
 class Trainer:
-    """SVI with one torch optimizer over every parameter the model and guide create.
+    """SVI with one torch optimizer over every parameter the model and guide create (``fit``'s
+    step, for a loop of your own).
 
-    >>> trainer = Trainer(model, guide, elbo="elbo", lr=1e-3)
-    >>> for x in batches:
-    ...     loss = trainer.step(x)           # nats per datapoint
-    >>> trainer.evaluate(val_x)             # mean loss per datapoint, no update
+    Pyro's argument/support checks run on a step when ``validate=True`` (the default) and always
+    in ``evaluate``; ``fit`` validates the first step of every epoch only (on a small VAE the
+    checks cost ~8% of a step).
 
-    elbo: a name (see ``lvmkit.inference.elbo.ELBOS``) or any object with Pyro's
+    ``jit`` traces the loss into a graph of torch ops (``make_fx``, one per batch shape) and
+    runs the unvalidated steps from it, so the Pyro program's Python runs once, not per step.
+    A trace freezes Python (a call counter driving an annealing schedule would freeze too),
+    so it is off by default. A tensor read into Python (``.item()``) stops the trace and the
+    model runs itself; validated steps, and under "auto" the 1st, 2nd, 4th, 8th, ... step,
+    check the trace against the model from the same draws, and fall back if they differ.
+    ``jit=True`` warns at any fallback, "auto" once some steps ran from the trace (``jit_note``).
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs, called on a batch as ``model(*batch)``.
+    elbo : str or pyro.infer.ELBO
+        A name (see ``lvmkit.inference.elbo.ELBOS``) or any object with Pyro's
         ``differentiable_loss`` and ``loss`` methods (EM's M-step passes its own).
-    optimizer: "adam", "adamw", "sgd", or a factory ``(params, lr=lr) -> torch.optim.Optimizer``
-        such as ``torch.optim.RMSprop`` or ``functools.partial(torch.optim.SGD, momentum=0.5)``.
+    num_samples : int
+        Particles of a named objective.
+    optimizer : {"adam", "adamw", "sgd"} or callable
+        Or a factory ``(params, lr=lr) -> torch.optim.Optimizer`` such as
+        ``torch.optim.RMSprop`` or ``functools.partial(torch.optim.SGD, momentum=0.5)``.
+    lr : float
+    device : str or torch.device
+        "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+    jit : bool or "auto"
+        Run unvalidated steps from a trace of the loss (above).
 
-    Pyro's argument/support checks run on a step when ``validate=True`` (the default) and always in
-    ``evaluate``. ``fit`` validates the first step of every epoch only: on a small VAE the checks
-    cost ~8% of a step.
-
-    ``jit`` traces the loss into a graph of torch ops (``make_fx``, one trace per batch shape)
-    and runs the unvalidated steps from it: the Pyro program's Python runs once, not per step,
-    which on a small VAE makes a step cost what a hand-written PyTorch step does. A trace
-    freezes Python, so it is off by default: a model whose Python keeps state between calls (a
-    call counter driving an annealing schedule) would run with that state frozen, and no check
-    can see it when the state only changes between the calls a check makes. A tensor read into
-    Python (``.item()``, ``float(t)``) stops the trace and the fit goes on running the model
-    itself; every validated step, and under "auto" also the 1st, 2nd, 4th, 8th, ... step, runs
-    the model itself and checks that the trace gives the same loss from the same draws, and
-    falls back the same way if not. ``jit=True`` warns at any fallback; "auto" falls back
-    silently where no step has yet run from the trace (``jit_note`` says what happened) and
-    warns where some had.
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from lvmkit import Trainer
+    >>> def model(x):
+    ...     mu = pyro.param("mu", torch.tensor(0.0))
+    ...     with pyro.plate("data", len(x)):
+    ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+    >>> trainer = Trainer(model, lambda x: None, lr=0.1)
+    >>> for batch in torch.full((3000,), 2.0).split(30):
+    ...     loss = trainer.step(batch)  # nats per datapoint
+    >>> round(trainer.evaluate(torch.full((10,), 2.0)), 2)  # -log N(2; 2, 1), no update
+    0.92
     """
 
     def __init__(

@@ -104,7 +104,7 @@ class Autoencoder(BuiltinModel):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """E[x | z = f(x)]: (B, *image_shape)."""
+        """E[x | z = f(x)]: ``(B, *image_shape)``."""
         return self.obs.mean(self.decoder(self.encode(x).mean))
 
     @torch.no_grad()

@@ -61,7 +61,7 @@ def gaussian_params(h: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def check_batch(model: nn.Module, x: Tensor, image_shape) -> None:
-    """ValueError unless x is (B, *image_shape), with the fix in the message."""
+    """ValueError unless x is ``(B, *image_shape)``, with the fix in the message."""
     if x.dim() != len(image_shape) + 1 or tuple(x.shape[1:]) != tuple(image_shape):
         raise ValueError(
             f"{type(model).__name__} was built for data of shape {tuple(image_shape)} but got a "

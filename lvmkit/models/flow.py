@@ -54,9 +54,9 @@ class FlowImage(dist.TorchDistribution):
 
 
 class NormalizingFlow(BuiltinModel):
-    """RealNVP/Glow-style multi-scale flow (nets.flows.MultiScaleFlow after a logit): p(x) =
-    N(f(x); 0, I) |det df/dx|, no latent variable to infer, so fitting is maximum likelihood
-    and log p(x) is exact."""
+    """RealNVP/Glow-style multi-scale flow (``nets.flows.MultiScaleFlow`` after a logit):
+    p(x) = N(f(x); 0, I) ``|det df/dx|``, no latent variable to infer, so fitting is maximum
+    likelihood and log p(x) is exact."""
 
     config_class = FlowConfig
     can_sample = True

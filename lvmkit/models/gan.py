@@ -36,7 +36,7 @@ class GANConfig:
 
 
 class Generator(nn.Module):
-    """z (..., Z) -> pixel means (..., *image_shape) in (0, 1): the LVM's decoder with batch
+    """z (..., Z) -> pixel means ``(..., *image_shape)`` in (0, 1): the LVM's decoder with batch
     norm before each ReLU (DCGAN's generator; in eval mode, the running statistics)."""
 
     def __init__(self, config: GANConfig):
@@ -100,12 +100,12 @@ class GAN(BuiltinModel):
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        """n generated images G(z) (n, *image_shape), z ~ N(0, I)."""
+        """n generated images G(z) ``(n, *image_shape)``, z ~ N(0, I)."""
         check_count("n", n)
         return self.generate(torch.randn(n, self.z_dim, device=self.zero.device))
 
     def generate(self, z: Tensor) -> Tensor:
-        """G(z) (..., *image_shape) with batch norm's running statistics, in either mode: the
+        """G(z) ``(..., *image_shape)`` with batch norm's running statistics, in either mode: the
         trained generator's pictures, each independent of the others drawn with it."""
         training = self.generator.training
         self.generator.eval()

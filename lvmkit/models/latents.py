@@ -90,7 +90,7 @@ class VampPrior(nn.Module):
 
     @torch.no_grad()
     def start_at(self, x: Tensor, generator: torch.Generator) -> None:
-        """Pseudo-inputs at K training images drawn from x (N, *image_shape), with replacement
+        """Pseudo-inputs at K training images drawn from x ``(N, *image_shape)``, with replacement
         when N < K, plus a little noise so that no two are equal."""
         k = len(self.pseudo_inputs)
         pick = torch.randint(len(x), (k,), generator=generator) if len(x) < k else (
@@ -101,7 +101,7 @@ class VampPrior(nn.Module):
         self.placed.fill_(True)
 
     def forward(self, gaussian_q) -> dist.Distribution:
-        """gaussian_q: x (K, *image_shape) -> (loc, scale), each (K, Z)."""
+        """gaussian_q: x ``(K, *image_shape)`` -> (loc, scale), each (K, Z)."""
         if self.training and not self.placed and torch.is_grad_enabled():
             # training from the near-zero start works, but converges nats worse
             warnings.warn(
@@ -156,14 +156,39 @@ class FlowGuide(nn.Module):
     """An IAF guide for your own model: q(z|x) = the diagonal Gaussian ``encoder`` gives,
     followed by ``flow_steps`` inverse autoregressive flow steps conditioned on the encoder.
 
-    encoder: (B, ...) -> (B, 4 * z_dim): loc, raw scale (softplus), and a context of 2 * z_dim
-    for the flow. The guide samples site ``site`` (event shape (z_dim,)) inside
-    ``pyro.plate("data", B)``, as a model with ``pyro.sample(site, ...to_event(1))`` there
-    expects; it is called with the model's arguments and reads the first.
+    The guide samples site ``site`` (event shape (z_dim,)) inside ``pyro.plate("data", B)``,
+    as a model with ``pyro.sample(site, ...to_event(1))`` there expects; it is called with the
+    model's arguments and reads the first.
 
-    >>> from lvmkit.nets import MLP
-    >>> guide = FlowGuide(nn.Sequential(nn.Flatten(), MLP(784, (400,), 64)), z_dim=16)
-    >>> lvmkit.fit(my_model, guide, x)  # then lvmkit.log_likelihood(my_model, guide, x_test)
+    Parameters
+    ----------
+    encoder : nn.Module
+        (B, ...) -> (B, 4 * z_dim): loc, raw scale (softplus), and a context of 2 * z_dim for
+        the flow.
+    z_dim : int
+        The latent's size.
+    flow_steps : int
+        IAF steps after the Gaussian.
+    site : str
+        The model's latent site.
+    name : str
+        The name its ``pyro.module`` registers.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch, lvmkit
+    >>> from torch import nn
+    >>> from lvmkit.models import FlowGuide
+    >>> decoder = nn.Linear(2, 6)
+    >>> def model(x):
+    ...     pyro.module("decoder", decoder)
+    ...     with pyro.plate("data", len(x)):
+    ...         z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    ...         pyro.sample("x", dist.Normal(decoder(z), 0.5).to_event(1), obs=x)
+    >>> guide = FlowGuide(nn.Linear(6, 8), z_dim=2)  # 8 = 4 * z_dim
+    >>> result = lvmkit.fit(model, guide, torch.randn(40, 6), epochs=2, progress=False)
+    >>> guide.q(torch.randn(5, 6)).sample().shape
+    torch.Size([5, 2])
     """
 
     def __init__(self, encoder: nn.Module, z_dim: int, *, flow_steps: int = 2,

@@ -76,7 +76,7 @@ class GaussianLVMConfig:
 class GaussianLVM(BuiltinModel):
     """p(z) = N(0, I);  p(x|z) = obs(decoder(z));  q(z|x) = N(mu(x), diag sigma(x)^2).
 
-    ``model(x)`` scores a batch (B, *image_shape); ``model(n=16)`` samples the prior predictive.
+    ``model(x)`` scores a batch ``(B, *image_shape)``; ``model(n=16)`` samples the prior predictive.
     ``beta`` and ``free_bits`` change the objective in training mode only: ``lvm.eval()`` makes
     the model the exact p(x, z), e.g. for likelihood estimates. ``prior``, ``guide`` and
     ``top_dim`` swap in a learned prior, a flow posterior and a second latent layer z2 (site
@@ -169,7 +169,7 @@ class GaussianLVM(BuiltinModel):
 
     @torch.no_grad()
     def decode_mean(self, z: Tensor) -> Tensor:
-        """E[x|z] for z (B, Z): (B, *image_shape) (a draw for a PixelCNN decoder)."""
+        """E[x|z] for z (B, Z): ``(B, *image_shape)`` (a draw for a PixelCNN decoder)."""
         return self.obs.mean(self.decoder(z))
 
     def encode(self, x: Tensor) -> dist.Distribution:
@@ -270,7 +270,7 @@ class GaussianLVM(BuiltinModel):
         method: str = "gibbs",
         num_samples: int = 64,
     ) -> Tensor:
-        """x (B, *image_shape) with the elements where ``known`` is False filled in; known ones
+        """x ``(B, *image_shape)`` with the elements where ``known`` is False filled in; known ones
         stay. Two ways to choose the z the unknown pixels are drawn with (``completion_z``):
 
         - "gibbs" (the default): pseudo-Gibbs sampling (Rezende et al. 2014): ``steps`` rounds
@@ -336,7 +336,7 @@ class GaussianLVM(BuiltinModel):
 
     @torch.no_grad()
     def known_log_prob(self, x: Tensor, known: Tensor, z: Tensor) -> Tensor:
-        """log p(x_known | z) for x, known (B, *image_shape) and z (..., B, Z): (..., B)."""
+        """log p(x_known | z) for x, known ``(B, *image_shape)`` and z (..., B, Z): (..., B)."""
         lead, event = z.shape[:-1], x.shape[1:]
         zs = z.reshape(-1, z.shape[-1])
         xs, mask = (t.expand(lead + event).reshape(-1, *event) for t in (x, known.bool()))

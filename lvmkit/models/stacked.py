@@ -89,7 +89,7 @@ class StackedDenoisingAutoencoder(BuiltinModel):
         """No latent variable: the loss is the model's factor."""
 
     def codes(self, x: Tensor) -> list[Tensor]:
-        """Every layer's code of x (B, *image_shape), bottom first."""
+        """Every layer's code of x ``(B, *image_shape)``, bottom first."""
         out, h = [], x.flatten(1)
         for layer in self.layers:
             h = torch.sigmoid(layer.encode(h))

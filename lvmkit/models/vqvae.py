@@ -149,7 +149,7 @@ class VQVAE(BuiltinModel):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """E[x | code*(x)]: (B, *image_shape)."""
+        """E[x | code*(x)]: ``(B, *image_shape)``."""
         check_batch(self, x, self.config.image_shape)
         return self.obs.mean(self.decoder(self.embed(self.nearest(self.encoder(x)))))
 

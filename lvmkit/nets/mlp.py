@@ -14,7 +14,7 @@ class BatchNorm(nn.BatchNorm1d):
 
 
 class MLP(nn.Sequential):
-    """Linear layers with ``activation`` between them: in_features -> *hidden -> out_features;
+    """Linear layers with ``activation`` between them: ``in_features -> *hidden -> out_features``;
     ``batch_norm`` normalises each hidden layer before its activation (DCGAN's generator)."""
 
     def __init__(self, in_features: int, hidden: tuple[int, ...], out_features: int, *,

@@ -1,0 +1,41 @@
+"""The documentation site's sources: the API reference covers every public name, and the user
+guide's pages are all in its table of contents. (``make docs``, which ``make test`` runs,
+builds the site with warnings as errors: a broken cross-reference or docstring fails it.)"""
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def load_conf():
+    spec = importlib.util.spec_from_file_location("docs_conf", DOCS / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)  # defines the generators; Sphinx's setup() would run them
+    return conf
+
+
+def test_the_api_reference_lists_every_public_name(tmp_path):
+    conf = load_conf()
+    conf.write_api_pages(tmp_path)
+    for package in conf.PACKAGES:
+        module = importlib.import_module(f"lvmkit.{package}")
+        page = (tmp_path / f"{package}.rst").read_text()
+        listed = set(re.findall(r"^   (\w+)$", page, re.M))  # the autosummary's entries
+        linked = set(re.findall(rf"^- ``lvmkit\.{package}\.(\w+)``", page, re.M))
+        assert listed | linked == set(module.__all__), package
+        assert not listed & linked
+    top = (tmp_path / "index.rst").read_text()
+    import lvmkit
+
+    for name in lvmkit.__all__:
+        assert name == "core" or f"``lvmkit.{name}``" in top, name
+
+
+def test_every_guide_page_is_in_the_table_of_contents():
+    index = (DOCS / "index.md").read_text()
+    pages = [p.relative_to(DOCS).with_suffix("").as_posix() for p in DOCS.rglob("*.md")]
+    pages = [p for p in pages if not p.startswith(("_build", "api", "tutorials/")) and p != "index"]
+    assert pages and all(f"\n{p}\n" in index for p in pages), pages
