@@ -152,7 +152,8 @@ def _fit_parser(sub, argv: list[str]) -> None:
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="run the steps from a trace of the loss (for a model whose Python "
                    "keeps no state between calls)")  # fmt: skip
-    p.add_argument("--inference", choices=["svi", "em"], help="svi (default), or em for gmm")
+    p.add_argument("--inference", choices=["svi", "em", "adversarial"],
+                   help="svi (default), em for gmm, adversarial for gan")  # fmt: skip
     p.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
                    help="a setting, as in the TOML: --set model.z_dim=16 --set fit.elbo=iwae "
                    "(repeatable)")  # fmt: skip
@@ -189,8 +190,8 @@ def _run_parsers(sub) -> None:
                    help="importance sampling with the model's encoder (the default), or AIS "
                    "from it; a GAN: AIS from the prior")  # fmt: skip
     e.add_argument("--num-samples", type=_positive(int),
-                   help="importance samples per image (default 1000), or AIS chains (default "
-                   "16)")  # fmt: skip
+                   help="importance samples per image (default 1000), AIS chains (default "
+                   "16), or a flow's dequantizations per image (default 8)")  # fmt: skip
     e.add_argument("--steps", type=_positive(int), default=100,
                    help="AIS temperatures (default 100)")  # fmt: skip
     e.add_argument("--seed", type=int, default=0)

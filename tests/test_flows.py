@@ -85,10 +85,15 @@ def test_the_cli_fits_resumes_evaluates_and_samples_on_the_digits(tmp_path, caps
     assert main(["fit", "flow", "--epochs", "2", "--out", str(part), "--resume", *common]) == 0
     a, b = load_run(whole).model.state_dict(), load_run(part).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert main(["evaluate", str(whole)]) == 0
+    assert main(["evaluate", str(whole), "--num-samples", "3"]) == 0
     result = json.loads((whole / "evaluation.json").read_text())
     # exact density of dequantized pixels: a bound on the 17-level likelihood, in (0, log2 17)
     assert 0 < result["bits_per_dim"] < math.log2(17)
+    assert result["method"] == "dequantized" and not result["exact"]
+    assert result["num_samples"] == 3 and result["mc_stderr"] > 0
+    assert "exact density of 3 dequantizations, a lower bound" in capsys.readouterr().out
+    assert main(["evaluate", str(whole), "--method", "ais"]) == 2  # no method to choose
+    assert "computes its log p(x) itself" in capsys.readouterr().err
     assert main(["sample", str(whole), "--n", "4"]) == 0
 
 
@@ -109,3 +114,27 @@ def test_pixels_outside_the_unit_interval_are_refused_before_fitting():
     flow = NormalizingFlow(FlowConfig(image_shape=(1, 4, 4), steps=1, hidden=4))
     with pytest.raises(ValueError, match="a flow models pixels in \\[0, 1\\]"):
         flow.prepare(ImageData(torch.rand(4, 1, 4, 4) * 1.5))
+
+
+def test_evaluate_averages_the_density_over_dequantizations():
+    """evaluate's value: the mean over K draws u of log p((x + u) / levels) - D log(levels)."""
+    flow = scrambled((1, 4, 4), steps=1).float().eval()
+    data = ImageData(torch.randint(0, 17, (6, 1, 4, 4)).float(), levels=17)
+    ll = lvmkit.evaluate(flow, data, num_samples=4, seed=3)
+    torch.manual_seed(0)
+    by_hand = torch.stack([flow.log_prob((data.x + torch.rand_like(data.x)) / 17)
+                           for _ in range(400)]).mean(0) - 16 * math.log(17)  # fmt: skip
+    assert ll.method == "dequantized" and ll.num_samples == 4
+    assert abs(ll.mean - float(by_hand.mean())) < 4 * ll.mc_stderr + 0.05
+    assert ll.mean != lvmkit.evaluate(flow, data, num_samples=4, seed=4).mean  # fresh draws
+
+
+def test_fitting_an_unstarted_flow_warns_and_raw_pixels_cannot_start_it():
+    flow = NormalizingFlow(FlowConfig(image_shape=(1, 4, 4), steps=1, hidden=4))
+    raw = ImageData(torch.randint(0, 17, (8, 1, 4, 4)).float(), levels=17)
+    with pytest.raises(ValueError, match=r"flow.initialize\(flow.prepare\(train\)\)"):
+        flow.initialize(raw)
+    with pytest.warns(UserWarning, match="never started on training images"):
+        lvmkit.fit(flow.model, flow.guide, flow.prepare(raw), epochs=1, progress=False)
+    flow.initialize(flow.prepare(raw))
+    assert bool(flow.started)

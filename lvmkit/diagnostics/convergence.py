@@ -84,7 +84,8 @@ def label(ll: LogLikelihood) -> str:
     """How an estimate was made, in a few words: "IS K=100", "AIS 16x100", "exact"."""
     if ll.method == "ais":
         return f"AIS {ll.num_samples}x{ll.steps}"
-    return {"exact": "exact", "bound": "lower bound"}.get(ll.method, f"IS K={ll.num_samples}")
+    named = {"exact": "exact", "bound": "lower bound", "dequantized": "dequantized"}
+    return named.get(ll.method, f"IS K={ll.num_samples}")
 
 
 def convergence_plot(rows: list[LogLikelihood]):

@@ -55,6 +55,7 @@ class Context:
     num_samples: int
     seed: int
     ais_steps: int | None = None
+    reference: ImageData | None = None  # what the sample-quality classifier learns from
     results: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
     found: dict = field(default_factory=dict)  # tensors later sections reuse
@@ -289,7 +290,7 @@ def _no_posterior(ctx: Context) -> Section | None:
 
 def _samples(ctx: Context) -> Section | None:
     """Classifier-based quality of the model's samples against the (labelled) images."""
-    model, data = ctx.model, ctx.data
+    model, data = ctx.model, ctx.reference or ctx.data
     if not model.can_sample or data.y is None or probe_problem(data.y):
         return None
     with seeded(ctx.seed):
@@ -304,7 +305,8 @@ def _samples(ctx: Context) -> Section | None:
         ("classifier accuracy", f"{q.classifier_accuracy:.3f}", "held out; both rest on it"),
     ]
     note = (
-        f"{QUALITY_SAMPLES} samples scored by a classifier trained here on these images "
+        f"{QUALITY_SAMPLES} samples scored by a classifier trained here on "
+        f"{'the training images' if ctx.reference is not None else 'these images'} "
         "(lvmkit.diagnostics.sample_quality): compare models on the same data only"
     )
     return Section("How good are the samples?", rows, note)
@@ -346,6 +348,7 @@ def diagnose(
     ais_steps: int | None = 50,
     title: str = "lvmkit report",
     progress: bool = False,
+    reference: ImageData | None = None,
 ) -> Report:
     """Diagnose a fitted built-in model on ``data`` (e.g. the test split): PSIS k-hat of its
     guide, collapse (KL per dimension, active units, mutual information), the amortization gap,
@@ -376,6 +379,9 @@ def diagnose(
         The report's title.
     progress : bool
         A progress bar over the sections.
+    reference : ImageData, optional
+        Labelled images the sample-quality classifier learns from and the samples are
+        compared with (the training split: more images, a better classifier); default ``data``.
 
     Returns
     -------
@@ -389,7 +395,8 @@ def diagnose(
     check_count("num_images", num_images)
     x = _images(model, data, seed)
     xs = x[:num_images]
-    ctx = Context(model, data, x, xs, summary or {}, evaluation, num_samples, seed, ais_steps)
+    ctx = Context(model, data, x, xs, summary or {}, evaluation, num_samples, seed, ais_steps,
+                  reference)  # fmt: skip
     sections = []
     for section in tqdm(SECTIONS, desc="diagnose", unit="section", disable=not progress):
         found = section(ctx)

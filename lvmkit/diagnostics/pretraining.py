@@ -11,6 +11,7 @@ import pyro
 import torch
 from torch import Tensor
 
+from lvmkit.diagnostics.quality import check_unit_pixels
 from lvmkit.diagnostics.representation import linear_probe
 from lvmkit.inference.fit import fit
 from lvmkit.models.stacked import Classifier, StackedConfig, StackedDenoisingAutoencoder
@@ -36,6 +37,8 @@ def compare_pretraining(
     y_train (N,)) from three starts: sigmoid layers from a StackedDenoisingAutoencoder fitted
     for ``pretrain_epochs`` on x_train, sigmoid layers at random, ReLU layers at random;
     scored on (x_test, y_test). Runs on the CPU."""
+    check_unit_pixels("x_train", x_train)
+    check_unit_pixels("x_test", x_test)
     classes = int(torch.cat([y_train, y_test]).max()) + 1
     found = PretrainingComparison()
     for start in ("pretrained", "random", "relu"):

@@ -61,6 +61,16 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+def check_unit_pixels(name: str, x: Tensor) -> None:
+    """ValueError unless every value of ``x`` is a finite number in [0, 1]."""
+    if not bool(torch.isfinite(x).all()) or len(x) and (x.min() < 0 or x.max() > 1):
+        raise ValueError(
+            f"{name} must be pictures in [0, 1], got values in [{float(x.min()):.4g}, "
+            f"{float(x.max()):.4g}]: scale them (lvmkit.data.scale(data).x, or "
+            "model.sample_images(n) for samples)"
+        )
+
+
 def sample_quality(
     samples: Tensor, images: Tensor, labels: Tensor, *, epochs: int = 30, seed: int = 0
 ) -> SampleQuality:
@@ -72,6 +82,8 @@ def sample_quality(
     problem = probe_problem(labels)
     if problem:
         raise ValueError(f"no sample quality: {problem}")
+    check_unit_pixels("samples", samples)
+    check_unit_pixels("images", images)
     if samples.shape[1:] != images.shape[1:]:
         raise ValueError(
             f"samples of shape {tuple(samples.shape[1:])} cannot be scored against images of "

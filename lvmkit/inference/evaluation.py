@@ -3,6 +3,9 @@ otherwise estimated with its guide by importance sampling or AIS."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 
 from lvmkit.inference.annealing import ais
@@ -10,7 +13,8 @@ from lvmkit.inference.importance import log_likelihood
 from lvmkit.inference.likelihood import LogLikelihood, dequantized_levels, estimate_per_batch
 from lvmkit.models.base import check_builtin
 
-DEFAULT_SAMPLES = {"importance": 1000, "ais": 16}  # draws per datapoint, or AIS chains
+# draws per datapoint (of z, or of a dequantization), or AIS chains
+DEFAULT_SAMPLES = {"importance": 1000, "ais": 16, "dequantized": 8}
 
 
 def scores_discrete(model, prepared) -> bool:
@@ -33,7 +37,9 @@ def evaluate(
 ) -> LogLikelihood:
     """log p(x) of a built-in model (``lvmkit.models.BuiltinModel``) on ``data`` (ImageData,
     which ``model.prepare`` turns into the model's units): exact where the model declares
-    ``density = "exact"`` (mixtures, autoregressive models, flows), a lower bound in one pass
+    ``density = "exact"`` (mixtures, autoregressive models; a flow's exact density of
+    dequantized pixels is averaged over ``num_samples`` dequantizations, default 8, with its
+    Monte Carlo error: ``method="dequantized"``), a lower bound in one pass
     where it declares ``density = "bound"`` (the VQ-VAE); otherwise estimated with its guide,
     by importance sampling with ``num_samples`` draws (``method="importance"``, default 1000) or
     by AIS with ``num_samples`` chains (default 16) and ``steps`` temperatures
@@ -44,6 +50,11 @@ def evaluate(
     check_builtin(model, data, "evaluate", "lvmkit.log_likelihood(model, guide, data)")
     if method not in (None, "importance", "ais"):
         raise ValueError(f"unknown method {method!r}; choose 'importance' or 'ais'")
+    if model.density in ("exact", "bound") and method is not None:
+        raise ValueError(
+            f"{type(model).__name__} computes its log p(x) itself ({model.density}): there is "
+            f"no method {method!r} to choose; leave method out"
+        )
     if model.density == "ais" and method == "importance":
         raise ValueError(
             f"{type(model).__name__} has no guide to importance-sample with: its log p(x) is "
@@ -73,6 +84,9 @@ def evaluate(
     # a continuous density of discrete images is fitted to dequantized pixels (prepare)
     dequantized = data.levels if model.data_kind == "continuous" else None
     discrete = dequantized is not None or model.data_kind != "continuous"
+    if dequantized_levels(prepared) is not None:
+        return _dequantized(model, prepared, num_samples or DEFAULT_SAMPLES["dequantized"],
+                            common)  # fmt: skip
 
     def exact(batch, nesting, tick):
         tick(1)
@@ -83,3 +97,24 @@ def evaluate(
                              discrete=discrete, trace=False, dequantized=dequantized,
                              **common)  # fmt: skip
     return est.summary(1, model.density)
+
+
+def _dequantized(model, prepared, num_samples: int, common: dict) -> LogLikelihood:
+    """An exact density of dequantized pixels (a flow's): the mean of log p((x + u) / levels)
+    over ``num_samples`` draws of u ~ U[0, 1) per image, and its Monte Carlo error. Each draw
+    bounds the discrete log-likelihood from below, and so does their mean, in expectation."""
+    levels = prepared.levels
+    pixels = dataclasses.replace(prepared, dequantized=False)  # the integer levels themselves
+
+    def draws(batch, nesting, tick):
+        x, *rest = batch
+        values = torch.stack([model.log_prob((x + torch.rand_like(x)) / levels, *rest)
+                              for _ in range(num_samples)])  # fmt: skip
+        tick(1)
+        spread = values.var(0) if num_samples > 1 else torch.full_like(values[0], math.nan)
+        return values.mean(0), spread / num_samples
+
+    est = estimate_per_batch(model.model, None, pixels, draws, what="log p(x)", params=None,
+                             discrete=True, trace=False, dequantized=levels,
+                             **common)  # fmt: skip
+    return est.summary(num_samples, "dequantized")

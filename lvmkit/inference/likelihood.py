@@ -67,7 +67,9 @@ class LogLikelihood:
     mc_stderr: float  # Monte Carlo error of the mean: sqrt(sum mc_errors^2) / N; 0 when exact
     bits_per_dim: float | None  # -mean / (dims log 2) for discrete data; None otherwise
     num_samples: int  # importance samples (or AIS chains) per datapoint; 1 when exact
-    method: str = "importance"  # "exact", "bound" (a lower bound in one pass), "importance", "ais"
+    # "exact", "bound" (a lower bound in one pass), "dequantized" (an exact density of
+    # dequantized pixels, averaged over num_samples draws), "importance", "ais"
+    method: str = "importance"
     steps: int | None = None  # AIS temperatures
     dims: float = math.nan  # dimensions predicted per datapoint (mean)
     mc_errors: Tensor | None = field(default=None, repr=False)  # (N,) per datapoint
@@ -133,7 +135,8 @@ class LogLikelihood:
 def describe(row: dict) -> str:
     """A ``LogLikelihood.row()`` as one line: how, the value, its errors and bits/dim."""
     k = row["num_samples"]
-    how = {"exact": "exact", "bound": "a lower bound", "importance": f"IS K={k}"}.get(
+    how = {"exact": "exact", "bound": "a lower bound", "importance": f"IS K={k}",
+           "dequantized": f"exact density of {k} dequantizations, a lower bound"}.get(
         row["method"], f"AIS {k} chains x {row.get('steps')} steps"
     )
     errors = ", ".join(f"{name} {row[key]:.4f}" for key, name in

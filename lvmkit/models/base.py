@@ -114,7 +114,10 @@ class BuiltinModel(nn.Module):
     def sample_images(self, n: int) -> Tensor:
         """n samples as pictures (n, C, H, W) in [0, 1]."""
         if not self.can_sample:
-            raise ValueError(f"{type(self).__name__} cannot sample")
+            raise ValueError(
+                f"{type(self).__name__} cannot sample: it has no generative model of x (a "
+                "representation learner); sample from a density model such as lvm or flow"
+            )
         return self.to_images(self.sample(n))
 
     @property

@@ -5,6 +5,7 @@ likelihood's, on the data's own level scale (256 for 8-bit images)."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import pyro
@@ -83,6 +84,7 @@ class NormalizingFlow(BuiltinModel):
         self.logit = Logit(c.alpha)
         self.net = MultiScaleFlow(c.image_shape, c.scales, c.steps, c.hidden)
         self.z_shapes = self.net.shapes(c.image_shape)
+        self.register_buffer("started", torch.tensor(False))  # saved: a resumed run knows
 
     def prepare(self, data: lvdata.ImageData) -> lvdata.ImageData:
         """Pixels in [0, 1]: discrete data dequantized (a fresh draw every batch)."""
@@ -92,9 +94,15 @@ class NormalizingFlow(BuiltinModel):
         """The ActNorm layers start standardizing the first ``START_IMAGES`` images of the
         (prepared) training data, at their bins' centres: the same start in every process."""
         x = data.pixels() if hasattr(data, "pixels") else data
+        if len(x) == 0 or x.min() < 0 or x.max() > 1:
+            raise ValueError(
+                "initialize takes the prepared training data, pixels in [0, 1]: "
+                "flow.initialize(flow.prepare(train))"
+            )
         param = next(self.parameters())
         y, _ = self.logit(x[:START_IMAGES].to(param))
         self.net.start_at(y)
+        self.started.fill_(True)
         return self
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -118,6 +126,13 @@ class NormalizingFlow(BuiltinModel):
         if x is None and n is None:
             raise ValueError("pass a batch x, or n to sample n images")
         n = len(x) if x is not None else n
+        if self.training and not self.started and torch.is_grad_enabled():
+            # it trains from ActNorm's identity start too, but more slowly and less stably
+            warnings.warn(
+                "the flow's ActNorm layers were never started on training images: call "
+                "flow.initialize(flow.prepare(train)) before fitting (lvmkit fit does)",
+                stacklevel=2,
+            )
         pyro.module("flow", self)
         with pyro.plate("data", n):
             return pyro.sample("x", FlowImage(self, n), obs=x)

@@ -18,9 +18,11 @@ from lvmkit.models.base import BuiltinModel, prepare_unit_pixels
 from lvmkit.models.common import check_batch, make_decoder, make_encoder
 
 NO_GUIDE = (
-    "a GAN has no encoder q(z|x) to sample log p(x) with: estimate it by AIS from the prior, "
-    "lvmkit.ais(gan.model, data) (Wu et al. 2017), which scores x under the Gaussian "
-    "observation noise noise_scale; lvmkit.evaluate(gan, data) does this"
+    "a GAN has no encoder q(z|x), so neither SVI nor importance sampling applies: train it "
+    "with lvmkit.inference.fit_adversarial(gan, gan.prepare(data)) (lvmkit fit gan), and "
+    "estimate its log p(x) by AIS from the prior, lvmkit.ais(gan.model, data) (Wu et al. "
+    "2017), which scores x under the Gaussian observation noise noise_scale; "
+    "lvmkit.evaluate(gan, data) does this"
 )
 
 

@@ -24,6 +24,8 @@ from lvmkit.models.base import BuiltinModel
 from lvmkit.models.common import check_batch, observation_for
 from lvmkit.nets import GatedPixelCNN
 
+START_IMAGES = 512  # training images the codebook starts from
+
 
 @dataclass
 class VQVAEConfig:
@@ -61,6 +63,9 @@ class VQVAE(BuiltinModel):
         self.config = c = config or VQVAEConfig()
         for name in ("codes", "code_dim", "channels", "prior_features", "prior_layers"):
             check_count(name, getattr(c, name))
+        if c.codes < 2:
+            raise ValueError(f"codes must be at least 2 (a codebook of one holds nothing), got "
+                             f"{c.codes}")  # fmt: skip
         check_count("downsample", c.downsample, minimum=0)
         check_number("commitment", c.commitment, positive=False)
         channels, h, w = c.image_shape
@@ -97,6 +102,19 @@ class VQVAE(BuiltinModel):
         """p(code) for n images: event shape (1, h, w), values 0..codes-1."""
         return AutoregressiveImage(self.prior_net, self.code_head, batch_shape=(n,))
 
+    @torch.no_grad()
+    def initialize(self, data, *, seed: int = 0) -> VQVAE:
+        """The codebook starts at the encoder's outputs at K random positions of the first
+        ``START_IMAGES`` (prepared) training images, so every code is used from the first step
+        (from the small uniform start most codes went unused and training swung, on digits)."""
+        x = data.batch(torch.arange(min(len(data), START_IMAGES)))[0]
+        param = next(self.parameters())
+        flat = self.encoder(x.to(param)).permute(0, 2, 3, 1).flatten(0, 2)  # (B h w, D)
+        pick = torch.randint(len(flat), (self.config.codes,),
+                             generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        self.codebook.weight.copy_(flat[pick.to(flat.device)])
+        return self
+
     def nearest(self, z_e: Tensor) -> Tensor:
         """The index of the nearest codebook vector at each position: (B, 1, h, w) float."""
         flat = z_e.permute(0, 2, 3, 1)  # (B, h, w, D)
@@ -119,7 +137,9 @@ class VQVAE(BuiltinModel):
         with pyro.plate("data", n):
             code = pyro.sample("code", self.prior(n))  # (n, 1, h, w)
             z_q = self.embed(code)
-            if x is not None and self.training:
+            # the codebook and commitment terms shape training's gradient; a validation pass
+            # (no gradient) scores the bound alone
+            if x is not None and self.training and torch.is_grad_enabled():
                 z_e = self.encoder(x)  # the guide's code is nearest(z_e)
                 codebook = (z_e.detach() - z_q).square().flatten(1).sum(1)
                 commit = (z_e - z_q.detach()).square().flatten(1).sum(1)

@@ -9,6 +9,7 @@ import torch
 from lvmkit import data as lvdata
 from lvmkit.core.files import check_writable
 from lvmkit.diagnostics import image_grid, reconstructions, save_figure
+from lvmkit.models import MODELS
 from lvmkit.runs.directory import load_run
 
 
@@ -52,6 +53,12 @@ def write_completions(path, n: int = 8, seed: int = 0) -> Path:
     """RUN/completions.png: the bottom halves of n test images filled in."""
     path = Path(path)
     run = load_run(path)
+    if not run.model.can_complete:
+        able = sorted(name for name, entry in MODELS.items() if entry.cls.can_complete)
+        raise ValueError(
+            f"{run.name} ({type(run.model).__name__}) cannot complete images: of the built-in "
+            f"models {', '.join(able)} can (GaussianLVM where its likelihood allows)"
+        )
     check_writable(path / "completions.png")
     torch.manual_seed(seed)
     x, *extra = run.model.inputs(run.test_data())

@@ -48,20 +48,21 @@ def _scored(run, data: str | None, split: str | None):
 def evaluate_run(path, *, num_samples: int | None = None, seed: int = 0, progress: bool = True,
                  data: str | None = None, split: str | None = None, method: str | None = None,
                  steps: int = 100) -> tuple[dict, list[Path]]:  # fmt: skip
-    """log p(x) of the run's model into RUN/evaluation.json: exact where the model can say it,
-    else by ``method`` ("importance" with the model's guide, with the estimate as K grows, or
-    "ais"; None: AIS for a model whose density is AIS from the prior, else importance). On
+    """log p(x) of the run's model into RUN/evaluation.json: exact where the model can say it
+    (a flow's over ``num_samples`` dequantizations), else by ``method`` ("importance" with the
+    model's guide, with the estimate as K grows, or "ais"; None: AIS for a model whose density
+    is AIS from the prior, else importance). On
     the run's own test part by default; ``data`` scores another file (its ``split`` part
     where it carries a split, else all of it). Returns the estimate and the files."""
     run = load_run(path)
     scored, split, out = _scored(run, data, split)
     check_writable(out)
     model = run.model
-    method = method or ("ais" if model.density == "ais" else "importance")
-    num_samples = num_samples or DEFAULT_SAMPLES[method]
     common = dict(seed=seed, progress=progress)
     rows = []
     if model.density == "importance":  # log p(x) as K grows, then the estimate asked for
+        method = method or "importance"
+        num_samples = num_samples or DEFAULT_SAMPLES[method]
         prepared = model.prepare(scored)
         largest = DEFAULT_SAMPLES["importance"] if method == "ais" else num_samples
         rows = convergence(model.model, model.guide, prepared, ks=sample_counts(largest),
@@ -74,7 +75,7 @@ def evaluate_run(path, *, num_samples: int | None = None, seed: int = 0, progres
     est = {"log_likelihood": ll.mean, "stderr": ll.stderr, "mc_stderr": ll.mc_stderr}
     # the keys say what they are; the unit, once (bits_per_dim, where defined, is in bits)
     est |= {"unit": "nats per datapoint", "exact": ll.exact, "method": ll.method}
-    if ll.method in ("importance", "ais"):
+    if ll.method in ("importance", "ais", "dequantized"):
         est["num_samples"] = ll.num_samples
     if ll.method == "bound":
         est["bound"] = model.bound
@@ -112,9 +113,11 @@ def diagnose_run(path, *, num_samples: int = 200, num_images: int = 100, seed: i
         )
         evaluation = None
     check_writable(*(path / n for n in ("report.html", "diagnostics.json", "posterior.nc")))
-    report = diagnose(run.model, run.test_data(), summary=run.summary, evaluation=evaluation,
+    train, _, test = run.splits()
+    report = diagnose(run.model, test, summary=run.summary, evaluation=evaluation,
                       num_samples=num_samples, num_images=num_images, seed=seed,
-                      title=f"lvmkit report: {path.name}", progress=progress)  # fmt: skip
+                      title=f"lvmkit report: {path.name}", progress=progress,
+                      reference=train)  # fmt: skip
     pictures = ("losses.png", "samples.png", "reconstructions.png", "completions.png")
     report.figures = {n: path / n for n in pictures if (path / n).exists()} | report.figures
     page = report.save(path)
