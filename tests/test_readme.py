@@ -1,7 +1,15 @@
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# the README and the user guide it links to: the commands and examples they show run
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs/guide").glob("*.md"))]
+
+
+def blocks(language: str) -> list[str]:
+    found = (re.findall(rf"```{language}\n(.*?)```", page.read_text(), re.S) for page in PAGES)
+    return [block for page in found for block in page]
 
 
 def test_readme_example_runs(tmp_path):
@@ -21,8 +29,7 @@ def test_readme_em_and_svi_snippet_runs_and_agrees():
     reach the same log-likelihood."""
     import textwrap
 
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    (code,) = [textwrap.dedent(b) for b in blocks if "lvmkit.em(em, x)" in b]
+    (code,) = [textwrap.dedent(b) for b in blocks("python") if "lvmkit.em(em, x)" in b]
     code = code.replace("lr=0.05)", "lr=0.05, progress=False)")
     namespace = {}
     exec(compile(code, str(README), "exec"), namespace)
@@ -31,7 +38,8 @@ def test_readme_em_and_svi_snippet_runs_and_agrees():
 
 
 def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
-    """Every `lvmkit ...` line of the README's shell blocks, run as written but for fewer epochs.
+    """Every `lvmkit ...` line of the README's and the guide's shell blocks, run as written but
+    for fewer epochs.
     (The Quickstart's `make test` is what CI runs; `make demo` runs `lvmkit demo`, which
     test_cli runs.)"""
     import shlex
@@ -41,8 +49,8 @@ def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
     from lvmkit.cli import main
 
     monkeypatch.chdir(tmp_path)
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
-    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    lines = [line.split("#")[0].strip() for block in blocks("bash") for line in block.splitlines()]
+    lines = list(dict.fromkeys(lines))  # a page repeating the README's commands runs them once
     commands = [shlex.split(line)[1:] for line in lines if line.startswith("lvmkit ")]
     assert len(commands) >= 3
     for args in commands:
@@ -58,3 +66,10 @@ def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
         else:
             assert main(args + ["--no-progress"]) == 0, args
     assert (tmp_path / "runs" / "lvm" / "model.pt").is_file()
+
+
+def test_the_guides_generative_families_example_runs():
+    (code,) = [b for b in blocks("python") if "fit_adversarial(gan" in b]
+    namespace = {}
+    exec(compile(code, "docs/guide/models.md", "exec"), namespace)
+    assert namespace["flow"].started and not namespace["gan"].training

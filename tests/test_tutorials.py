@@ -2,6 +2,7 @@
 nbclient, as Jupyter would run it; ``make tutorials`` runs them at full size."""
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -50,3 +51,15 @@ def test_tutorial_runs_at_smoke_size(executed, path):
     # the stored outputs are the full-size run's: every code cell has been run
     stored = nbformat.read(path, as_version=4)
     assert all(c.execution_count for c in stored.cells if c.cell_type == "code")
+
+
+def test_stored_outputs_carry_no_paths_of_the_machine_that_ran_them():
+    machine = re.compile(r"/work/|/home/|/root/|/tmp/|/Users/|\.venv|site-packages")
+    for path in TUTORIALS:
+        for cell in nbformat.read(path, as_version=4).cells:
+            for output in cell.get("outputs", []):
+                text = "".join(output.get("text", "")) + "".join(
+                    "".join(v) for k, v in output.get("data", {}).items() if k.startswith("text")
+                )
+                found = machine.search(text)
+                assert not found, f"{path.name}: {text[max(0, found.start() - 60):][:160]}"

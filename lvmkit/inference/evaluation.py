@@ -66,8 +66,9 @@ def evaluate(
             f"{type(model).__name__} defines no density p(x) to evaluate (an autoencoder's code "
             "has no prior); fit a latent variable model such as lvm instead"
         )
-    if num_samples is None:
-        num_samples = DEFAULT_SAMPLES[method]
+    if num_samples is None:  # draws of z, AIS chains, or dequantizations of a flow's pixels
+        exact = model.density in ("exact", "bound")
+        num_samples = DEFAULT_SAMPLES["dequantized" if exact else method]
     prepared = model.prepare(data)
     common = dict(batch_size=batch_size, seed=seed, device=device, progress=progress)
     if model.density == "ais":  # annealed from the prior: the model has no guide
@@ -85,8 +86,7 @@ def evaluate(
     dequantized = data.levels if model.data_kind == "continuous" else None
     discrete = dequantized is not None or model.data_kind != "continuous"
     if dequantized_levels(prepared) is not None:
-        return _dequantized(model, prepared, num_samples or DEFAULT_SAMPLES["dequantized"],
-                            common)  # fmt: skip
+        return _dequantized(model, prepared, num_samples, common)
 
     def exact(batch, nesting, tick):
         tick(1)

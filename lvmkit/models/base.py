@@ -127,9 +127,10 @@ class BuiltinModel(nn.Module):
         return shape if len(shape) == 3 else (1, 1, math.prod(shape))
 
     def to_images(self, x: Tensor) -> Tensor:
-        """Data in model units (N, ...) -> (N, C, H, W) in [0, 1]."""
+        """Data in model units (N, ...) -> (N, C, H, W) in [0, 1] (a continuous density's
+        draws, pixel noise and all, clipped to it)."""
         x = x.reshape(len(x), *self.picture_shape).float()
-        return x / (self.config.levels - 1) if self.data_kind == "levels" else x
+        return x / (self.config.levels - 1) if self.data_kind == "levels" else x.clamp(0, 1)
 
     def top_half_known(self, x: Tensor) -> Tensor:
         """A mask shaped like x, True on the top half of each picture: what a completion is
