@@ -33,10 +33,36 @@ def compare_pretraining(
     widths: tuple[int, ...] = (256, 256, 256), epochs: int = 20, pretrain_epochs: int = 30,
     noise: float = 0.25, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
 ) -> PretrainingComparison:  # fmt: skip
-    """The same classifier (``widths`` hidden layers) trained on (x_train (N, D) in [0, 1],
-    y_train (N,)) from three starts: sigmoid layers from a StackedDenoisingAutoencoder fitted
-    for ``pretrain_epochs`` on x_train, sigmoid layers at random, ReLU layers at random;
-    scored on (x_test, y_test). Runs on the CPU."""
+    """The same classifier (``widths`` hidden layers) trained from three starts: sigmoid
+    layers from a ``StackedDenoisingAutoencoder`` fitted on ``x_train`` (greedy layer-wise
+    pretraining, Vincent et al. 2010), sigmoid layers at random, ReLU layers at random. Runs on
+    the CPU.
+
+    Parameters
+    ----------
+    x_train : Tensor of shape (N, D)
+        Training inputs in [0, 1].
+    y_train : Tensor of shape (N,)
+        Their classes.
+    x_test, y_test : Tensor of shape (M, D) and (M,)
+        Where test accuracy is measured.
+    widths : tuple of int
+        The hidden layers.
+    epochs : int
+        Supervised epochs from each start.
+    pretrain_epochs : int
+        Epochs of the stack of denoising autoencoders.
+    noise : float
+        The share of inputs each denoising layer drops.
+    batch_size, lr, seed
+        As for ``fit``.
+
+    Returns
+    -------
+    PretrainingComparison
+        Per start ("pretrained", "random", "relu"): the training losses per epoch, the test
+        accuracy, and a linear probe of the top hidden layer before supervised training.
+    """
     check_unit_pixels("x_train", x_train)
     check_unit_pixels("x_test", x_test)
     classes = int(torch.cat([y_train, y_test]).max()) + 1

@@ -74,10 +74,31 @@ def check_unit_pixels(name: str, x: Tensor) -> None:
 def sample_quality(
     samples: Tensor, images: Tensor, labels: Tensor, *, epochs: int = 30, seed: int = 0
 ) -> SampleQuality:
-    """Scores of generated pictures ``samples`` (N, C, H, W) in [0, 1] against real pictures
-    ``images`` (M, C, H, W) in [0, 1] with class ``labels`` (M,): a classifier is trained on
-    three quarters of the real ones (``epochs`` of Adam), scored on the rest, and its
-    features of the samples compared with those of the held-out real images."""
+    """How good generated pictures look to a classifier trained here on real ones (no
+    downloaded weights): the Inception score of the samples and the Fréchet distance between
+    the classifier's features of the samples and of held-out real pictures.
+
+    Parameters
+    ----------
+    samples : Tensor of shape (N, C, H, W)
+        Generated pictures in [0, 1] (``model.sample_images(n)``).
+    images : Tensor of shape (M, C, H, W)
+        Real pictures in [0, 1] (``lvmkit.data.scale(data).x``); the classifier trains on
+        three quarters of them and the Fréchet distance compares with the rest.
+    labels : Tensor of shape (M,)
+        Their classes.
+    epochs : int
+        The classifier's epochs of Adam.
+    seed : int
+        Seeds the split and the classifier.
+
+    Returns
+    -------
+    SampleQuality
+        ``inception_score`` (up to the number of classes), ``frechet_distance`` (lower is
+        better), ``real_inception_score`` (the held-out real pictures'), ``classifier_accuracy``
+        (on them): compare models scored on the same data only.
+    """
     check_count("epochs", epochs)
     problem = probe_problem(labels)
     if problem:

@@ -144,10 +144,39 @@ def fit_adversarial(
     callbacks: list[Callable[[dict], None]] = (),
     loggers: list[Logger] = (),
 ) -> FitResult:
-    """Train ``gan`` (generator, discriminator, z_dim; e.g. ``lvmkit.models.GAN``) on ``data``
-    by ``Adversarial`` steps in the one loop. Losses per epoch: the discriminator's, in nats
-    per datapoint; ``info["generator_loss"]``: the generator's last. ``gan`` is left in eval
-    mode, ready to sample (batch norm from its running statistics)."""
+    """Train ``gan`` on ``data`` by ``Adversarial`` steps in the one loop (checkpoints, exact
+    resume, torchrun), and leave it in eval mode, ready to sample (batch norm from its running
+    statistics).
+
+    Parameters
+    ----------
+    gan : nn.Module
+        With ``generator`` (z (B, z_dim) -> x (B, ...)), ``discriminator`` (x -> (B, 1)
+        logits) and ``z_dim``; e.g. ``lvmkit.models.GAN``.
+    data : Tensor of shape (N, ...), or Dataset
+        The real images, in the generator's units (``gan.prepare(images)``).
+    epochs, batch_size, device, seed, checkpoint_dir, resume, overwrite, progress, callbacks,
+    loggers
+        As for ``fit``.
+    lr : float
+        Adam's learning rate for both nets (betas (0.5, 0.999), DCGAN's).
+
+    Returns
+    -------
+    FitResult
+        ``losses``: the discriminator's per epoch, in nats per datapoint (2 log 2 = 1.386 when
+        it cannot tell); ``info["generator_loss"]``: the generator's last epoch's.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lvmkit.inference import fit_adversarial
+    >>> from lvmkit.models import GAN, GANConfig
+    >>> gan = GAN(GANConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,)))
+    >>> result = fit_adversarial(gan, torch.rand(32, 1, 4, 4), epochs=2, progress=False)
+    >>> gan.sample(3).shape
+    torch.Size([3, 1, 4, 4])
+    """
     algorithm = Adversarial(gan, lr=lr, device=device)
     result = run(algorithm, data, epochs=epochs, batch_size=batch_size, seed=seed,
                  checkpoint_dir=checkpoint_dir, resume=resume, overwrite=overwrite,

@@ -62,7 +62,14 @@ def shifted(x: Tensor, dy: Tensor, dx: Tensor, most: int) -> Tensor:
 
 class ContrastiveEncoder(BuiltinModel):
     """x -> encoder -> h (B, features) -> projection head -> z (B, projection), trained by
-    NT-Xent between two augmented views of each image (shifts, pixel noise)."""
+    NT-Xent between two augmented views of each image (shifts, pixel noise).
+
+    Parameters
+    ----------
+    config : ContrastiveConfig, optional
+        Its settings, the defaults where None (``lvmkit fit contrastive --help`` lists them with
+        their meaning).
+    """
 
     config_class = ContrastiveConfig
     can_encode = True

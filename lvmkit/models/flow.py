@@ -57,7 +57,15 @@ class FlowImage(dist.TorchDistribution):
 class NormalizingFlow(BuiltinModel):
     """RealNVP/Glow-style multi-scale flow (``nets.flows.MultiScaleFlow`` after a logit):
     p(x) = N(f(x); 0, I) ``|det df/dx|``, no latent variable to infer, so fitting is maximum
-    likelihood and log p(x) is exact."""
+    likelihood and the density of dequantized pixels is exact (``evaluate`` averages it over
+    dequantizations: a bound on the discrete likelihood).
+
+    Parameters
+    ----------
+    config : FlowConfig, optional
+        Its settings, the defaults where None (``lvmkit fit flow --help`` lists them with
+        their meaning).
+    """
 
     config_class = FlowConfig
     can_sample = True

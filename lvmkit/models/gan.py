@@ -59,7 +59,14 @@ def LeakyReLU() -> nn.Module:  # noqa: N802 (a layer's constructor)
 
 class GAN(BuiltinModel):
     """G: z ~ N(0, I) -> x = G(z), against a discriminator D: x -> logit. As a Pyro program
-    (for AIS), p(x | z) = N(G(z), noise_scale^2 I) on dequantized pixels."""
+    (for AIS), p(x | z) = N(G(z), noise_scale^2 I) on dequantized pixels.
+
+    Parameters
+    ----------
+    config : GANConfig, optional
+        Its settings, the defaults where None (``lvmkit fit gan --help`` lists them with
+        their meaning).
+    """
 
     config_class = GANConfig
     can_sample = True

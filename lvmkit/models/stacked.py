@@ -49,7 +49,14 @@ class StackedDenoisingAutoencoder(BuiltinModel):
     reconstructs the codes of the layers below, which it sees as fixed data (detached), so no
     gradient crosses a layer; all layers step together, each on the current codes below (the
     sequential schedule, bottom layer to convergence first, gives the same fixed point). The
-    representation is the top layer's code."""
+    representation is the top layer's code.
+
+    Parameters
+    ----------
+    config : StackedConfig, optional
+        Its settings, the defaults where None (``lvmkit fit sdae --help`` lists them with
+        their meaning).
+    """
 
     config_class = StackedConfig
     can_encode = True

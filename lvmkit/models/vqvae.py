@@ -46,7 +46,14 @@ class VQVAEConfig:
 
 class VQVAE(BuiltinModel):
     """x -> encoder -> nearest codebook vectors (B, code_dim, h, w) -> decoder -> p(x | code),
-    with a PixelCNN prior over the code indices (B, 1, h, w)."""
+    with a PixelCNN prior over the code indices (B, 1, h, w).
+
+    Parameters
+    ----------
+    config : VQVAEConfig, optional
+        Its settings, the defaults where None (``lvmkit fit vqvae --help`` lists them with
+        their meaning).
+    """
 
     config_class = VQVAEConfig
     can_sample = True
