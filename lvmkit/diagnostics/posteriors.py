@@ -75,12 +75,31 @@ def posterior(
     Groups: ``posterior`` (each latent site, dims chain, draw, datapoint, <site>_dim),
     ``sample_stats`` (``log_importance_weight``: log p(x, z) - log q(z | x) of the K proposals,
     enumerated latents summed out), ``log_likelihood`` and ``posterior_predictive`` (each
-    observed site: log p(x | z), and x replicated from p(x | z)), ``observed_data``. Built on
-    ``arviz.from_dict``. device: where to compute (None: where the modules behind model and
-    guide are). params: the fit whose parameters to use (what ``lvmkit.fit`` returned), or a
-    dict of ``pyro.param`` names to values; None uses Pyro's global store and warns about
-    ``pyro.param`` sites that had no value there.
-    Every sample site must sit in ``pyro.plate("data", N)``.
+    observed site: log p(x | z), and x replicated from p(x | z)), ``observed_data``. Every
+    sample site must sit in ``pyro.plate("data", N)``.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs over a batch.
+    *args
+        Their arguments: the data, N datapoints.
+    num_samples : int
+        Draws per datapoint.
+    resample : bool
+        Resample the draws by their importance weights (draws of p(z | x)).
+    seed : int
+    device : str or torch.device, optional
+        Where to compute (None: where the modules behind model and guide are).
+    params : FitResult or dict, optional
+        The fit whose parameters to use (what ``lvmkit.fit`` returned), or a dict of
+        ``pyro.param`` names to values; None uses Pyro's global store and warns about
+        ``pyro.param`` sites that had no value there.
+
+    Returns
+    -------
+    arviz.InferenceData
+        One chain of ``num_samples`` draws per datapoint.
     """
     check_count("num_samples", num_samples)
     TensorData(tuple(a for a in args if isinstance(a, Tensor)), "data")  # rows, values: checked
@@ -214,10 +233,21 @@ def _draw_enumerated(model_tr, log_joint: Tensor, nesting: int) -> dict[str, Ten
 
 
 def psis_khat(log_weights) -> Tensor:
-    """Pareto k-hat per datapoint (Yao et al. 2018) from log weights (K, N) or InferenceData.
+    """Pareto k-hat per datapoint (Yao et al. 2018): < 0.5 good, 0.5-0.7 usable, > 0.7 the
+    proposal misses part of the posterior.
 
     Weights equal to rounding (an exact proposal) get -inf: a Pareto fit to them would only
-    describe the rounding noise."""
+    describe the rounding noise.
+
+    Parameters
+    ----------
+    log_weights : Tensor of shape (K, N), or InferenceData
+        Log importance weights of K draws per datapoint (from ``posterior``).
+
+    Returns
+    -------
+    Tensor of shape (N,)
+    """
     az = _arviz()
     if hasattr(log_weights, "sample_stats"):
         lw = log_weights.sample_stats["log_importance_weight"].values[0].T  # (N, K)
@@ -238,7 +268,16 @@ def psis_khat(log_weights) -> Tensor:
 
 
 def khat_bands(khat: Tensor) -> dict[str, float]:
-    """Share of datapoints with k-hat < 0.5 (good), 0.5-0.7 (usable), > 0.7 (unreliable)."""
+    """Share of datapoints with k-hat < 0.5 (good), 0.5-0.7 (usable), > 0.7 (unreliable).
+
+    Parameters
+    ----------
+    khat : Tensor of shape (N,)
+
+    Returns
+    -------
+    dict of str to float
+    """
     return {
         "good (<0.5)": float((khat < 0.5).double().mean()),
         "usable (0.5-0.7)": float(((khat >= 0.5) & (khat <= 0.7)).double().mean()),
@@ -248,8 +287,20 @@ def khat_bands(khat: Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def kl_per_dimension(model, x: Tensor) -> Tensor:
-    """Mean over x of KL(q(z_j | x) || N(0, 1)) per latent dim (Z,), for a built-in model with a
-    Gaussian ``encode``. Dims near 0 carry no information about x (collapsed)."""
+    """Mean over x of KL(q(z_j | x) || N(0, 1)) per latent dim. Dims near 0 carry no
+    information about x (collapsed).
+
+    Parameters
+    ----------
+    model : BuiltinModel
+        With a Gaussian ``encode`` and p(z) = N(0, I).
+    x : Tensor of shape (N, ...)
+        Datapoints in model units.
+
+    Returns
+    -------
+    Tensor of shape (Z,)
+    """
     q = model.encode(x.to(place(model))).base_dist
     return torch.distributions.kl_divergence(q, dist.Normal(0.0, 1.0)).mean(0)
 
@@ -257,7 +308,20 @@ def kl_per_dimension(model, x: Tensor) -> Tensor:
 @torch.no_grad()
 def mutual_information(model, x: Tensor, seed: int = 0) -> float:
     """I_q(x; z) = E_x KL(q(z|x) || q(z)), q(z) the aggregate posterior over these x, estimated
-    with one z per x (Hoffman & Johnson 2016): at most log N nats."""
+    with one z per x (Hoffman & Johnson 2016): at most log N nats.
+
+    Parameters
+    ----------
+    model : BuiltinModel
+        With a Gaussian ``encode``.
+    x : Tensor of shape (N, ...)
+        Datapoints in model units.
+    seed : int
+
+    Returns
+    -------
+    float
+    """
     device = place(model)
     q = model.encode(x.to(device))
     with seeded(seed, device):
@@ -292,15 +356,37 @@ def amortization_gap(
 ) -> AmortizationGap:
     """Amortized ELBO, ELBO after refining a Gaussian q per datapoint, and the IS log-likelihood,
     for a built-in model whose guide is a Gaussian ``encode`` over the latent site ``z`` (data
-    plate at dim -1).
+    plate at dim -1; Cremer et al. 2018).
 
     The refinement is gradient ascent with the "sticking the landing" gradient (Roeder et al.
     2017), exactly 0 at the exact posterior, on loc = loc0 + scale0 * u and log scale =
     log scale0 + v from u = v = 0, where the curvature of a near-Gaussian posterior is about 1;
     each datapoint's step is clipped to length ``lr``. (Adam would blow rounding-level gradients
     near the optimum up to full steps.) Both ELBOs are estimated with the same draws, and a
-    datapoint keeps its encoder's q where refinement did not improve it. device: where to
-    compute (None: where the model is).
+    datapoint keeps its encoder's q where refinement did not improve it.
+
+    Parameters
+    ----------
+    model : GaussianLVM
+        A fitted built-in model with a Gaussian code.
+    x : Tensor of shape (N, ...)
+        Datapoints in model units.
+    steps : int
+        Refinement steps.
+    lr : float
+        The longest refinement step, per datapoint.
+    num_samples : int
+        Draws per ELBO estimate.
+    num_ll_samples : int
+        Importance samples of log p(x).
+    seed : int
+    device : str or torch.device, optional
+        Where to compute (None: where the model is).
+
+    Returns
+    -------
+    AmortizationGap
+        The two ELBOs, log p(x) and the gaps, nats per datapoint.
     """
     device = place(model, device=device)
     x = x.to(device)

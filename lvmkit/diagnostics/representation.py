@@ -14,10 +14,24 @@ from lvmkit.inference.programs import evaluating, place
 
 @torch.no_grad()
 def encode(model, data, *, batch_size: int = 256, device=None) -> Tensor:
-    """Codes (N, Z) for ``data`` from a model's ``encode(x)`` (a built-in model's, or any
-    module's): the mean of q(z|x), or for a mixture the responsibilities p(z|x). data: ImageData
-    (a built-in model's ``inputs`` turn it into model units) or a tensor in model units.
-    device: where to compute (None: where the model is); the codes come back there."""
+    """Codes for ``data`` from a model's ``encode(x)`` (a built-in model's, or any module's):
+    the mean of q(z|x), or for a mixture the responsibilities p(z|x).
+
+    Parameters
+    ----------
+    model : BuiltinModel or nn.Module
+        With ``encode(x)``.
+    data : ImageData or Tensor of shape (N, ...)
+        Images (a built-in model's ``inputs`` turn them into model units), or a tensor in model
+        units.
+    batch_size : int
+    device : str or torch.device, optional
+        Where to compute (None: where the model is); the codes come back there.
+
+    Returns
+    -------
+    Tensor of shape (N, Z)
+    """
     x = model.inputs(data)[0] if isinstance(data, ImageData) else data
     device = place(model, device=device)
     codes = []
@@ -32,7 +46,21 @@ def linear_probe(
     codes: Tensor, labels: Tensor, *, test_fraction: float = 0.25, seed: int = 0
 ) -> float:
     """Test accuracy of a logistic regression from standardized codes to labels. Splits are
-    stratified when every class has two images or more."""
+    stratified when every class has two images or more.
+
+    Parameters
+    ----------
+    codes : Tensor of shape (N, Z)
+    labels : Tensor of shape (N,)
+    test_fraction : float
+        The share held out for the accuracy.
+    seed : int
+        Seeds the split.
+
+    Returns
+    -------
+    float
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
@@ -62,7 +90,19 @@ def probe_problem(labels: Tensor) -> str | None:
 
 
 def active_units(model, data, *, threshold: float = 0.01) -> tuple[int, Tensor]:
-    """Burda et al. 2016: unit u is active if Cov_x(E_q[z_u | x]) > threshold. Returns the count
-    and each unit's variance (Z,)."""
+    """Burda et al. 2016: unit u is active if Cov_x(E_q[z_u | x]) > threshold.
+
+    Parameters
+    ----------
+    model : BuiltinModel
+        With a Gaussian ``encode``.
+    data : ImageData or Tensor of shape (N, ...)
+    threshold : float
+
+    Returns
+    -------
+    tuple of (int, Tensor of shape (Z,))
+        The count of active units, and each unit's variance.
+    """
     variances = encode(model, data).var(0)
     return int((variances > threshold).sum()), variances

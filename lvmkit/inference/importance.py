@@ -71,23 +71,48 @@ def log_likelihood(
 ) -> LogLikelihood:
     """log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per datapoint.
 
-    data: a tensor, a tuple of tensors (passed positionally) or a Dataset. Particles are drawn
-    ``particle_chunk`` at a time (default: about 4096 particle-datapoints per pass on a CPU,
-    65536 on a GPU), so memory stays bounded for K in the thousands. ``discrete`` (default:
-    ImageData with levels) adds bits per dimension. The modules behind model and guide are
-    put in eval mode while estimating. device: where to compute (None: where the modules'
-    parameters are).
-    params: the fit whose parameters to use (what ``lvmkit.fit`` returned), or a dict of
-    ``pyro.param`` names to values (``result.params``, or values of your own); None uses Pyro's
-    global parameter store, and warns about ``pyro.param`` sites that had no value there.
     Latents the guide does not sample are summed out where marked for enumeration; when the
-    guide samples nothing (or is None), log p(x) is exact (``method="exact"``).
-    Each batch draws from its own stream, seeded by ``seed`` and its number, so the values do
-    not depend on how the batches are shared: under torchrun each process estimates its share
-    and every process gets all the values, in order, equal to one process's.
+    guide samples nothing (or is None), log p(x) is exact (``method="exact"``). The modules
+    behind model and guide are put in eval mode while estimating. Each batch draws from its
+    own stream, seeded by ``seed`` and its number, so the values do not depend on how the
+    batches are shared: under torchrun each process estimates its share and every process gets
+    all the values, in order, equal to one process's.
 
     Where the encoder is a poor proposal (PSIS k-hat > 0.7, ``lvmkit.diagnostics``), this is a
     loose lower bound: ``lvmkit.ais`` is then the tighter estimate.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs over a batch, every sample site in ``pyro.plate("data", N)``; the guide
+        may be None (nothing to sample).
+    data : Tensor of shape (N, ...), tuple of such tensors, or Dataset
+        The model's arguments (a tuple's passed positionally).
+    num_samples : int
+        K, the draws of z per datapoint.
+    batch_size : int
+        Datapoints per pass.
+    particle_chunk : int, optional
+        Draws per pass (default: about 4096 particle-datapoints per pass on a CPU, 65536 on a
+        GPU), so that memory stays bounded for K in the thousands.
+    discrete : bool, optional
+        Whether to add bits per dimension (default: ImageData with levels).
+    seed : int
+        Seeds every batch's draws.
+    device : str or torch.device, optional
+        Where to compute (None: where the modules' parameters are).
+    progress : bool
+        A progress bar.
+    params : FitResult or dict, optional
+        The fit whose parameters to use (what ``lvmkit.fit`` returned), or a dict of
+        ``pyro.param`` names to values; None uses Pyro's global parameter store, and warns
+        about ``pyro.param`` sites that had no value there.
+
+    Returns
+    -------
+    LogLikelihood
+        ``values`` (N,) in nats, ``mean``, ``stderr`` over datapoints, ``mc_stderr``,
+        ``bits_per_dim`` where defined, ``method="importance"`` (or "exact").
     """
     check_count("num_samples", num_samples)
     check_count("batch_size", batch_size)

@@ -28,15 +28,37 @@ def nuts(
     (pyro.param / pyro.module) stay fixed: only sample sites are sampled, discrete ones marked
     for enumeration are summed out.
 
-    num_chains: 4 by default, so that R-hat (which compares chains) is defined; Pyro runs them
-    in parallel processes where there are spare CPU cores, one after another otherwise.
-    params: the fit whose parameters to hold (what ``lvmkit.fit`` returned), or a dict of
-    ``pyro.param`` names to values; None uses Pyro's global store, with a warning for
-    ``pyro.param`` sites that had no value there.
-    progress: Pyro's progress bars and its notes (e.g. that chains run one after another).
-
     For a fitted LVM, ``nuts(lvm.model, x[:3])`` samples p(z | x) for three datapoints; for a
     mixture's parameters, ``nuts(gmm.bayesian_model, x)``.
+
+    Parameters
+    ----------
+    model : callable
+        A Pyro program; ``model(*args)`` is what is sampled.
+    *args
+        Its arguments (the data).
+    num_samples : int
+        Draws per chain after warm-up.
+    warmup_steps : int
+        Adaptation steps per chain.
+    num_chains : int
+        4 by default, so that R-hat (which compares chains) is defined; Pyro runs them in
+        parallel processes where there are spare CPU cores, one after another otherwise.
+    seed : int
+    max_plate_nesting : int, optional
+        Pyro's, for enumerated discrete sites (found from a trace when None).
+    params : FitResult or dict, optional
+        The fit whose parameters to hold (what ``lvmkit.fit`` returned), or a dict of
+        ``pyro.param`` names to values; None uses Pyro's global store, with a warning for
+        ``pyro.param`` sites that had no value there.
+    progress : bool
+        Pyro's progress bars and its notes (e.g. that chains run one after another).
+
+    Returns
+    -------
+    pyro.infer.MCMC
+        ``get_samples()``, ``summary()``; ``lvmkit.diagnostics.mcmc_inference_data`` makes it
+        ArviZ's.
     """
     pyro.set_rng_seed(seed)
     kernel = NUTS(model, max_plate_nesting=max_plate_nesting, jit_compile=False)
