@@ -134,7 +134,18 @@ def unused_settings(config: dict, model_name: str) -> list[str]:
 
 
 def default_config(model_name: str) -> dict:
-    """The defaults of a run of this model: {data, model, fit} tables."""
+    """The defaults of a run of this model.
+
+    Parameters
+    ----------
+    model_name : str
+        A registered built-in model.
+
+    Returns
+    -------
+    dict
+        ``{"data": {...}, "model": {...}, "fit": {...}}``.
+    """
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
     cls = MODELS[model_name].cls
@@ -144,7 +155,18 @@ def default_config(model_name: str) -> dict:
 
 
 def read_config(path: Path | None, model_name: str) -> dict:
-    """The run's config: defaults, updated by the TOML file; unknown tables or keys are errors."""
+    """The run's config: the defaults updated by a TOML file; unknown tables or keys are errors.
+
+    Parameters
+    ----------
+    path : Path, optional
+        A TOML file with ``[data]``, ``[model]``, ``[fit]`` tables (None: the defaults).
+    model_name : str
+
+    Returns
+    -------
+    dict
+    """
     config = default_config(model_name)
     if path is None:
         return config
@@ -199,8 +221,19 @@ def apply_settings(config: dict, tables: dict, model_name: str, source: str) -> 
 
 
 def parse_settings(assignments: list[str]) -> dict:
-    """``["model.z_dim=16", "fit.elbo=iwae"]`` -> {"model": {"z_dim": 16}, "fit": {"elbo":
-    "iwae"}}: values are TOML (``16``, ``0.5``, ``[64, 64]``, ``true``); a bare word is a string."""
+    """``--set`` assignments as tables: values are TOML (``16``, ``0.5``, ``[64, 64]``,
+    ``true``); a bare word is a string.
+
+    Parameters
+    ----------
+    assignments : list of str
+        ``["model.z_dim=16", "fit.elbo=iwae"]``.
+
+    Returns
+    -------
+    dict
+        ``{"model": {"z_dim": 16}, "fit": {"elbo": "iwae"}}``.
+    """
     tables: dict = {}
     for text in assignments:
         target, eq, value = text.partition("=")
@@ -277,7 +310,13 @@ def _toml_value(v) -> str:
 
 
 def write_config(config: dict, path: Path) -> None:
-    """Write the resolved config as TOML (None values are left out: TOML has no null)."""
+    """Write the resolved config as TOML (None values are left out: TOML has no null).
+
+    Parameters
+    ----------
+    config : dict
+    path : Path
+    """
     lines = []
     for table, values in config.items():
         lines.append(f"[{table}]")

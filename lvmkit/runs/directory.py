@@ -27,8 +27,21 @@ from lvmkit.runs.config import DATA_DEFAULTS, read_config
 
 
 def save_model(model, model_name: str, data: dict, path: Path) -> Path:
-    """Write a fitted built-in model (name, config, weights) and ``data`` (name, split_seed,
-    image_shape) to ``path``, atomically."""
+    """Write a fitted built-in model (name, config, weights) and where its data came from to
+    ``path``, atomically.
+
+    Parameters
+    ----------
+    model : BuiltinModel
+    model_name : str
+    data : dict
+        Name, split_seed, val_fraction, image_shape, levels, sha256.
+    path : Path
+
+    Returns
+    -------
+    Path
+    """
     state = {
         "kind": "model",
         "model": model_name,
@@ -41,7 +54,23 @@ def save_model(model, model_name: str, data: dict, path: Path) -> Path:
 
 @dataclass
 class Run:
-    """A finished run: its fitted model (in eval mode, on the CPU), its settings and results."""
+    """A finished run: its fitted model (in eval mode, on the CPU), its settings and results.
+
+    Parameters
+    ----------
+    path : Path
+        The run directory.
+    name : str
+        The built-in model's registered name.
+    model : BuiltinModel
+    config : dict
+        The ``[data]``, ``[model]`` and ``[fit]`` tables of config.toml.
+    summary : dict, optional
+        summary.json's content.
+    data : dict
+        Where the data came from and how they were split (name, split_seed, val_fraction,
+        image_shape, levels, sha256).
+    """
 
     path: Path
     name: str  # the built-in model's registered name
@@ -82,7 +111,17 @@ def data_checksum(data: lvdata.ImageData) -> str:
 
 
 def load_run(path: str | Path) -> Run:
-    """Rebuild the built-in model of a run directory from its model.pt (config and weights)."""
+    """Rebuild the built-in model of a run directory from its model.pt (config and weights).
+
+    Parameters
+    ----------
+    path : str or Path
+        A run directory written by ``lvmkit fit`` or ``fit_run``.
+
+    Returns
+    -------
+    Run
+    """
     path = Path(path)
     if not (path / "model.pt").is_file():
         holder = lock_holder(path)
@@ -134,7 +173,17 @@ def load_run(path: str | Path) -> Run:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON file a command wrote (summary.json, evaluation.json); None if there is none."""
+    """A JSON file a command wrote (summary.json, evaluation.json).
+
+    Parameters
+    ----------
+    path : Path
+
+    Returns
+    -------
+    dict or None
+        None where there is no such file.
+    """
     if not path.exists():
         return None
     try:

@@ -48,7 +48,19 @@ RESUME_MAY_CHANGE = {("fit", "epochs"), ("fit", "jit"), ("fit", "threads"), ("fi
 @dataclass
 class FittedRun:
     """What ``fit_run`` did: the fit, and the files it wrote (none but the checkpoint and
-    metrics when it was interrupted)."""
+    metrics when it was interrupted).
+
+    Parameters
+    ----------
+    path : Path
+        The run directory.
+    result : FitResult
+    summary : dict, optional
+        summary.json's content (None when interrupted).
+    written : list of Path
+    main : bool
+        False under torchrun on a rank other than 0, which writes nothing.
+    """
 
     path: Path
     result: FitResult
@@ -64,9 +76,23 @@ class FittedRun:
 def run_config(model_name: str, out, *, settings=None, config=None, resume=False,
                overwrite=False) -> tuple[dict, bool]:  # fmt: skip
     """The settings of a fit of ``model_name`` into ``out``, and whether it continues a run
-    there: a resumed run's own config.toml, else the defaults and the TOML file ``config``;
-    then ``settings`` ({table: {key: value}}). Refuses to replace a run unless ``resume`` or
-    ``overwrite``, and on resume any change but those in RESUME_MAY_CHANGE."""
+    there: a resumed run's own config.toml, else the defaults and the TOML file ``config``; then
+    ``settings``. Refuses to replace a run unless ``resume`` or ``overwrite``, and on resume any
+    change but those in RESUME_MAY_CHANGE.
+
+    Parameters
+    ----------
+    model_name : str
+    out : str or Path
+    settings : dict, optional
+        ``{table: {key: value}}``.
+    config : str or Path, optional
+    resume, overwrite : bool
+
+    Returns
+    -------
+    tuple of (dict, bool)
+    """
     out, settings = Path(out), {t: dict(v) for t, v in (settings or {}).items()}
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other; pass one")

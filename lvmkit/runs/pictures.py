@@ -41,7 +41,19 @@ def write_pictures(model, test: lvdata.ImageData, out: Path) -> list[Path]:
 
 
 def write_samples(path, n: int = 64, seed: int = 0) -> Path:
-    """RUN/samples.png: n draws from the run's fitted model."""
+    """RUN/samples.png: n draws from the run's fitted model.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory.
+    n : int
+    seed : int
+
+    Returns
+    -------
+    Path
+    """
     path = Path(path)
     model = load_run(path).model
     check_writable(path / "samples.png")
@@ -50,7 +62,20 @@ def write_samples(path, n: int = 64, seed: int = 0) -> Path:
 
 
 def write_completions(path, n: int = 8, seed: int = 0) -> Path:
-    """RUN/completions.png: the bottom halves of n test images filled in."""
+    """RUN/completions.png: the bottom halves of n test images filled in.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory.
+    n : int
+        Test images.
+    seed : int
+
+    Returns
+    -------
+    Path
+    """
     path = Path(path)
     run = load_run(path)
     if not run.model.can_complete:

@@ -48,12 +48,33 @@ def _scored(run, data: str | None, split: str | None):
 def evaluate_run(path, *, num_samples: int | None = None, seed: int = 0, progress: bool = True,
                  data: str | None = None, split: str | None = None, method: str | None = None,
                  steps: int = 100) -> tuple[dict, list[Path]]:  # fmt: skip
-    """log p(x) of the run's model into RUN/evaluation.json: exact where the model can say it
-    (a flow's over ``num_samples`` dequantizations), else by ``method`` ("importance" with the
-    model's guide, with the estimate as K grows, or "ais"; None: AIS for a model whose density
-    is AIS from the prior, else importance). On
-    the run's own test part by default; ``data`` scores another file (its ``split`` part
-    where it carries a split, else all of it). Returns the estimate and the files."""
+    """log p(x) of the run's model into RUN/evaluation.json (``lvmkit evaluate``), in the way
+    its family allows (see ``lvmkit.evaluate``); for a model with a guide also the estimate as
+    K grows, into RUN/convergence.png.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory.
+    num_samples : int, optional
+        Importance samples, AIS chains or a flow's dequantizations per image.
+    seed : int
+    progress : bool
+    data : str, optional
+        Score other data (a path or a name) instead of the run's own test part.
+    split : {"train", "val", "test"}, optional
+        Which part to score (default test; with ``data``, the file's own split where it has one,
+        else all of it).
+    method : {"importance", "ais"}, optional
+        None: AIS for a GAN, importance sampling for a model with a guide.
+    steps : int
+        AIS temperatures.
+
+    Returns
+    -------
+    tuple of (dict, list of Path)
+        The estimate as evaluation.json holds it, and the files written.
+    """
     run = load_run(path)
     scored, split, out = _scored(run, data, split)
     check_writable(out)
@@ -98,8 +119,22 @@ def evaluate_run(path, *, num_samples: int | None = None, seed: int = 0, progres
 
 def diagnose_run(path, *, num_samples: int = 200, num_images: int = 100, seed: int = 0,
                  progress: bool = True) -> list[Path]:  # fmt: skip
-    """report.html, diagnostics.json and (for models with a Gaussian code) posterior.nc in
-    the run directory; returns the files written, the report first."""
+    """report.html, diagnostics.json and (for models with a Gaussian code) posterior.nc in the
+    run directory (``lvmkit diagnose``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory.
+    num_samples, num_images, seed, progress
+        As for ``lvmkit.diagnose``; its sample quality is measured with a classifier trained on
+        the run's training split.
+
+    Returns
+    -------
+    list of Path
+        The files written, the report first.
+    """
     path = Path(path)
     run = load_run(path)
     evaluation = read_json(path / "evaluation.json")
