@@ -27,7 +27,15 @@ class Dataset(Protocol):
 
 
 class TensorData:
-    """A tuple of tensors sharing their first dim, batched along it."""
+    """A tuple of tensors sharing their first dim, batched along it.
+
+    Parameters
+    ----------
+    tensors : tuple of Tensor
+        Each (N, ...).
+    what : str
+        What the data are called in error messages.
+    """
 
     def __init__(self, tensors: tuple[Tensor, ...], what: str = "data"):
         if not tensors:
@@ -74,7 +82,18 @@ class TensorData:
 
 
 def as_dataset(data, what: str = "data") -> Dataset:
-    """A tensor (N, ...), a tuple of tensors with N rows each, or a Dataset -> a Dataset."""
+    """A tensor (N, ...), a tuple of tensors with N rows each, or a Dataset -> a Dataset.
+
+    Parameters
+    ----------
+    data : Tensor of shape (N, ...), tuple of such tensors, or Dataset
+    what : str
+        What the data are called in error messages.
+
+    Returns
+    -------
+    Dataset
+    """
     if isinstance(data, Dataset):
         return data
     if isinstance(data, Tensor):

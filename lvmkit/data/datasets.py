@@ -194,7 +194,19 @@ def cache_dir() -> Path:
 
 def fetch(name: str, *, progress: bool = True) -> Path:
     """The folder holding the files of the named dataset ``name``, downloading those missing.
-    A cached file whose SHA-256 is wrong is deleted and downloaded again."""
+    A cached file whose SHA-256 is wrong is deleted and downloaded again.
+
+    Parameters
+    ----------
+    name : str
+        A named dataset of ``DATASETS`` ("mnist", "fashion-mnist", "cifar10").
+    progress : bool
+        A progress bar per download.
+
+    Returns
+    -------
+    Path
+    """
     spec = _named(name)
     folder = cache_dir() / name
     for where in (folder.parent, folder):
@@ -315,10 +327,31 @@ def load(
 
     Data that come with a split keep it in ``data.splits``: named datasets, ``.npz`` files with
     ``x_train``/``x_test`` (and ``y_train``/``y_test``, optionally ``x_val``), IDX ``train-*`` and
-    ``t10k-*`` files in one folder, PNG folders with ``train/`` and ``test/``. ``split="test"``
-    returns that part only. ``levels`` declares the number of discrete pixel values when the
-    file does not imply it (8-bit data implies 256); ``image_shape=(C, H, W)`` reads flat rows
-    ``(N, C*H*W)`` of a .npy/.npz as images (``(1, 1, D)`` keeps them plain vectors).
+    ``t10k-*`` files in one folder, PNG folders with ``train/`` and ``test/``.
+
+    Parameters
+    ----------
+    source : str or Path
+        A name or a path.
+    split : {"train", "val", "test"}, optional
+        Return that part only.
+    levels : int, optional
+        The number of discrete pixel values when the file does not imply it (8-bit data
+        imply 256).
+    image_shape : tuple of (int, int, int), optional
+        (C, H, W) that flat rows ``(N, C*H*W)`` of a .npy/.npz are read as (``(1, 1, D)``
+        keeps them plain vectors).
+
+    Returns
+    -------
+    ImageData
+
+    Examples
+    --------
+    >>> import lvmkit
+    >>> digits = lvmkit.data.load("digits")
+    >>> digits.x.shape, digits.levels
+    (torch.Size([1797, 1, 8, 8]), 17)
     """
     data = _load(source, levels=levels, image_shape=image_shape)
     if image_shape is not None and data.image_shape != tuple(image_shape):

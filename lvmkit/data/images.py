@@ -120,7 +120,18 @@ MAX_CLASSES = 2**16  # labels are class numbers; more classes than this is an id
 
 
 def check_images(x, levels: int | None, what: str = "data", probabilities: bool = False) -> None:
-    """Raise ValueError naming the problem (and the fix) if ``x`` is not a valid image batch."""
+    """Raise ValueError naming the problem (and the fix) if ``x`` is not a valid image batch.
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, H, W)
+    levels : int, optional
+        The values a pixel may take (None: continuous).
+    what : str
+        What the data are called in the message.
+    probabilities : bool
+        Whether x holds Bernoulli probabilities in [0, 1].
+    """
     if not isinstance(x, Tensor):
         raise ValueError(f"{what}: expected a torch.Tensor of images, got {type(x).__name__}")
     if x.dim() != 4:
@@ -162,7 +173,14 @@ def check_images(x, levels: int | None, what: str = "data", probabilities: bool 
 
 
 def check_labels(y, n: int, what: str = "data") -> None:
-    """Raise ValueError unless ``y`` is an (n,) integer tensor of class numbers 0..K-1."""
+    """Raise ValueError unless ``y`` is an (n,) integer tensor of class numbers 0..K-1.
+
+    Parameters
+    ----------
+    y : Tensor of shape (n,)
+    n : int
+    what : str
+    """
     if not isinstance(y, Tensor) or y.dim() != 1:
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"{what}: labels must be a 1-d tensor, one per image; got {shape}")

@@ -72,7 +72,16 @@ def _assemble(
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (plain or gzip) into a numpy array of its stored shape. The header's
     shape is checked against the file's size (or, compressed, against memory) before the data
-    are read, so a small file cannot promise gigabytes."""
+    are read, so a small file cannot promise gigabytes.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    numpy.ndarray
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -124,14 +133,37 @@ def load_idx(
 ) -> ImageData:
     """MNIST-style IDX images (N, H, W), their levels read off the values as ``load_array``
     does (MNIST: 256); labels from ``labels`` or, if None,
-    from the ``*-labels-idx1-ubyte[.gz]`` file beside ``images`` when there is one."""
+    from the ``*-labels-idx1-ubyte[.gz]`` file beside ``images`` when there is one.
+
+    Parameters
+    ----------
+    images : str or Path
+    labels : str or Path, optional
+    levels : int, optional
+
+    Returns
+    -------
+    ImageData
+    """
     images = Path(images)
     return _assemble({None: _read_idx_pair(images, labels)}, images, levels=levels)
 
 
 def load_idx_folder(folder: str | Path, *, levels: int | None = None) -> ImageData:
     """A folder of IDX files such as MNIST's: ``train-images-idx3-ubyte[.gz]`` and
-    ``t10k-images-idx3-ubyte[.gz]`` (with their labels files) become the train and test parts."""
+    ``t10k-images-idx3-ubyte[.gz]`` (with their labels files) become the train and test parts.
+
+    Parameters
+    ----------
+    folder : str or Path
+    levels : int, optional
+        Pixel levels, when not the file's 256.
+
+    Returns
+    -------
+    ImageData
+        With ``splits`` "train" and "test".
+    """
     folder = Path(folder)
     files = _idx_files(folder)
     parts = {}
@@ -186,7 +218,19 @@ def load_array(
     Pixel values: bool data are 2 levels; integers in 0..255 (any integer dtype) and floats that
     are all whole numbers in 0..255 (above 1) are 8-bit, 256 levels, when their maximum is 128
     or more, and M + 1 levels for a maximum M below 128 (with a LevelsInferred warning); other
-    floats are continuous. ``levels`` overrides this."""
+    floats are continuous. ``levels`` overrides this.
+
+    Parameters
+    ----------
+    path : str or Path
+    levels : int, optional
+    image_shape : tuple of (int, int, int), optional
+        (C, H, W) of flat rows.
+
+    Returns
+    -------
+    ImageData
+    """
     path = Path(path)
     try:
         if path.suffix.lower() == ".npz":

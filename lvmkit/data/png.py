@@ -19,7 +19,17 @@ def load_image_folder(folder: str | Path) -> ImageData:
     ``train/`` and ``test/`` (optionally ``val/``) are the parts of a split, each holding class
     folders or PNGs. Hidden files and folders (``.ipynb_checkpoints``) are skipped. Palette PNGs
     are read through their palette (grey if it holds only greys); an alpha channel is dropped
-    when every pixel is opaque and refused otherwise; 16-bit PNGs are refused."""
+    when every pixel is opaque and refused otherwise; 16-bit PNGs are refused.
+
+    Parameters
+    ----------
+    folder : str or Path
+
+    Returns
+    -------
+    ImageData
+        256 levels, with labels where there are class folders.
+    """
     folder = Path(folder)
     subfolders = {p.name: p for p in _subfolders(folder)}
     named = {PART_NAMES.get(n.lower()): p for n, p in subfolders.items()}

@@ -25,7 +25,16 @@ def _unit(data: ImageData) -> torch.Tensor:
 
 
 def scale(data: ImageData) -> ImageData:
-    """Map pixels to [0, 1] (continuous data, ``levels=None``)."""
+    """Map pixels to [0, 1] (continuous data, ``levels=None``).
+
+    Parameters
+    ----------
+    data : ImageData
+
+    Returns
+    -------
+    ImageData
+    """
     return replace(data, x=_unit(data), levels=None)
 
 
@@ -33,7 +42,18 @@ def dequantize(data: ImageData) -> ImageData:
     """Uniformly dequantized data (Theis et al. 2016): every batch is (x + u) / levels with
     u ~ U[0, 1) per pixel, in [0, 1). A continuous density p of such pixels gives a bound on
     the discrete likelihood, log P(x) >= E_u[log p((x + u) / levels)] - D log(levels), which
-    lvmkit's estimators report, so that its bits/dim compare with discrete models'."""
+    lvmkit's estimators report, so that its bits/dim compare with discrete models'.
+
+    Parameters
+    ----------
+    data : ImageData
+        Discrete (``levels`` set).
+
+    Returns
+    -------
+    ImageData
+        ``dequantized=True``: the same integer pixels, dequantized afresh in every batch.
+    """
     if data.levels is None or data.dynamic_binarization:
         raise ValueError(
             f"{data.name}: dequantization needs discrete data with declared levels; continuous "
@@ -43,18 +63,49 @@ def dequantize(data: ImageData) -> ImageData:
 
 
 def binarize(data: ImageData, threshold: float = 0.5) -> ImageData:
-    """Static binarization: 1 where the [0, 1]-scaled pixel exceeds ``threshold``, else 0."""
+    """Static binarization: 1 where the [0, 1]-scaled pixel exceeds ``threshold``, else 0.
+
+    Parameters
+    ----------
+    data : ImageData
+    threshold : float
+
+    Returns
+    -------
+    ImageData
+        2 levels.
+    """
     return replace(data, x=(_unit(data) > threshold).float(), levels=2)
 
 
 def dynamic_binarize(data: ImageData) -> ImageData:
     """Dynamic binarization: each training batch draws x ~ Bernoulli(scaled pixel), afresh every
-    epoch (Salakhutdinov & Murray 2008). Evaluation sees the probabilities' Bernoulli draws too."""
+    epoch (Salakhutdinov & Murray 2008). Evaluation sees the probabilities' Bernoulli draws too.
+
+    Parameters
+    ----------
+    data : ImageData
+
+    Returns
+    -------
+    ImageData
+        ``dynamic_binarization=True``.
+    """
     return replace(data, x=_unit(data), levels=2, dynamic_binarization=True)
 
 
 def quantize(data: ImageData, levels: int) -> ImageData:
-    """Requantize to ``levels`` evenly spaced values 0..levels-1."""
+    """Requantize to ``levels`` evenly spaced values 0..levels-1.
+
+    Parameters
+    ----------
+    data : ImageData
+    levels : int
+
+    Returns
+    -------
+    ImageData
+    """
     if levels < 2:
         raise ValueError(f"quantize needs levels >= 2, got {levels}")
     return replace(data, x=torch.round(_unit(data) * (levels - 1)), levels=levels)
@@ -66,6 +117,17 @@ def split(
     """Seeded random split into parts, e.g. train / validation / test.
 
     ``sizes`` are fractions summing to 1 or integer counts summing to len(data).
+
+    Parameters
+    ----------
+    data : ImageData
+    sizes : tuple of float or int
+    seed : int
+
+    Returns
+    -------
+    tuple of ImageData
+        One part per size.
     """
     n = len(data)
     if all(isinstance(s, int) for s in sizes):
@@ -93,7 +155,19 @@ def train_val_test(
     """Train, validation and test parts. Data that carry a split (``data.splits`` with "train"
     and "test") keep it: validation is the data's own "val" part, else ``val_fraction`` of the
     train part drawn with ``seed``. Other data are split at random: a tenth for test,
-    ``val_fraction`` for validation (0.1 gives 80/10/10)."""
+    ``val_fraction`` for validation (0.1 gives 80/10/10).
+
+    Parameters
+    ----------
+    data : ImageData
+    val_fraction : float
+    seed : int
+
+    Returns
+    -------
+    tuple of (ImageData, ImageData, ImageData)
+        Train, validation and test.
+    """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
     if data.splits and {"train", "test"} <= set(data.splits):
