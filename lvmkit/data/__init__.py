@@ -2,16 +2,9 @@
 
 from lvmkit.data.dataset import Dataset, TensorData, as_dataset
 from lvmkit.data.datasets import BUNDLED, DATASETS, cache_dir, fetch, load, load_digits
+from lvmkit.data.idx import load_idx, load_idx_folder, read_idx
 from lvmkit.data.images import ImageData, check_images, check_labels
-from lvmkit.data.loaders import (
-    DataError,
-    LevelsInferred,
-    PixelRange,
-    load_array,
-    load_idx,
-    load_idx_folder,
-    read_idx,
-)
+from lvmkit.data.loaders import DataError, LevelsInferred, PixelRange, load_array
 from lvmkit.data.png import load_image_folder
 from lvmkit.data.transforms import (
     binarize,

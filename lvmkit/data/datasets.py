@@ -21,15 +21,9 @@ import numpy as np
 import torch
 
 from lvmkit.core.files import atomic_path
+from lvmkit.data.idx import _idx_files, load_idx, load_idx_folder
 from lvmkit.data.images import ImageData
-from lvmkit.data.loaders import (
-    DataError,
-    _assemble,
-    _idx_files,
-    load_array,
-    load_idx,
-    load_idx_folder,
-)
+from lvmkit.data.loaders import DataError, _assemble, load_array
 from lvmkit.data.png import load_image_folder
 
 BUNDLED = ("digits",)
