@@ -50,7 +50,14 @@ class AutoencoderConfig:
 
 
 class Autoencoder(BuiltinModel):
-    """x -> z = f(x) -> p(x | z). ``kind`` picks the bottleneck, sparse or denoising variant."""
+    """x -> z = f(x) -> p(x | z). ``kind`` picks the bottleneck, sparse or denoising variant.
+
+    Parameters
+    ----------
+    config : AutoencoderConfig, optional
+        Its settings, the defaults where None (``lvmkit fit ae --help`` lists them with
+        their meaning).
+    """
 
     config_class = AutoencoderConfig
     can_complete = True  # by iterated reconstruction; no sampling: no prior over codes

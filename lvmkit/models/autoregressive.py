@@ -65,7 +65,14 @@ def make_net(c: AutoregressiveConfig, params: int, context: int) -> nn.Module:
 
 
 class AutoregressiveDensity(BuiltinModel):
-    """p(x) = prod_i p(x_i | x_<i) over pixels and channels (or p(x | y) for a class y)."""
+    """p(x) = prod_i p(x_i | x_<i) over pixels and channels (or p(x | y) for a class y).
+
+    Parameters
+    ----------
+    config : AutoregressiveConfig, optional
+        Its settings, the defaults where None (``lvmkit fit pixelcnn --help`` lists them with
+        their meaning).
+    """
 
     config_class = AutoregressiveConfig
     can_sample = True

@@ -45,7 +45,20 @@ def quadrant_masks(
     n: int, image_shape, *, given: int | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     """(n, C, H, W) bool masks, True on ``given`` randomly chosen quadrants (1 to 3 at random
-    per image when None)."""
+    per image when None).
+
+    Parameters
+    ----------
+    n : int
+    image_shape : tuple of (int, int, int)
+    given : int, optional
+        Quadrants given per image (1 to 3).
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    Tensor of shape (n, C, H, W)
+    """
     c, h, w = image_shape
     quads = torch.zeros(4, c, h, w, dtype=torch.bool)
     quads[0, :, : h // 2, : w // 2] = quads[1, :, : h // 2, w // 2 :] = True
@@ -63,7 +76,15 @@ def quadrant_masks(
 
 class CompletionData:
     """Images for the completion task; every batch draws fresh quadrant masks (from torch's
-    global stream, which checkpoints save). A batch is ``(x, known)``."""
+    global stream, which checkpoints save). A batch is ``(x, known)``.
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, H, W)
+        The images, in model units.
+    given : int, optional
+        Quadrants given per image (1 to 3 at random when None).
+    """
 
     def __init__(self, x: Tensor, *, given: int | None = None):
         self.x, self.given = x, given
@@ -107,6 +128,12 @@ class ConditionalLVM(BuiltinModel):
     nats with one quadrant given, against 12.29 vs 15.11 when trained with IWAE); on 28x28
     MNIST digits (tutorials/04_completion.ipynb) the ELBO-trained model beats the baseline,
     101.05 vs 122.17 nats, and the IWAE-trained one reaches 78.36.
+
+    Parameters
+    ----------
+    config : ConditionalLVMConfig, optional
+        Its settings, the defaults where None (``lvmkit fit clvm --help`` lists them with
+        their meaning).
     """
 
     config_class = ConditionalLVMConfig
@@ -174,7 +201,14 @@ class ConditionalLVM(BuiltinModel):
 
 
 class CompletionBaseline(nn.Module):
-    """The deterministic baseline: one net from the given pixels to p(y | x), no latent."""
+    """The deterministic baseline: one net from the given pixels to p(y | x), no latent.
+
+    Parameters
+    ----------
+    config : ConditionalLVMConfig, optional
+        Its settings, the defaults where None (``lvmkit fit clvm --help`` lists them with
+        their meaning).
+    """
 
     def __init__(self, config: ConditionalLVMConfig | None = None):
         super().__init__()

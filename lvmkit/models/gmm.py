@@ -49,6 +49,12 @@ class GaussianMixture(BuiltinModel):
 
     Parameters are stored as weight logits (K,), means (K, D) and either log std devs (K, D) or
     Cholesky factors with a log diagonal (K, D, D), so EM can write closed-form values in.
+
+    Parameters
+    ----------
+    config : GaussianMixtureConfig, optional
+        Its settings, the defaults where None (``lvmkit fit gmm --help`` lists them with
+        their meaning).
     """
 
     config_class = GaussianMixtureConfig

@@ -81,6 +81,12 @@ class GaussianLVM(BuiltinModel):
     the model the exact p(x, z), e.g. for likelihood estimates. ``prior``, ``guide`` and
     ``top_dim`` swap in a learned prior, a flow posterior and a second latent layer z2 (site
     "z2", above site "z").
+
+    Parameters
+    ----------
+    config : GaussianLVMConfig, optional
+        Its settings, the defaults where None (``lvmkit fit lvm --help`` lists them with
+        their meaning).
     """
 
     config_class = GaussianLVMConfig

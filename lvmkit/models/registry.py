@@ -48,7 +48,21 @@ def register_model(
     defaults: dict | None = None,
 ) -> None:
     """Make a ``BuiltinModel`` subclass available by name (``lvmkit fit NAME``, load_run).
-    ValueError if it is not one, or declares an ability without its method."""
+    ValueError if it is not one, or declares an ability without its method.
+
+    Parameters
+    ----------
+    name : str
+        The name ``lvmkit fit`` takes.
+    cls : type
+        A ``BuiltinModel`` subclass.
+    description : str
+        One line for ``lvmkit fit --help``.
+    fixed : dict, optional
+        Config fields this name pins (e.g. ``{"kind": "sparse"}``).
+    defaults : dict, optional
+        Config defaults this name changes.
+    """
     if not (isinstance(cls, type) and issubclass(cls, BuiltinModel)):
         raise ValueError(f"{cls!r} is not a BuiltinModel subclass (lvmkit.models.base)")
     for ability, method in ABILITIES.items():
@@ -177,7 +191,30 @@ def settings_help(name: str) -> str:
 
 def build_model(name: str, image_shape, data_levels: int | None, settings: dict | None = None):
     """A built-in model sized for images of ``image_shape`` (C, H, W) with ``data_levels``
-    levels; ``settings`` override its config defaults."""
+    levels; ``settings`` override its config defaults.
+
+    Parameters
+    ----------
+    name : str
+        A registered built-in model ("lvm", "pixelcnn", "flow", ...).
+    image_shape : tuple of (int, int, int)
+        (C, H, W) of the data.
+    data_levels : int, optional
+        Pixel levels of the data (None: continuous).
+    settings : dict, optional
+        Fields of the model's config (``lvmkit fit NAME --help`` lists them).
+
+    Returns
+    -------
+    BuiltinModel
+
+    Examples
+    --------
+    >>> from lvmkit.models import build_model
+    >>> lvm = build_model("lvm", (1, 8, 8), 17, {"z_dim": 4})
+    >>> lvm.sample(3).shape
+    torch.Size([3, 1, 8, 8])
+    """
     overrides = settings or {}
     fields = config_fields(name)
     unknown = sorted(set(overrides) - set(fields))
@@ -191,7 +228,18 @@ def build_model(name: str, image_shape, data_levels: int | None, settings: dict 
 
 
 def rebuild(name: str, config: dict):
-    """A model from its saved config dict."""
+    """A model from its saved config dict.
+
+    Parameters
+    ----------
+    name : str
+    config : dict
+        The model's config as a run saved it (``dataclasses.asdict``).
+
+    Returns
+    -------
+    BuiltinModel
+    """
     entry = _entry(name)
     return _construct(name, entry, entry.cls.config_class(**_tuples(config)))
 
