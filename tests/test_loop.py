@@ -181,7 +181,9 @@ def test_em_steps_tell_no_loss_and_epochs_tell_it():
     result = lvmkit.em(user_mixture, clusters(60), max_iter=2, tol=0.0, batch_size=30,
                        progress=False, callbacks=[seen.append])  # fmt: skip
     assert [m for m in seen if m["event"] == "step"] == [
-        {"event": "step", "epoch": e, "step": s} for e in (1, 2) for s in (1, 2)
+        {"event": "step", "epoch": e, "step": s, "global_step": 2 * (e - 1) + s}
+        for e in (1, 2)
+        for s in (1, 2)
     ]
     assert [m["loss"] for m in seen if m["event"] == "epoch"] == result.losses
 

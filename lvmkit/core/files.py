@@ -91,7 +91,18 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically, with a checksum of its contents that
-    ``load_checkpoint`` verifies. Refuses non-finite tensors: a checkpoint is a good state."""
+    ``load_checkpoint`` verifies. Refuses non-finite tensors: a checkpoint is a good state.
+
+    Parameters
+    ----------
+    state : dict
+        Tensors and plain values.
+    path : str or Path
+
+    Returns
+    -------
+    Path
+    """
     bad = _non_finite(state)
     if bad is not None:
         raise CheckpointError(
@@ -129,7 +140,16 @@ def _tensors(value, name: str = "state"):
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError if it is not one,
-    if its contents do not match their checksum, or if it holds NaN/inf values."""
+    if its contents do not match their checksum, or if it holds NaN/inf values.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    dict
+    """
     path = Path(path)
     if path.exists() and not path.is_file():  # a folder, a device such as /dev/zero, a pipe
         raise CheckpointError(

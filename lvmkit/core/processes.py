@@ -326,3 +326,36 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     if first_failure is not None:
         return first_failure
     return next((c for c in codes if c not in (0, 130)), codes[0])
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else must name a usable device.
+
+    Parameters
+    ----------
+    device : str or torch.device
+
+    Returns
+    -------
+    torch.device
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    usage = "use 'auto', 'cpu' or 'cuda[:N]'"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; {usage}") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif dev.type != "cpu":  # mps, meta, xla...: models and estimators are tested on CPU/CUDA
+        raise ValueError(f"device {device!r} is not supported; {usage}")
+    return dev

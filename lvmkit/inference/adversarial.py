@@ -41,6 +41,15 @@ class Adversarial(Algorithm):
     discriminator's, per datapoint in nats (2 log 2 = 1.386 when it cannot tell); ``info()``
     gives the generator's last epoch's. Batch norm layers (the built-in generator's) see this
     process's share of each batch under torchrun, as in DDP without SyncBatchNorm.
+
+    Parameters
+    ----------
+    gan : nn.Module
+        With ``generator``, ``discriminator`` and ``z_dim``.
+    lr : float
+        Adam's learning rate for both nets.
+    device : str or torch.device
+        "auto", "cpu", "cuda" or "cuda:N".
     """
 
     name = "adversarial"

@@ -42,7 +42,13 @@ from lvmkit.inference.programs import (
 class Objective(ELBO):
     """Base of lvmkit's objectives: a subclass defines ``differentiable_loss`` (a scalar to
     minimise, summed over the batch); ``loss`` and ``loss_and_grads`` follow, so an objective
-    also works as the loss of ``pyro.infer.SVI``."""
+    also works as the loss of ``pyro.infer.SVI``.
+
+    Parameters
+    ----------
+    num_samples : int
+        Particles per datapoint.
+    """
 
     def __init__(self, num_samples: int = 1):
         super().__init__(num_particles=num_samples)
@@ -137,7 +143,13 @@ class _ModelPass(Messenger):
 
 
 class ReparamELBO(Objective):
-    """-ELBO with ``num_samples`` particles; Trace_ELBO's estimate, computed in one pass."""
+    """-ELBO with ``num_samples`` particles; Trace_ELBO's estimate, computed in one pass.
+
+    Parameters
+    ----------
+    num_samples : int
+        Particles per datapoint.
+    """
 
     def __init__(self, num_samples: int = 1):
         super().__init__(num_samples)
@@ -167,7 +179,13 @@ class IWAELoss(Objective):
     """The importance-weighted bound with K = ``num_samples`` particles, as a loss:
     -sum_n log mean_k w_kn, per datapoint as in Burda et al. 2016 (Pyro's ``RenyiELBO(alpha=0)``
     takes the log-mean-exp of a whole batch's weight, a far looser bound). K = 1 is the ELBO.
-    Every sample site must sit inside ``pyro.plate("data", N)``."""
+    Every sample site must sit inside ``pyro.plate("data", N)``.
+
+    Parameters
+    ----------
+    num_samples : int
+        K.
+    """
 
     def __init__(self, num_samples: int = 1):
         super().__init__(num_samples)
@@ -283,7 +301,18 @@ ELBOS = {
 
 
 def make_elbo(name: str, num_samples: int = 1):
-    """The objective called ``name`` (one of ELBOS) with ``num_samples`` particles."""
+    """The objective called ``name`` (one of ELBOS) with ``num_samples`` particles.
+
+    Parameters
+    ----------
+    name : str
+        "elbo", "meanfield", "iwae", "enum", "stl" or "dreg".
+    num_samples : int
+
+    Returns
+    -------
+    pyro.infer.ELBO
+    """
     if name not in ELBOS:
         raise ValueError(f"unknown elbo {name!r}; choose one of {sorted(ELBOS)}")
     check_count("num_samples", num_samples)

@@ -213,7 +213,14 @@ class GenericEM(Algorithm):
     ``m_steps`` gradient steps (Adam, ``lr``) on the expected complete-data log-likelihood.
     The epoch's loss is -log p(x) per datapoint, from the E-steps; it has settled when it
     changes by less than ``tol`` (an importance E-step: its mean over IMPORTANCE_WINDOW
-    iterations against the window before)."""
+    iterations against the window before).
+
+    Parameters
+    ----------
+    model : callable
+    guide, e_step, num_samples, hard, tol, m_steps, lr, device, params
+        As for ``em``.
+    """
 
     name = "em"
     honours = frozenset({"batch_size"})

@@ -20,7 +20,15 @@ from lvmkit.inference.trainer import Trainer, optimizer_name
 
 class SVI(Algorithm):
     """Stochastic variational inference: one gradient step of the objective per batch, with a
-    ``Trainer``. The epoch's loss is the mean of its steps' losses, weighted by batch size."""
+    ``Trainer``. The epoch's loss is the mean of its steps' losses, weighted by batch size.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs.
+    **trainer_options
+        ``Trainer``'s: elbo, num_samples, optimizer, lr, device, jit.
+    """
 
     name = "svi"
     honours = frozenset(OPTIONAL)

@@ -156,7 +156,23 @@ class MixtureEM(Algorithm):
     ``init`` (``GaussianMixture.initialize``: scikit-learn's starts, drawn with ``seed``) or,
     with init=None, from the mixture's parameters. Computes in the data's dtype and device;
     stops when the mean log-likelihood changes by less than ``tol``. Per-point features are
-    kept between iterations when they fit in ``cache_bytes``."""
+    kept between iterations when they fit in ``cache_bytes``.
+
+    Parameters
+    ----------
+    gmm : GaussianMixture
+    device : torch.device
+    tol : float
+    init : str, optional
+        "kmeans", "k-means++", "random", "random_from_data", or None (the current parameters).
+    seed : int
+    chunk_size : int
+        Datapoints per pass of the E-step.
+    cache_bytes : int
+        Memory the per-point features may keep between iterations.
+    fast : bool
+        Keep them (else recompute each iteration).
+    """
 
     name = "mixture-em"
     converges = True

@@ -14,6 +14,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from lvmkit.core.checks import check_particles
+from lvmkit.core.processes import resolve_device  # noqa: F401 (here too, for its users)
 
 DATA_PLATE = "data"
 
@@ -161,30 +162,6 @@ def param_state(params) -> dict | None:
             raise ValueError(f"params[{name!r}] is not a tensor or a number: {err}") from None
     real = torch.distributions.constraints.real
     return {"params": values, "constraints": dict.fromkeys(values, real)}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else must name a usable device."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    usage = "use 'auto', 'cpu' or 'cuda[:N]'"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r}; {usage}") from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}"
-            )
-    elif dev.type != "cpu":  # mps, meta, xla...: models and estimators are tested on CPU/CUDA
-        raise ValueError(f"device {device!r} is not supported; {usage}")
-    return dev
 
 
 def place(*fns, device: str | torch.device | None = None) -> torch.device:
