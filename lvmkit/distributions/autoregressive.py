@@ -157,7 +157,17 @@ def _check_prefix(known: Tensor) -> Tensor:
 class AutoregressiveObs(Observation):
     """The observation model p(x | h) = AutoregressiveImage(net, head, context=h): a gated
     PixelCNN over the levels, conditioned on an LVM decoder's output h (a PixelCNN decoder).
-    It owns its net (``.net``), which the model registers with ``pyro.module``."""
+    It owns its net (``.net``), which the model registers with ``pyro.module``.
+
+    Parameters
+    ----------
+    event_shape : tuple of (int, int, int)
+    levels : int, optional
+    ar_features, ar_layers : int
+        The PixelCNN's feature maps and gated layers.
+    ar_context : int
+        Size of h.
+    """
 
     name = "pixelcnn"
     data_kind = "levels"

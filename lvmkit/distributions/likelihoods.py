@@ -29,7 +29,16 @@ LIKELIHOODS = tuple(OBSERVATIONS)
 
 
 def observation_class(likelihood: str) -> type:
-    """The observation model class called ``likelihood``; ValueError naming the choices."""
+    """The observation model class called ``likelihood``; ValueError naming the choices.
+
+    Parameters
+    ----------
+    likelihood : str
+
+    Returns
+    -------
+    type
+    """
     if likelihood not in OBSERVATIONS:
         raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     return OBSERVATIONS[likelihood]
@@ -38,9 +47,20 @@ def observation_class(likelihood: str) -> type:
 def make_observation(likelihood: str, event_shape, **settings) -> Observation:
     """Build the observation model called ``likelihood`` for data of ``event_shape``.
 
-    settings: keyword arguments; each class takes those it names (``levels``, ``min_scale``,
-    ``rank``, ``components``, ``ar_features``, ...) and ignores the rest, so one model config
-    can hold the settings of every likelihood.
+    Parameters
+    ----------
+    likelihood : str
+        A name of ``OBSERVATIONS``: "gaussian", "lowrank", "bernoulli", "categorical",
+        "logistic", "pixelcnn".
+    event_shape : tuple of int
+    **settings
+        Each class takes those it names (``levels``, ``min_scale``, ``rank``, ``components``,
+        ``ar_features``, ...) and ignores the rest, so one model config can hold the settings of
+        every likelihood.
+
+    Returns
+    -------
+    Observation
     """
     cls = observation_class(likelihood)
     accepted = inspect.signature(cls).parameters

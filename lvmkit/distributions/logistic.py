@@ -17,11 +17,15 @@ def _log1mexp(a: Tensor) -> Tensor:
 
 class DiscretizedLogisticMixture(TorchDistribution):
     """P(x) = sum_i pi_i [sigmoid((x + 1/2 - mu_i)/s_i) - sigmoid((x - 1/2 - mu_i)/s_i)] over
-    x in {0, ..., levels-1}, the lowest bin open to -inf and the highest to +inf.
+    x in {0, ..., levels-1}, the lowest bin open to -inf and the highest to +inf. log_prob is
+    exact in log space everywhere: sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - exp(l - u)).
 
-    logits, loc, scale: (..., M) for M components; batch shape (...). Bins have width 1, so
-    ``loc`` is in level units. log_prob is exact in log space everywhere:
-    sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - exp(l - u)).
+    Parameters
+    ----------
+    logits, loc, scale : Tensor of shape (..., M)
+        M components; batch shape (...). ``loc`` in level units (bins have width 1).
+    levels : int
+    validate_args : bool, optional
     """
 
     arg_constraints = {
@@ -88,7 +92,15 @@ class DiscretizedLogisticMixture(TorchDistribution):
 
 
 def DiscretizedLogistic(loc: Tensor, scale: Tensor, levels: int, validate_args=None):
-    """A single discretized logistic: the mixture with one component."""
+    """A single discretized logistic: the mixture with one component.
+
+    Parameters
+    ----------
+    loc, scale : Tensor
+        In level units; batch shape theirs.
+    levels : int
+    validate_args : bool, optional
+    """
     loc = loc.unsqueeze(-1)
     return DiscretizedLogisticMixture(
         torch.zeros_like(loc), loc, scale.unsqueeze(-1), levels, validate_args=validate_args

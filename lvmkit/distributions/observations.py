@@ -26,7 +26,13 @@ class Observation:
     A subclass declares its ``name`` (in ``likelihoods.OBSERVATIONS``), the data it scores
     (``data_kind``: "continuous" reals, "binary" 0/1, or integer "levels"), and whether it scores
     one element at a time from its parameters (``per_element``: an ``element(params)`` method,
-    which autoregressive likelihoods need)."""
+    which autoregressive likelihoods need).
+
+    Parameters
+    ----------
+    event_shape : tuple of int
+        One datapoint's shape.
+    """
 
     name = ""
     params_per_element = 1
@@ -222,6 +228,12 @@ class LogisticObs(_LevelsObs):
 
 
 def check_support(obs: Observation, x: Tensor) -> None:
-    """Support check of the data, when Pyro's validation is on (fit turns it off on most steps)."""
+    """Support check of the data, when Pyro's validation is on (fit turns it off on most steps).
+
+    Parameters
+    ----------
+    obs : Observation
+    x : Tensor
+    """
     if is_validation_enabled():
         obs.check(x)

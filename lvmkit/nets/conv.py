@@ -11,7 +11,17 @@ from lvmkit.nets.mlp import BatchNorm
 
 class ConvEncoder(nn.Module):
     """(B, C, H, W) -> (B, out_features): two stride-2 3x3 convs, then a hidden layer, with
-    ``activation`` after each."""
+    ``activation`` after each.
+
+    Parameters
+    ----------
+    image_shape : tuple of (int, int, int)
+    out_features : int
+    channels : tuple of (int, int)
+        The convolutions' channels.
+    hidden : int
+    activation : type of nn.Module
+    """
 
     def __init__(self, image_shape, out_features: int, channels=(32, 64), hidden: int = 256,
                  activation: type[nn.Module] = nn.ReLU):  # fmt: skip
@@ -35,7 +45,22 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """(B, Z) -> (B, out_channels, H, W): a linear map onto a (ceil(H/4), ceil(W/4)) grid, two
     stride-2 transpose convs, a 3x3 conv, then a crop to (H, W) (28 -> 7 -> 14 -> 28 exactly;
-    8 -> 2 -> 8; 32 -> 8 -> 32; odd sizes are cropped)."""
+    8 -> 2 -> 8; 32 -> 8 -> 32; odd sizes are cropped).
+
+    Parameters
+    ----------
+    in_features : int
+        Z.
+    out_channels : int
+    size : tuple of (int, int)
+        (H, W).
+    channels : tuple of (int, int)
+        The transpose convolutions' channels.
+    hidden : int
+        The linear map's hidden width.
+    batch_norm : bool
+        Batch norm before each ReLU (DCGAN's generator).
+    """
 
     def __init__(
         self,

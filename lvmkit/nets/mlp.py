@@ -15,7 +15,18 @@ class BatchNorm(nn.BatchNorm1d):
 
 class MLP(nn.Sequential):
     """Linear layers with ``activation`` between them: ``in_features -> *hidden -> out_features``;
-    ``batch_norm`` normalises each hidden layer before its activation (DCGAN's generator)."""
+    ``batch_norm`` normalises each hidden layer before its activation (DCGAN's generator).
+
+    Parameters
+    ----------
+    in_features : int
+    hidden : tuple of int
+        The hidden layers' widths.
+    out_features : int
+    activation : type of nn.Module
+        Built once per hidden layer.
+    batch_norm : bool
+    """
 
     def __init__(self, in_features: int, hidden: tuple[int, ...], out_features: int, *,
                  activation: type[nn.Module] = nn.ReLU, batch_norm: bool = False):  # fmt: skip

@@ -32,7 +32,14 @@ def groups(n: int, c: int) -> Tensor:
 
 
 class MaskedConv2d(nn.Conv2d):
-    """A convolution whose weight is multiplied by a fixed 0/1 mask (out, in, kh, kw)."""
+    """A convolution whose weight is multiplied by a fixed 0/1 mask (out, in, kh, kw).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, padding
+        As for ``nn.Conv2d``.
+    mask : Tensor of shape (out_channels, in_channels, kh, kw)
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, mask: Tensor, padding=0):
         super().__init__(in_channels, out_channels, kernel_size, padding=padding)
@@ -96,7 +103,22 @@ def _gate(x: Tensor) -> Tensor:
 class GatedPixelCNN(nn.Module):
     """x (B, C, H, W) scaled to [-1, 1], context (B, context) or None -> per-element parameters
     (B, params, C, H, W): output channel c of pixel (i, j) depends only on pixels before (i, j) in
-    raster order and on channels < c of pixel (i, j)."""
+    raster order and on channels < c of pixel (i, j).
+
+    Parameters
+    ----------
+    channels : int
+        C.
+    params : int
+        Parameters per element (e.g. 256 logits, or a logistic mixture's).
+    features : int
+        Feature maps of each gated layer.
+    layers : int
+    kernel : int
+        The vertical and horizontal stacks' kernel size.
+    context : int
+        Size of the conditioning vector (0: none).
+    """
 
     def __init__(
         self,

@@ -142,7 +142,21 @@ class RNNGeneration(_Generation):
 
 class PixelTransformer(nn.Module):
     """Pre-norm transformer blocks with local causal attention, learned position embeddings
-    and the context added to every token."""
+    and the context added to every token.
+
+    Parameters
+    ----------
+    image_shape : tuple of (int, int, int)
+    params : int
+        Parameters per element.
+    width : int
+        Token width.
+    layers, heads : int
+    window : int
+        How many preceding elements each attends to.
+    context : int
+        Size of the conditioning vector (0: none).
+    """
 
     def __init__(
         self,
@@ -188,7 +202,18 @@ class PixelTransformer(nn.Module):
 
 
 class ScanlineRNN(nn.Module):
-    """A GRU over the element sequence (the PixelRNN family in its simplest, scanline form)."""
+    """A GRU over the element sequence (the PixelRNN family in its simplest, scanline form).
+
+    Parameters
+    ----------
+    image_shape : tuple of (int, int, int)
+    params : int
+        Parameters per element.
+    width, layers : int
+        The GRU's.
+    context : int
+        Size of the conditioning vector (0: none).
+    """
 
     def __init__(
         self, image_shape, params: int, *, width: int = 64, layers: int = 2, context: int = 0
