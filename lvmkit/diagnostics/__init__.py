@@ -3,6 +3,12 @@
 
 from lvmkit.diagnostics.convergence import convergence, convergence_plot, sample_counts
 from lvmkit.diagnostics.diagnose import SECTIONS, diagnose
+from lvmkit.diagnostics.gaussian_code import (
+    AmortizationGap,
+    amortization_gap,
+    kl_per_dimension,
+    mutual_information,
+)
 from lvmkit.diagnostics.plots import (
     bars,
     histogram,
@@ -14,12 +20,8 @@ from lvmkit.diagnostics.plots import (
 )
 from lvmkit.diagnostics.posteriors import (
     MIN_PSIS_DRAWS,
-    AmortizationGap,
-    amortization_gap,
     khat_bands,
-    kl_per_dimension,
     mcmc_inference_data,
-    mutual_information,
     posterior,
     psis_khat,
 )

@@ -15,7 +15,16 @@ from lvmkit.inference import LogLikelihood, ais, log_likelihood
 
 
 def sample_counts(largest: int) -> list[int]:
-    """1, 10, 100, ... below ``largest``, then ``largest``."""
+    """1, 10, 100, ... below ``largest``, then ``largest``.
+
+    Parameters
+    ----------
+    largest : int
+
+    Returns
+    -------
+    list of int
+    """
     check_count("largest", largest)
     counts = [10**i for i in range(int(math.log10(largest)) + 1) if 10**i < largest]
     return counts + [largest]
@@ -90,7 +99,17 @@ def label(ll: LogLikelihood) -> str:
 
 def convergence_plot(rows: list[LogLikelihood]):
     """log p(x) (bits/dim where defined) against K, with Monte Carlo error bars; AIS as a
-    horizontal line with its band."""
+    horizontal line with its band.
+
+    Parameters
+    ----------
+    rows : list of LogLikelihood
+        Estimates at growing K (``sample_counts``), an AIS one last where there is one.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig = new_figure(figsize=(5, 3.4), layout="constrained")
     ax = fig.add_subplot()
     bits = all(r.bits_per_dim is not None for r in rows)

@@ -19,16 +19,9 @@ from lvmkit.core.checks import check_count
 from lvmkit.core.rng import seeded
 from lvmkit.data import ImageData, scale
 from lvmkit.diagnostics.convergence import convergence, convergence_plot, label, sample_counts
+from lvmkit.diagnostics.gaussian_code import amortization_gap, kl_per_dimension, mutual_information
 from lvmkit.diagnostics.plots import bars, histogram, image_grid, latent_space
-from lvmkit.diagnostics.posteriors import (
-    MIN_PSIS_DRAWS,
-    amortization_gap,
-    khat_bands,
-    kl_per_dimension,
-    mutual_information,
-    posterior,
-    psis_khat,
-)
+from lvmkit.diagnostics.posteriors import MIN_PSIS_DRAWS, khat_bands, posterior, psis_khat
 from lvmkit.diagnostics.quality import sample_quality
 from lvmkit.diagnostics.report import Report, Section
 from lvmkit.diagnostics.representation import active_units, encode, probe_problem

@@ -41,14 +41,33 @@ def new_figure(**options) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG, atomically."""
+    """Write ``fig`` to ``path`` as a PNG, atomically.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or Path
+
+    Returns
+    -------
+    Path
+    """
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     return Path(path)
 
 
 def loss_curve(losses: list[float], val_losses: list[float]) -> Figure:
-    """Training (and validation) loss per epoch, in nats per datapoint."""
+    """Training (and validation) loss per epoch, in nats per datapoint.
+
+    Parameters
+    ----------
+    losses, val_losses : list of float
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig = new_figure(figsize=(5, 3.2), layout="constrained")
     ax = fig.add_subplot()
     epochs = range(1, len(losses) + 1)
@@ -83,7 +102,19 @@ def image_grid(
     row_labels: list[str] | None = None,
 ) -> Figure:
     """A grid of images (N, C, H, W) with values in [0, 1], ``nrow`` rows, each optionally
-    labelled on its left."""
+    labelled on its left.
+
+    Parameters
+    ----------
+    images : Tensor of shape (N, C, H, W)
+    nrow : int, optional
+    title : str, optional
+    row_labels : list of str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     nrow = nrow or max(1, int(math.sqrt(len(images))))
     grid = _grid(images, nrow)
     left = 0.0
@@ -113,7 +144,17 @@ def image_grid(
 
 
 def reconstructions(x: Tensor, x_rec: Tensor) -> Figure:
-    """Originals (odd rows) above their reconstructions (even rows)."""
+    """Originals (odd rows) above their reconstructions (even rows).
+
+    Parameters
+    ----------
+    x, x_rec : Tensor of shape (N, C, H, W)
+        In [0, 1].
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     cols = min(len(x), 8)
     rows = len(x) // cols  # whole rows only, so every original sits above its reconstruction
     pairs = []
@@ -124,7 +165,17 @@ def reconstructions(x: Tensor, x_rec: Tensor) -> Figure:
 
 def latent_space(codes: Tensor, labels: Tensor | None) -> Figure:
     """Codes (N, Z) as points, coloured by label; projected on their two principal axes when
-    Z > 2."""
+    Z > 2.
+
+    Parameters
+    ----------
+    codes : Tensor of shape (N, Z)
+    labels : Tensor of shape (N,), optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     codes = codes.detach().double().cpu()
     title = "latent means"
     if codes.shape[1] > 2:
@@ -147,7 +198,18 @@ def latent_space(codes: Tensor, labels: Tensor | None) -> Figure:
 
 
 def histogram(values: Tensor, *, xlabel: str, lines: tuple[float, ...] = ()) -> Figure:
-    """A histogram of finite values, with vertical reference lines (e.g. k-hat 0.5 and 0.7)."""
+    """A histogram of finite values, with vertical reference lines (e.g. k-hat 0.5 and 0.7).
+
+    Parameters
+    ----------
+    values : Tensor
+    xlabel : str
+    lines : tuple of float
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     values = values.detach().double().cpu()
     fig = new_figure(figsize=(4.5, 3), layout="constrained")
     ax = fig.add_subplot()
@@ -160,7 +222,17 @@ def histogram(values: Tensor, *, xlabel: str, lines: tuple[float, ...] = ()) -> 
 
 
 def bars(values: Tensor, *, xlabel: str, ylabel: str) -> Figure:
-    """One bar per entry, e.g. KL per latent dimension."""
+    """One bar per entry, e.g. KL per latent dimension.
+
+    Parameters
+    ----------
+    values : Tensor of shape (K,)
+    xlabel, ylabel : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     values = values.detach().double().cpu()
     fig = new_figure(figsize=(4.5, 3), layout="constrained")
     ax = fig.add_subplot()

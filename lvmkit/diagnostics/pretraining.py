@@ -21,7 +21,14 @@ from lvmkit.models.stacked import Classifier, StackedConfig, StackedDenoisingAut
 class PretrainingComparison:
     """Per start ("pretrained" sigmoid, "random" sigmoid, "relu" random): the training loss
     per epoch (nats per image), the test accuracy after training, and the linear-probe
-    accuracy of the top layer's codes before any supervised training."""
+    accuracy of the top layer's codes before any supervised training.
+
+    Parameters
+    ----------
+    losses : dict of str to list of float
+    test_accuracy : dict of str to float
+    probe_before : dict of str to float
+    """
 
     losses: dict[str, list[float]] = field(default_factory=dict)
     test_accuracy: dict[str, float] = field(default_factory=dict)

@@ -21,6 +21,20 @@ FEATURES = 256  # width of the classifier's hidden layer: the features compared
 
 @dataclass
 class SampleQuality:
+    """Sample quality by a classifier trained on the real images (``sample_quality``).
+
+    Parameters
+    ----------
+    inception_score : float
+        Of the samples, up to the number of classes.
+    frechet_distance : float
+        Between the classifier's features of the samples and of held-out real images.
+    real_inception_score : float
+        Of the held-out real images: the ceiling on this data.
+    classifier_accuracy : float
+        On the held-out real images.
+    """
+
     inception_score: float  # exp E_x KL(p(y|x) || p(y)) over the samples: 1 to the classes
     frechet_distance: float  # between Gaussians fitted to the samples' and real features
     real_inception_score: float  # the held-out real images' own score, for scale
@@ -31,7 +45,16 @@ class SampleQuality:
 
 
 def inception_score(probs: Tensor) -> float:
-    """exp(mean_x KL(p(y|x) || p(y))) from class probabilities (N, classes), p(y) their mean."""
+    """exp(mean_x KL(p(y|x) || p(y))) from class probabilities (N, classes), p(y) their mean.
+
+    Parameters
+    ----------
+    probs : Tensor of shape (N, classes)
+
+    Returns
+    -------
+    float
+    """
     p = probs.double().clamp_min(1e-12)
     marginal = p.mean(0, keepdim=True)
     return float((p * (p.log() - marginal.log())).sum(1).mean().exp())
@@ -39,7 +62,17 @@ def inception_score(probs: Tensor) -> float:
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
     """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to the
-    rows of a (N, F) and b (M, F); the trace of the root is that of (S_a^½ S_b S_a^½)^½."""
+    rows of a (N, F) and b (M, F); the trace of the root is that of (S_a^½ S_b S_a^½)^½.
+
+    Parameters
+    ----------
+    a : Tensor of shape (N, F)
+    b : Tensor of shape (M, F)
+
+    Returns
+    -------
+    float
+    """
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = torch.cov(a.T), torch.cov(b.T)

@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Section:
+    """One table of a Report.
+
+    Parameters
+    ----------
+    heading : str
+    rows : list of (str, object, str)
+        Name, value, and a one-line reading.
+    note : str
+        What the table is, under it.
+    """
+
     heading: str
     rows: list[tuple[str, object, str]]  # (figure, value, reading)
     note: str = ""
@@ -27,7 +38,18 @@ class Section:
 
 @dataclass
 class Report:
-    """What ``diagnose`` found: ``sections`` for people, ``results`` (JSON-able) for programs."""
+    """What ``diagnose`` found: ``sections`` for people, ``results`` (JSON-able) for programs.
+
+    Parameters
+    ----------
+    title : str
+    sections : list of Section
+    figures : dict of str to Figure or Path
+        Pictures by file name.
+    results : dict
+        The numbers, JSON-able.
+    posterior : arviz.InferenceData, optional
+    """
 
     title: str
     sections: list[Section] = field(default_factory=list)

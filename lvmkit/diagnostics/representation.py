@@ -82,7 +82,16 @@ def linear_probe(
 
 
 def probe_problem(labels: Tensor) -> str | None:
-    """Why labels cannot score a linear probe (None if they can): it needs two classes."""
+    """Why labels cannot score a linear probe (None if they can): it needs two classes.
+
+    Parameters
+    ----------
+    labels : Tensor of shape (N,)
+
+    Returns
+    -------
+    str or None
+    """
     classes = torch.unique(labels)
     if len(classes) < 2:
         return f"the labels hold {len(classes)} class(es); a classifier needs two or more"

@@ -28,9 +28,15 @@ from lvmkit.inference.programs import is_latent
 class Sandwich:
     """Bidirectional Monte Carlo bounds on log p(x) of data simulated from the model.
 
-    lower: forward AIS (a stochastic lower bound); upper: reverse AIS started from the latents
-    that generated each datapoint (a stochastic upper bound); data: the simulated model
-    arguments, a tuple of tensors shaped like ``data_like``'s.
+    Parameters
+    ----------
+    lower : LogLikelihood
+        Forward AIS: a stochastic lower bound.
+    upper : LogLikelihood
+        Reverse AIS started from the latents that generated each datapoint: a stochastic upper
+        bound.
+    data : tuple of Tensor
+        The simulated model arguments, shaped like ``data_like``'s.
     """
 
     lower: LogLikelihood

@@ -10,7 +10,6 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
@@ -24,44 +23,13 @@ from lvmkit.core.processes import Group, StopOnSignal, vote
 from lvmkit.core.processes import shard as shard_of
 from lvmkit.core.rng import draw_keys, seeded
 from lvmkit.data import as_dataset
+from lvmkit.inference.result import FitResult
 from lvmkit.inference.resume import Checkpoints, LoopState, fingerprint
 from lvmkit.inference.tracking import Logger
 
 # Loop settings an algorithm may or may not honour; the others (epochs, seed, checkpoints,
 # progress, callbacks) every algorithm honours.
 OPTIONAL = ("batch_size", "val_data", "patience", "restore_best")
-
-
-@dataclass
-class FitResult:
-    """What ``fit``, ``em`` and ``run`` return. Losses are per datapoint, in nats; index i is
-    epoch (or EM iteration) i + 1."""
-
-    losses: list[float]  # SVI: the objective; EM: -log p(x) (mean, at each E-step)
-    val_losses: list[float]
-    best_epoch: int | None  # 1-based epoch of the lowest validation loss (None without val_data)
-    # the epoch whose parameters ``params`` holds (best_epoch if restored; interrupted
-    # mid-epoch, the epoch it stopped in)
-    params_epoch: int
-    elapsed: float  # seconds of training, summed over resumed runs
-    device: str
-    params: dict[str, Tensor]  # fitted constrained parameter values
-    param_state: dict = field(repr=False)  # the fit's Pyro param store state
-    algorithm: str = "svi"  # the Algorithm.name that made it: "svi", "em" or "mixture-em"
-    converged: bool | None = None  # algorithms with a stopping rule (EM): whether it was met
-    info: dict = field(default_factory=dict)  # what only this algorithm reports (EM's e_step)
-    stopped_early: bool = False
-    interrupted: bool = False  # stopped by SIGINT/SIGTERM after writing a checkpoint
-    checkpoint: Path | None = None
-
-    @property
-    def epochs(self) -> int:
-        """Epochs (SVI) or iterations (EM) run."""
-        return len(self.losses)
-
-    def scope(self):
-        """``with result.scope(): ...`` runs Pyro code against the fitted parameters."""
-        return pyro.get_param_store().scope(self.param_state)
 
 
 class Algorithm:

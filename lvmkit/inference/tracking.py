@@ -70,7 +70,12 @@ class Logger:
 class TensorBoardLogger(Logger):
     """Scalars in TensorBoard event files in ``log_dir`` (``tensorboard --logdir``): each
     step's loss and each epoch's metrics, all against the global step; the settings as text.
-    A resumed fit purges what an unfinished session logged past its checkpoint."""
+    A resumed fit purges what an unfinished session logged past its checkpoint.
+
+    Parameters
+    ----------
+    log_dir : str or Path
+    """
 
     def __init__(self, log_dir: str | Path):
         _require("tensorboard", "tensorboard", "TensorBoardLogger")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from lvmkit.core.files import write_text
-from lvmkit.diagnostics.posteriors import kl_per_dimension
+from lvmkit.diagnostics.gaussian_code import kl_per_dimension
 from lvmkit.inference.tracking import Logger, MLflowLogger, TensorBoardLogger
 
 TENSORBOARD_DIR = "tensorboard"
