@@ -39,3 +39,37 @@ def test_every_guide_page_is_in_the_table_of_contents():
     pages = [p.relative_to(DOCS).with_suffix("").as_posix() for p in DOCS.rglob("*.md")]
     pages = [p for p in pages if not p.startswith(("_build", "api", "tutorials/")) and p != "index"]
     assert pages and all(f"\n{p}\n" in index for p in pages), pages
+
+
+def test_every_public_name_has_a_numpydoc_docstring():
+    """Parameters for every public function and class that takes any, Returns for every
+    function that returns something: what the API reference renders."""
+    import inspect
+
+    from numpydoc.docscrape import ClassDoc, FunctionDoc
+
+    conf, lacking, seen = load_conf(), [], set()
+    for package in conf.PACKAGES:
+        module = importlib.import_module(f"lvmkit.{package}")
+        for name in module.__all__:
+            thing = getattr(module, name)
+            if id(thing) in seen or not (inspect.isfunction(thing) or inspect.isclass(thing)):
+                continue
+            seen.add(id(thing))
+            if not thing.__doc__:
+                lacking.append(f"{package}.{name}: no docstring")
+                continue
+            own = ("__init__", "__dataclass_fields__")  # not a protocol's or nn.Module's (*args)
+            takes = inspect.isfunction(thing) or any(k in vars(thing) for k in own)
+            if getattr(thing, "_is_protocol", False):
+                takes = False
+            signature = inspect.signature(thing) if takes else None
+            parameters = [p for p in signature.parameters if p != "self"] if takes else []
+            doc = ClassDoc(thing) if inspect.isclass(thing) else FunctionDoc(thing)
+            if parameters and not doc["Parameters"]:
+                lacking.append(f"{package}.{name}: no Parameters")
+            function = inspect.isfunction(thing)
+            returns = signature.return_annotation if function else None
+            if returns not in (None, "None", inspect.Signature.empty) and not doc["Returns"]:
+                lacking.append(f"{package}.{name}: no Returns")
+    assert not lacking, lacking

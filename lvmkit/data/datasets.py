@@ -179,7 +179,12 @@ DATASETS: dict[str, NamedDataset] = {
 
 def cache_dir() -> Path:
     """Where named datasets are kept: ``$LVMKIT_DATA``, else ``$XDG_CACHE_HOME/lvmkit``, else
-    ``~/.cache/lvmkit``."""
+    ``~/.cache/lvmkit``.
+
+    Returns
+    -------
+    Path
+    """
     if os.environ.get("LVMKIT_DATA"):
         return Path(os.environ["LVMKIT_DATA"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -390,7 +395,12 @@ def _load(source, *, levels, image_shape) -> ImageData:
 
 
 def load_digits() -> ImageData:
-    """scikit-learn's 1797 real 8x8 handwritten digits: grey levels 0..16, labels 0..9."""
+    """scikit-learn's 1797 real 8x8 handwritten digits: grey levels 0..16, labels 0..9.
+
+    Returns
+    -------
+    ImageData
+    """
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()

@@ -28,15 +28,28 @@ class GaussianMixtureEM(DensityMixin, BaseEstimator):
     self, fitted attributes end in ``_``; it works in a ``Pipeline`` and ``GridSearchCV``.
     ``model_`` is the fitted lvmkit ``GaussianMixture`` (for sampling, posteriors, diagnostics).
 
-    covariance_type: "full" or "diag". init_params: "kmeans" (k-means labels, computed where EM
-    runs), "k-means++", "random" or "random_from_data". ``weights_init``, ``means_init``,
-    ``precisions_init`` replace what init_params gives, each on its own. ``warm_start`` starts a
-    second ``fit`` from the first's parameters. ``dtype``: "auto" (data, statistics and
-    parameters in float64 as scikit-learn, the per-point arithmetic in float32 wherever its
-    worst-case error is small, else float64), "float64" (scikit-learn's arithmetic throughout)
-    or "float32"; ``chunk_size`` rows are processed at a time, so memory stays bounded whatever
-    N is. ``threads``: torch threads while fitting ("auto": the cores not busy now, so a
-    neighbour on the machine does not stall EM; None leaves torch's setting).
+    Parameters
+    ----------
+    n_components : int
+    covariance_type : {"full", "diag"}
+    tol, reg_covar, max_iter, n_init, random_state
+        scikit-learn's.
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}
+        "kmeans": k-means labels, computed where EM runs.
+    weights_init, means_init, precisions_init : array-like, optional
+        Replace what ``init_params`` gives, each on its own.
+    warm_start : bool
+        Start a second ``fit`` from the first's parameters.
+    dtype : {"auto", "float64", "float32"}
+        "auto": data, statistics and parameters in float64 as scikit-learn, the per-point
+        arithmetic in float32 wherever its worst-case error is small, else float64.
+    device : str
+        "auto", "cpu", "cuda" or "cuda:N".
+    chunk_size : int
+        Rows processed at a time, so memory stays bounded whatever N is.
+    threads : int or "auto", optional
+        Torch threads while fitting ("auto": the cores not busy now, so a neighbour on the
+        machine does not stall EM; None leaves torch's setting).
     """
 
     def __init__(

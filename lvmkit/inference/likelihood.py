@@ -59,6 +59,24 @@ class LogLikelihood:
     dimensions the model predicts (``dims`` per datapoint): the hidden pixels of a completion,
     every pixel otherwise; for a continuous density of dequantized pixels the values already
     include the bins' width, so they bound the discrete log-likelihood.
+
+    Parameters
+    ----------
+    values : Tensor of shape (N,)
+        float64, on the CPU.
+    mean, stderr, mc_stderr : float
+    bits_per_dim : float, optional
+        None for continuous data.
+    num_samples : int
+        Draws, AIS chains or dequantizations per datapoint; 1 when exact.
+    method : {"exact", "bound", "dequantized", "importance", "ais"}
+    steps : int, optional
+        AIS temperatures.
+    dims : float
+        Dimensions predicted per datapoint (mean).
+    mc_errors : Tensor of shape (N,), optional
+    seconds : float
+        How long the estimate took.
     """
 
     values: Tensor = field(repr=False)  # (N,), float64, on the CPU

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from dataclasses import dataclass, field
 
 from lvmkit.models.autoencoders import Autoencoder
@@ -37,6 +38,25 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {}
+
+
+def field_docs(config_class) -> dict[str, str]:
+    """The comments that document a config dataclass's fields (nanoGPT style: on the field's
+    line, or on the comment lines just above it), by field name."""
+    import inspect
+    import re
+
+    docs, above = {}, []
+    for line in inspect.getsource(config_class).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        match = re.match(r"(\w+)\s*:[^=]*=.*?(?:#\s*(.*))?$", text)
+        if match:
+            docs[match.group(1)] = " ".join([*above, match.group(2) or ""]).strip()
+        above = []
+    return docs
 
 
 def register_model(
@@ -84,6 +104,25 @@ def register_model(
     if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
         raise ValueError(f"{cls.__name__} needs config_class, the dataclass it is built from")
     MODELS[name] = ModelEntry(cls, description, dict(fixed or {}), dict(defaults or {}))
+    config = cls.config_class
+    if config.__doc__ is None or config.__doc__.startswith(f"{config.__name__}("):
+        config.__doc__ = config_docstring(config, name)  # help() and the API reference
+
+
+def config_docstring(config_class, name: str) -> str:
+    """A config dataclass's docstring, made from the comments on its fields (their one
+    source, which ``lvmkit fit NAME --help`` shows too)."""
+    docs = field_docs(config_class)
+    lines = [f"The settings of ``lvmkit fit {name}`` and its kin (``[model]`` in a run's",
+             "config.toml, ``--set model.KEY=VALUE``).", "", "Parameters",
+             "----------"]  # fmt: skip
+    for f in dataclasses.fields(config_class):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        lines.append(f"{f.name} : {kind}, default {f.default!r}")
+        if docs.get(f.name):
+            lines += textwrap.wrap(docs[f.name], 92, initial_indent=" " * 4,
+                                   subsequent_indent=" " * 4)  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 register_model(
@@ -158,25 +197,6 @@ def config_fields(name: str) -> dict:
     }
     values.update(entry.defaults)
     return values
-
-
-def field_docs(config_class) -> dict[str, str]:
-    """The comments that document a config dataclass's fields (nanoGPT style: on the field's
-    line, or on the comment lines just above it), by field name."""
-    import inspect
-    import re
-
-    docs, above = {}, []
-    for line in inspect.getsource(config_class).splitlines():
-        text = line.strip()
-        if text.startswith("#"):
-            above.append(text.lstrip("# "))
-            continue
-        match = re.match(r"(\w+)\s*:[^=]*=.*?(?:#\s*(.*))?$", text)
-        if match:
-            docs[match.group(1)] = " ".join([*above, match.group(2) or ""]).strip()
-        above = []
-    return docs
 
 
 def settings_help(name: str) -> str:
