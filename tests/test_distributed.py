@@ -207,16 +207,18 @@ def test_two_process_posterior_holds_every_datapoint_in_order(runs):
 
 def test_the_cli_fits_on_two_processes_as_on_one(tmp_path):
     """lvmkit fit --nproc 2 starts torchrun; the mixture's enumerated objective has no draws,
-    so the run's weights are one process's; rank 0 alone writes the run."""
+    so the run's weights are one process's; rank 0 alone writes the run, and logs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = {}
     for procs in (1, 2):
         out = tmp_path / f"run{procs}"
         cmd = [sys.executable, "-m", "lvmkit.cli", "fit", "gmm", "--epochs", "2", "--nproc",
-               str(procs), "--threads", "1", "--out", str(out), "--no-progress"]  # fmt: skip
+               str(procs), "--threads", "1", "--out", str(out), "--no-progress",
+               "--set", "fit.log=tensorboard"]  # fmt: skip
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.count("fitted gmm") == 1  # one process reports
+        assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
         runs[procs] = torch.load(out / "model.pt", weights_only=True)["state_dict"]
         assert not any(p.name.startswith(".") for p in out.iterdir())  # no lock, no temporary
     assert close(runs[1], runs[2])
