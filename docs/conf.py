@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # importing torch for autodoc: no
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+ALONE = ("index", "install", "tutorials", "benchmarks", "development")  # pages without sections
 PACKAGES = ["data", "nets", "distributions", "models", "inference", "diagnostics", "runs"]
 
 project = "lvmkit"
@@ -34,7 +35,10 @@ nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", r"(torch|pyro|sklearn|numpy|arviz|matplotlib|nn)\b.*")]
 html_theme = "pydata_sphinx_theme"
 html_title = "lvmkit"
-html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
+html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2,
+                      "header_links_before_dropdown": 6}  # fmt: skip
+# pages with no section to navigate: no empty left bar
+html_sidebars = {page: [] for page in ALONE}
 
 autosummary_generate = True
 autodoc_typehints = "none"  # numpydoc's Parameters sections say the types

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"lvmkit: training diverged: {err}", file=sys.stderr)
             return 1
-        except (ValueError, TypeError, OSError) as err:  # bad input, unreadable files
+        except (ValueError, TypeError, OSError, ImportError) as err:  # bad input, a missing extra
             if args.debug:
                 raise
             print(f"lvmkit: error: {_error_line(err)}", file=sys.stderr)

@@ -128,3 +128,50 @@ def test_an_unknown_tracker_is_refused_before_any_file(tmp_path, capsys):
     assert main(["fit", "lvm", "--out", str(tmp_path / "r"), "--set", "fit.log=wandb"]) == 2
     assert "must be one of ['mlflow', 'tensorboard']" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_step_losses_are_each_batchs_and_weigh_up_to_the_epochs():
+    seen = []
+    pyro.clear_param_store()
+    result = lvmkit.fit(model, guide, torch.randn(25) + 1.0, epochs=2, batch_size=10,
+                        lr=0.1, progress=False, callbacks=[seen.append])  # fmt: skip
+    for epoch in (1, 2):
+        steps = [m["loss"] for m in seen if m["event"] == "step" and m["epoch"] == epoch]
+        assert len(set(steps)) == 3  # three batches, three losses, not a running mean
+        weighed = (10 * steps[0] + 10 * steps[1] + 5 * steps[2]) / 25
+        assert weighed == pytest.approx(result.losses[epoch - 1], rel=1e-6)
+
+
+def test_a_default_store_is_found_again_from_elsewhere_and_a_failed_fit_says_so(
+    tmp_path, monkeypatch, capsys
+):
+    from lvmkit.cli import main
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    small = ["--set", "model.hidden=[8]", "--set", "model.z_dim=2", "--no-progress",
+             "--set", "fit.log=mlflow"]  # fmt: skip
+    assert main(["fit", "lvm", "--epochs", "1", "--out", "run", *small]) == 0
+    assert (tmp_path / "here" / "mlflow.db").is_file()  # MLflow's default store, here
+    monkeypatch.chdir(tmp_path)  # the resume starts elsewhere and finds the same store
+    assert main(["fit", "lvm", "--epochs", "2", "--out", "here/run", "--resume", *small]) == 0
+    assert not (tmp_path / "mlflow.db").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'here' / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("lvmkit").experiment_id])
+    assert len(client.get_metric_history(found.info.run_id, "epoch/loss")) == 2
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert "model.pt" in artifacts and "checkpoint.pt" not in artifacts
+    assert (tmp_path / "here" / "mlruns").is_dir() and not (tmp_path / "mlruns").exists()
+
+    def fail(metrics):
+        raise RuntimeError("a callback failed")
+
+    logger = lvmkit.MLflowLogger(f"sqlite:///{tmp_path / 'here' / 'mlflow.db'}")
+    pyro.clear_param_store()
+    with pytest.raises(RuntimeError):
+        lvmkit.fit(model, guide, torch.randn(8), epochs=1, progress=False, callbacks=[fail],
+                   loggers=[logger])  # fmt: skip
+    assert client.get_run(logger.run_id).info.status == "FAILED"
+    assert main(["fit", "lvm", "--out", str(tmp_path / "r"), "--set", "fit.tracking_uri=x.db"]) == 2
+    assert "is for the mlflow tracker" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from lvmkit.core.files import CheckpointError, load_checkpoint, save_checkpoint
 from lvmkit.inference.adversarial import Adversarial, fit_adversarial
 from lvmkit.inference.annealing import ais
 from lvmkit.inference.bdmc import Sandwich, bdmc
-from lvmkit.inference.elbo import IWAELoss, Objective, ReparamELBO, make_elbo
+from lvmkit.inference.elbo import STLELBO, DReGLoss, IWAELoss, Objective, ReparamELBO, make_elbo
 from lvmkit.inference.em import GenericEM, em
 from lvmkit.inference.evaluation import evaluate
 from lvmkit.inference.fit import SVI, fit
@@ -30,6 +30,7 @@ __all__ = [
     "Algorithm",
     "run",
     "CheckpointError",
+    "DReGLoss",
     "FitResult",
     "GaussianMixtureEM",
     "IWAELoss",
@@ -38,6 +39,7 @@ __all__ = [
     "Objective",
     "ReparamELBO",
     "Sandwich",
+    "STLELBO",
     "Trainer",
     "ais",
     "bdmc",

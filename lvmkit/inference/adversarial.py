@@ -107,7 +107,7 @@ class Adversarial(Algorithm):
         all_reduce_sum([losses], self.group)
         self.sums = [self.sums[0] + float(losses[0]), self.sums[1] + float(losses[1]),
                      self.sums[2] + n]  # fmt: skip
-        return self.sums[0] / self.sums[2]
+        return float(losses[0]) / n
 
     def end_epoch(self, losses: list[float]) -> tuple[float, bool]:
         loss, self.generator_loss = self.sums[0] / self.sums[2], self.sums[1] / self.sums[2]

@@ -207,7 +207,13 @@ class STLELBO(Objective):
     score term, whose mean is zero and which alone stays noisy at the exact posterior. The value
     is the ELBO's, from the same draws; the model's gradient is the ELBO's. Every guide site
     must be reparameterized. log q at the held draw is computed anew (a flow posterior's
-    density there runs its inverse)."""
+    density there runs its inverse).
+
+    Parameters
+    ----------
+    num_samples : int
+        Particles per datapoint.
+    """
 
     def _particle(self, model, guide, args) -> Tensor:
         with _GuidePass() as g:
@@ -240,7 +246,13 @@ class DReGLoss(Objective):
     guided, inside ``pyro.plate("data", N)``.
 
     Generic over guides, it runs model and guide twice: at the draws z (the paths through z)
-    and at the detached draws (the direct gradients, which are subtracted or kept)."""
+    and at the detached draws (the direct gradients, which are subtracted or kept).
+
+    Parameters
+    ----------
+    num_samples : int
+        K >= 2.
+    """
 
     def __init__(self, num_samples: int = 2):
         if num_samples < 2:

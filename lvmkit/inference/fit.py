@@ -60,7 +60,7 @@ class SVI(Algorithm):
         self.stop_requested = t.stop_requested  # any process's signal stops them all
         self.loss_sum += loss * t.last_count
         self.count += t.last_count
-        return self.loss_sum / self.count
+        return loss
 
     def end_epoch(self, losses: list[float]) -> tuple[float, bool]:
         loss = self.loss_sum / self.count

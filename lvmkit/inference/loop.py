@@ -170,10 +170,11 @@ def run(
         A progress bar (rank 0).
     callbacks : list of callables
         Each gets a dict after every step (``{"event": "step", "epoch", "step",
-        "global_step"}``, plus ``"loss"`` where the step has one) and every epoch
-        (``{"event": "epoch", "epoch", "global_step", "loss", "elapsed"}``, plus ``"val_loss"``
-        with ``val_data``, ``"lr"`` and the numbers of the algorithm's ``info()``), on rank 0,
-        in order, all with the same dict: one may add entries for those after it.
+        "global_step"}``, plus ``"loss"``, the batch's per datapoint, where the step has one)
+        and every epoch (``{"event": "epoch", "epoch", "global_step", "loss", "elapsed"}``,
+        plus ``"val_loss"`` with ``val_data``, ``"lr"`` and the numbers of the algorithm's
+        ``info()``), on rank 0, in order, all with the same dict: one may add entries for
+        those after it.
     loggers : list of Logger
         ``tracking.TensorBoardLogger``, ``tracking.MLflowLogger`` or your own: started with
         the settings, given the metrics after the callbacks, closed at the end (rank 0).
@@ -215,7 +216,8 @@ def run(
                dynamic_ncols=True)  # fmt: skip
     loggers = list(loggers) if g.main else []
     loop = _Loop(algorithm, data, s, ckpts, bar, [*callbacks, *loggers])
-    with lock, StopOnSignal() as stop, bar, _started(loggers, settings, s.epoch * steps + s.step):
+    tracked = _started(loggers, settings, s.epoch * steps + s.step, loop)
+    with lock, StopOnSignal() as stop, bar, tracked:
         converged = loop.epochs(epochs, batch_size, stop, val_data, patience, seed)
         params_epoch = len(s.losses) + (s.step > 0)  # interrupted mid-epoch: that epoch, partly
         if restore_best is None:
@@ -229,15 +231,17 @@ def run(
 
 
 @contextmanager
-def _started(loggers: list[Logger], settings: dict, first_step: int):
+def _started(loggers: list[Logger], settings: dict, first_step: int, loop: _Loop):
     """The loggers started with the fit's settings, and closed however it ends."""
+    status = "FAILED"
     try:
         for logger in loggers:
             logger.start(settings, first_step)
         yield
+        status = "KILLED" if loop.interrupted else "FINISHED"
     finally:
         for logger in loggers:
-            logger.close()
+            logger.close(status)
 
 
 def _result(algorithm: Algorithm, loop: _Loop, converged: bool, params_epoch: int) -> FitResult:
@@ -331,7 +335,7 @@ class _Loop:
         converged = False
         while s.epoch < epochs and not (self.stopped_early or converged):
             t0 = self.t0 = time.perf_counter()
-            self.points = 0
+            self.points, self.shown_sum, self.shown_count = 0, 0.0, 0
             if s.perm is None:
                 # one batch per epoch keeps the data's order: a per-datapoint guide may rely on it
                 s.perm = (
@@ -374,7 +378,11 @@ class _Loop:
         s.step += 1
         self.points += len(index)
         self.bar.update()
-        shown = {} if loss is None else {"loss": f"{loss:.3f}"}
+        shown = {}
+        if loss is not None:  # the bar shows the epoch's running mean; callbacks the batch's
+            self.shown_sum += loss * len(index)
+            self.shown_count += len(index)
+            shown = {"loss": f"{self.shown_sum / self.shown_count:.3f}"}
         speed = self.points / (time.perf_counter() - self.t0 + 1e-9)
         self.bar.set_postfix(epoch=f"{s.epoch + 1}/{self.total}", **shown,
                              pts_per_s=f"{speed:.0f}", refresh=False)  # fmt: skip

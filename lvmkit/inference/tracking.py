@@ -5,8 +5,10 @@ callbacks, and closes it when the fit ends or fails. Under torchrun only rank 0 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -44,6 +46,8 @@ def flat(settings: dict, prefix: str = "") -> dict[str, str]:
     """Nested settings as ``{"fit.lr": "0.001", ...}``, the flat strings trackers keep."""
     out = {}
     for key, value in settings.items():
+        if value is None:  # unset: nothing to record
+            continue
         if isinstance(value, dict):
             out |= flat(value, f"{prefix}{key}.")
         else:
@@ -55,7 +59,8 @@ class Logger:
     """What ``run`` asks of a logger: ``start(settings, first_step)`` once on rank 0 before the
     first step (``first_step``: the global step it resumes after, 0 for a fresh fit);
     ``__call__(metrics)`` per step and epoch (``loop.run``'s callbacks' dicts, with
-    ``global_step``, the steps done so far, on both); ``close()`` at the end."""
+    ``global_step``, the steps done so far, on both); ``close(status)`` at the end, "FINISHED",
+    "KILLED" (interrupted by a signal) or "FAILED" (an error)."""
 
     def start(self, settings: dict, first_step: int) -> None:
         pass
@@ -63,8 +68,8 @@ class Logger:
     def __call__(self, metrics: dict) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
-        pass
+    def close(self, status: str = "FINISHED") -> None:
+        """``status``: "FINISHED", "KILLED" (interrupted) or "FAILED" (an error)."""
 
 
 class TensorBoardLogger(Logger):
@@ -92,7 +97,7 @@ class TensorBoardLogger(Logger):
         for tag, value in scalars(metrics).items():
             self.writer.add_scalar(tag, value, metrics["global_step"])
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         if self.writer is not None:
             self.writer.close()
 
@@ -100,7 +105,9 @@ class TensorBoardLogger(Logger):
 class MLflowLogger(Logger):
     """A run in an MLflow tracking store: the fit's settings (and ``params``) as parameters,
     each step's and epoch's metrics against the global step (written once per epoch), and
-    files by ``log_artifacts``.
+    files by ``log_artifacts``. A local store's URI is made absolute as the run starts
+    (``tracking_uri`` then says where it is, whatever the working directory later), and a new
+    experiment in it keeps its artifacts beside it (``mlruns/`` next to the database).
 
     Parameters
     ----------
@@ -127,17 +134,27 @@ class MLflowLogger(Logger):
         self.client, self.pending = None, []
 
     def start(self, settings: dict, first_step: int) -> None:
-        from mlflow import MlflowClient
+        import mlflow
         from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
 
-        self.client = MlflowClient(self.tracking_uri)
-        if self.run_id is not None:  # its parameters are set: MLflow refuses changing them
-            self.client.update_run(self.run_id, status="RUNNING")
-            return
-        found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(
-            self.experiment
-        )  # fmt: skip
+        self.tracking_uri = absolute_uri(self.tracking_uri or mlflow.get_tracking_uri())
+        with _quiet("mlflow"), _quiet("alembic"):  # its database set-up notes
+            self.client = mlflow.MlflowClient(self.tracking_uri)
+            if self.run_id is not None:  # its parameters are set: MLflow refuses changing them
+                try:
+                    self.client.update_run(self.run_id, status="RUNNING")
+                except MlflowException:
+                    raise ValueError(
+                        f"MLflow run {self.run_id} is not in the store {self.tracking_uri}: "
+                        "give the store it was logged to (tracking_uri), or no run_id to start "
+                        "a new MLflow run"
+                    ) from None
+                return
+            found = self.client.get_experiment_by_name(self.experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(
+                self.experiment, artifact_location=_artifacts_beside(self.tracking_uri)
+            )  # fmt: skip
         run = self.client.create_run(experiment_id, run_name=self.run_name)
         self.run_id = run.info.run_id
         params = [Param(k, v[:6000]) for k, v in flat({**settings, **self.params}).items()]
@@ -157,10 +174,10 @@ class MLflowLogger(Logger):
             self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
         self.pending = []
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         if self.client is not None:
             self._flush()
-            self.client.set_terminated(self.run_id)
+            self.client.set_terminated(self.run_id, status=status)
 
     def log_artifacts(self, *paths: str | Path) -> None:
         """Copy files, and folders with what they hold, into the run's artifacts (after
@@ -173,3 +190,33 @@ class MLflowLogger(Logger):
                 client.log_artifacts(self.run_id, str(path), artifact_path=path.name)
             else:
                 client.log_artifact(self.run_id, str(path))
+
+
+def absolute_uri(uri: str) -> str:
+    """A local store's URI with an absolute path (``sqlite:///mlflow.db`` ->
+    ``sqlite:////here/mlflow.db``; a plain path or ``file:`` likewise); others as they are."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).absolute())
+    if uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):
+        return Path(uri.removeprefix("file:")).absolute().as_uri()
+    return uri
+
+
+def _artifacts_beside(uri: str) -> str | None:
+    """Where a new experiment in a local SQLite store keeps its files: ``mlruns/`` beside the
+    database (MLflow's default is the working directory's); None leaves the store's own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """A library's logger held at WARNING inside."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)

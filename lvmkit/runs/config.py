@@ -211,7 +211,7 @@ def apply_settings(config: dict, tables: dict, model_name: str, source: str) -> 
         types = TABLE_TYPES.get(table) or typing.get_type_hints(MODELS[model_name].cls.config_class)
         defaults = default_config(model_name)[table]
         if table == "fit" and isinstance(values.get("log"), str):  # --set fit.log=tensorboard
-            values["log"] = values["log"].split(",")
+            values["log"] = [name.strip() for name in values["log"].split(",")]
         for key, value in values.items():
             problem = _value_problem(key, value, types[key], defaults.get(key))
             if problem:

@@ -33,7 +33,13 @@ from lvmkit.runs.config import (
 )
 from lvmkit.runs.directory import data_checksum, save_model
 from lvmkit.runs.pictures import write_pictures
-from lvmkit.runs.tracking import MLFLOW_RECORD, TENSORBOARD_DIR, kl_callbacks, run_loggers
+from lvmkit.runs.tracking import (
+    MLFLOW_RECORD,
+    TENSORBOARD_DIR,
+    kl_callbacks,
+    run_loggers,
+    tracker_files,
+)
 
 RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt")  # a folder holding one holds a run
 RUN_OUTPUTS = (*RUN_FILES, "metrics.jsonl", "summary.json", "losses.png", "samples.png")
@@ -206,6 +212,7 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
                                 resume=resume, overwrite=overwrite)  # fmt: skip
     dcfg, fcfg = config["data"], config["fit"]
     resolve_device(fcfg["device"])  # a device this machine lacks is refused before any file
+    loggers = run_loggers(config, out, resume)  # so is a tracker not installed
     if fcfg["inference"] == "svi":  # so is an objective with too few samples (dreg: K >= 2)
         make_elbo(fcfg["elbo"], fcfg["num_samples"])
     dataset = lvdata.load(dcfg["name"], image_shape=dcfg["image_shape"], levels=dcfg["levels"])
@@ -230,7 +237,6 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
     if dataset.y is not None and model.can_encode and probe_problem(dataset.y):
         warnings.warn(f"no linear probe: {probe_problem(dataset.y)}", stacklevel=2)
     check_writable(*(out / name for name in RUN_OUTPUTS))  # before the fit, not after it
-    loggers = run_loggers(config, out, resume)  # a tracker not installed: refused here
     set_threads(fcfg["threads"])
     g = group(resolve_device(process_device(fcfg["device"])))  # torchrun: rank 0 writes
     try:
@@ -250,9 +256,11 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
                 done = FittedRun(out, result, written=written)
                 if not result.interrupted:
                     done = _write_run(model_name, model, config, out, dataset, splits, result)
+                    done.written += tracker_files(out)
+                    results = [f for f in done.written if f != result.checkpoint]
                     for logger in loggers:
                         if isinstance(logger, MLflowLogger):
-                            logger.log_artifacts(*done.written)
+                            logger.log_artifacts(*results)
     except BaseException:
         if g.main and not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # the folder this refused run made, empty once its lock is gone

@@ -12,7 +12,7 @@ import torch
 
 from lvmkit.core.files import write_text
 from lvmkit.diagnostics.gaussian_code import kl_per_dimension
-from lvmkit.inference.tracking import Logger, MLflowLogger, TensorBoardLogger
+from lvmkit.inference.tracking import Logger, MLflowLogger, TensorBoardLogger, absolute_uri
 
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_RECORD = "mlflow.json"
@@ -20,14 +20,15 @@ KL_IMAGES = 256  # validation images the KL per dimension is averaged over
 
 
 class RunMLflowLogger(MLflowLogger):
-    """An MLflowLogger that records its run's id in the run folder as it starts."""
+    """An MLflowLogger whose parameters are the run's config (its config.toml, as the run
+    began), and which records its MLflow run and store in the run folder as it starts."""
 
     def __init__(self, record: Path, **options):
         super().__init__(**options)
         self.record = record
 
     def start(self, settings: dict, first_step: int) -> None:
-        super().start(settings, first_step)
+        super().start({}, first_step)  # the config holds the loop's settings
         kept = {"run_id": self.run_id, "tracking_uri": self.tracking_uri}
         write_text(self.record, json.dumps(kept) + "\n")
 
@@ -45,18 +46,30 @@ class KLPerDimension:
 
 
 def run_loggers(config: dict, out: Path, resume: bool) -> list[Logger]:
-    """The loggers [fit] log names, for the run in ``out``."""
-    names, loggers = config["fit"]["log"], []
+    """The loggers [fit] log names, for the run in ``out``. A resume continues the MLflow run
+    RUN/mlflow.json records, in its store, unless another store is given."""
+    names, uri, loggers = config["fit"]["log"], config["fit"]["tracking_uri"], []
+    if uri is not None and "mlflow" not in names:
+        raise ValueError(
+            f"[fit] tracking_uri = {uri!r} is for the mlflow tracker, which [fit] log does not "
+            "name: add it (--set fit.log=mlflow), or leave tracking_uri out"
+        )
     if "tensorboard" in names:
         loggers.append(TensorBoardLogger(out / TENSORBOARD_DIR))
     if "mlflow" in names:
         record = out / MLFLOW_RECORD
         kept = json.loads(record.read_text()) if resume and record.exists() else {}
-        uri = config["fit"]["tracking_uri"]
-        run_id = kept.get("run_id") if kept.get("tracking_uri") == uri else None
+        same = uri is None or absolute_uri(uri) == kept.get("tracking_uri")
+        run_id = kept.get("run_id") if same else None
+        uri = kept.get("tracking_uri") if uri is None else uri
         loggers.append(RunMLflowLogger(record, tracking_uri=uri, run_name=out.name,
                                        run_id=run_id, params=config))  # fmt: skip
     return loggers
+
+
+def tracker_files(out: Path) -> list[Path]:
+    """What the trackers wrote into the run folder."""
+    return [p for p in (out / MLFLOW_RECORD, out / TENSORBOARD_DIR) if p.exists()]
 
 
 def kl_callbacks(model, val, loggers: list[Logger]) -> list:
