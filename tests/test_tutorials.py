@@ -63,3 +63,9 @@ def test_stored_outputs_carry_no_paths_of_the_machine_that_ran_them():
                 )
                 found = machine.search(text)
                 assert not found, f"{path.name}: {text[max(0, found.start() - 60):][:160]}"
+
+
+def test_each_tutorial_opens_with_what_it_compares_and_what_it_finds():
+    for path in TUTORIALS:
+        first = "".join(nbformat.read(path, as_version=4).cells[0].source)
+        assert "**What it compares.**" in first and "**What it finds.**" in first, path.name
