@@ -212,7 +212,7 @@ def fit_run(model_name: str, out, *, settings=None, config=None, resume=False, o
                                 resume=resume, overwrite=overwrite)  # fmt: skip
     dcfg, fcfg = config["data"], config["fit"]
     resolve_device(fcfg["device"])  # a device this machine lacks is refused before any file
-    loggers = run_loggers(config, out, resume)  # so is a tracker not installed
+    loggers = run_loggers(_recorded(config), out, resume)  # so is a tracker not installed
     if fcfg["inference"] == "svi":  # so is an objective with too few samples (dreg: K >= 2)
         make_elbo(fcfg["elbo"], fcfg["num_samples"])
     dataset = lvdata.load(dcfg["name"], image_shape=dcfg["image_shape"], levels=dcfg["levels"])
