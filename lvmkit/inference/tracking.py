@@ -139,7 +139,7 @@ class MLflowLogger(Logger):
         from mlflow.exceptions import MlflowException
 
         self.tracking_uri = absolute_uri(self.tracking_uri or mlflow.get_tracking_uri())
-        with _quiet("mlflow"), _quiet("alembic"):  # its database set-up notes
+        with quiet_logger("mlflow"), quiet_logger("alembic"):  # its database set-up notes
             self.client = mlflow.MlflowClient(self.tracking_uri)
             if self.run_id is not None:  # its parameters are set: MLflow refuses changing them
                 try:
@@ -211,8 +211,8 @@ def _artifacts_beside(uri: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet(name: str):
-    """A library's logger held at WARNING inside."""
+def quiet_logger(name: str):
+    """A library's logger held at WARNING inside (its set-up notes unprinted)."""
     log = logging.getLogger(name)
     level = log.level
     log.setLevel(max(level, logging.WARNING))

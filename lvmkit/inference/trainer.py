@@ -3,7 +3,6 @@ parameter they create, in a parameter store private to the trainer."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -22,6 +21,7 @@ from lvmkit.inference.elbo import check_objective, make_elbo
 from lvmkit.inference.jit import UNTRACEABLE, TracedLoss
 from lvmkit.inference.programs import modules_behind, on_device, resolve_device, trace_once
 from lvmkit.inference.resume import check_optimizer_state, check_same
+from lvmkit.inference.tracking import quiet_logger
 
 OPTIMIZERS = {
     # foreach: one multi-tensor kernel per update instead of one per parameter tensor.
@@ -29,18 +29,6 @@ OPTIMIZERS = {
     "adamw": lambda p, lr: torch.optim.AdamW(p, lr=lr, foreach=True),
     "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, foreach=True),
 }
-
-
-@contextmanager
-def _quiet(logger: str):
-    """Hold a library's logger at WARNING inside."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 EVALUATION_EPOCH = 2**31 - 1  # the draws of evaluate: none of a training epoch's
@@ -182,7 +170,7 @@ class Trainer:
         batch = self.to_device(batch)
         # with gradients: TraceEnum_ELBO refuses a loss without a graph; Pyro logs its guess
         # of the plate nesting at INFO, which is noise here
-        with self.scope(), self._buffers_kept(), _quiet("pyro"):
+        with self.scope(), self._buffers_kept(), quiet_logger("pyro"):
             self._check_guide_covers(batch)
             try:
                 self.loss.differentiable_loss(self.model, self.guide, *batch)
